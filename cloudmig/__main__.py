@@ -1,0 +1,3 @@
+from cloudmig.cli import run
+
+run()

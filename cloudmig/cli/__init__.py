@@ -1,0 +1,52 @@
+"""The `cloudmig` command line.
+
+    $ cloudmig doctor
+    $ cloudmig lab up --hosts 3
+    $ cloudmig run h1 web --publish 8080 -- python3 -m http.server 8080
+    $ cloudmig migrate web --to h2 --report report.json
+
+Errors print ``Error: ...`` and exit with the error's own code; ``--debug`` shows the
+traceback too.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+
+from rich.markup import escape
+
+from cloudmig import errors
+from cloudmig.cli import _app, doctor  # noqa: F401  (registers commands)
+
+app = _app.app
+
+__all__ = ["app", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        # standalone mode: typer/click handle usage errors and --help themselves and
+        # always end in SystemExit; our own errors come through untouched.
+        app(args=args, prog_name="cloudmig")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except errors.CloudmigError as exc:
+        if debug:
+            traceback.print_exc()
+        _app.err_console.print(f"[bold red]Error:[/] {escape(str(exc))}", highlight=False)
+        remote_tb = getattr(exc, "remote_traceback", "")
+        if debug and remote_tb:
+            _app.err_console.print(f"Remote traceback:\n{remote_tb}", highlight=False, markup=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _app.err_console.print("Interrupted.")
+        return 130
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

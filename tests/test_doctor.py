@@ -1,0 +1,79 @@
+"""`cloudmig doctor` on this (bootstrapped) machine, and on broken set-ups it must catch."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import cloudmig
+
+PIPE_MAX = Path("/proc/sys/fs/pipe-max-size")
+
+
+def _checks(res):
+    data = json.loads(res.stdout)
+    return data, {c["name"]: c for c in data["checks"]}
+
+
+def test_doctor_passes_after_bootstrap():
+    res = cloudmig("doctor", "--json")
+    data, checks = _checks(res)
+    assert data["ok"] is True
+    for name in ("userfaultfd", "checkpoint-restore", "namespaces", "tun", "criu", "criu-check",
+                 "lazy-pages", "tcp-repair", "runc", "cgroups", "wireguard", "nftables",
+                 "pipe-max-size"):
+        assert checks[name]["status"] == "pass", checks[name]
+    # this kernel has no soft-dirty tracking: reported, not required
+    assert checks["soft-dirty"]["required"] is False
+
+
+def test_doctor_human_output_has_one_line_per_check():
+    res = cloudmig("doctor")
+    assert "criu" in res.stdout and "ready for cloudmig" in res.stdout
+
+
+def test_old_criu_is_a_failure_with_a_fix(tmp_path):
+    fake = tmp_path / "criu"
+    fake.write_text("#!/bin/sh\necho 'Version: 4.1.1'\n")
+    fake.chmod(0o755)
+    res = cloudmig("doctor", "--json", env={"CLOUDMIG_CRIU": str(fake)}, check=False)
+    assert res.returncode == 1
+    data, checks = _checks(res)
+    assert data["ok"] is False
+    assert checks["criu"]["status"] == "fail"
+    assert "4.1.1" in checks["criu"]["detail"]
+    assert "bootstrap" in checks["criu"]["hint"]
+
+
+def test_missing_criu_is_a_failure(tmp_path):
+    res = cloudmig("doctor", env={"CLOUDMIG_CRIU": str(tmp_path / "nope")}, check=False)
+    assert res.returncode == 1
+    assert "criu not found" in res.stdout
+    assert "fix:" in res.stdout
+
+
+def test_missing_wireguard_is_a_failure():
+    if Path("/sys/module/wireguard").exists():
+        pytest.skip("this kernel has the WireGuard module, wireguard-go is not needed")
+    res = cloudmig("doctor", "--json", env={"CLOUDMIG_WIREGUARD_GO": ""}, check=False)
+    assert res.returncode == 1
+    _, checks = _checks(res)
+    assert checks["wireguard"]["status"] == "fail"
+    assert "wireguard-go" in checks["wireguard"]["hint"]
+
+
+def test_low_pipe_max_size_is_a_failure():
+    before = PIPE_MAX.read_text().strip()
+    try:
+        PIPE_MAX.write_text("1048576")
+        res = cloudmig("doctor", "--json", check=False)
+    finally:
+        PIPE_MAX.write_text(before)
+    assert res.returncode == 1
+    _, checks = _checks(res)
+    assert checks["pipe-max-size"]["status"] == "fail"
+    assert "sysctl -w fs.pipe-max-size" in checks["pipe-max-size"]["hint"]
+    assert PIPE_MAX.read_text().strip() == before
