@@ -1,0 +1,1 @@
+"""cloudmig containers commands (being built)."""

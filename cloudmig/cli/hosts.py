@@ -1,0 +1,1 @@
+"""cloudmig hosts commands (being built)."""

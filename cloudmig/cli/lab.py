@@ -1,0 +1,1 @@
+"""cloudmig lab commands (being built)."""

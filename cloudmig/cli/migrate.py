@@ -1,0 +1,1 @@
+"""cloudmig migrate commands (being built)."""

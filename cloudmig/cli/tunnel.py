@@ -1,0 +1,1 @@
+"""cloudmig tunnel commands (being built)."""
