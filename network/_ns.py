@@ -1,0 +1,140 @@
+"""Network namespaces, netlink sockets and helper programs, in one place.
+
+    from cloudmig.network import _ns
+    with _ns.iproute("h1", "adding a route") as ipr:      # IPRoute inside /run/netns/h1
+        ipr.route("replace", dst="100.96.0.5/32", oif=ipr.link_lookup(ifname="wg0")[0])
+    _ns.sysctl("h1", {"net.ipv4.ip_forward": "1"})
+
+Every public function of cloudmig.network takes ``netns``: a name under /run/netns, or None
+for the namespace this process runs in (the agent runs inside its host's namespace). This
+module is also the one place where pyroute2's ``NetlinkError`` becomes ``errors.NetworkError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from cloudmig import errors, paths
+
+log = logging.getLogger(__name__)
+
+NETNS_DIR = Path("/run/netns")
+TOOL_TIMEOUT_S = 30  # nft, sysctl and nsenter finish in milliseconds; this only catches hangs
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+
+# What to tell the user for the errno a netlink request failed with.
+_ERRNO_HINTS = {
+    errno.EEXIST: "It already exists: remove it first, or pick another name.",
+    errno.ENODEV: "No such interface: check the name, and that the tunnel or container is up.",
+    errno.ENOENT: "Nothing matched: check the name or address (was it already removed?).",
+    errno.ESRCH: "Nothing matched: check the name or address (was it already removed?).",
+    errno.EPERM: "Run cloudmig as root (it needs CAP_NET_ADMIN).",
+    errno.ENETUNREACH: "The gateway is not reachable: add the link's address or use onlink.",
+}
+
+
+def netns_path(netns: str) -> Path:
+    """/run/netns/NAME, refusing names that do not exist (never creates a namespace)."""
+    if not isinstance(netns, str) or not _NAME_RE.match(netns) or netns in (".", ".."):
+        raise errors.NetworkError(
+            f"{netns!r} is not a network namespace name; pass a name under {NETNS_DIR} "
+            "(letters, digits, '.', '_', '-') or None for the current namespace.")
+    path = NETNS_DIR / netns
+    if not path.exists():
+        raise errors.NetworkError(
+            f"Network namespace {netns!r} does not exist ({path} is missing). Create it first "
+            "(for lab hosts: `cloudmig lab up`), or pass netns=None for the current namespace.")
+    return path
+
+
+def exists(netns: str | None) -> bool:
+    return netns is None or (NETNS_DIR / netns).exists()
+
+
+def describe(netns: str | None) -> str:
+    return "the current network namespace" if netns is None else f"network namespace {netns!r}"
+
+
+def netlink_error(exc: NetlinkError, doing: str, netns: str | None) -> errors.NetworkError:
+    """Translate a pyroute2 NetlinkError raised while ``doing`` something into our error."""
+    code = exc.code
+    reason = os.strerror(code) if code else str(exc)
+    hint = _ERRNO_HINTS.get(code, "See `cloudmig doctor` for what this machine lacks.")
+    return errors.NetworkError(f"Failed {doing} in {describe(netns)}: {reason} (errno {code}).",
+                               hint=hint)
+
+
+@contextlib.contextmanager
+def iproute(netns: str | None, doing: str) -> Iterator[IPRoute]:
+    """An IPRoute bound to ``netns``; NetlinkErrors raised inside become NetworkError."""
+    if netns is not None:
+        netns_path(netns)
+    try:
+        ipr = IPRoute(netns=netns, flags=0) if netns else IPRoute()
+    except OSError as exc:
+        raise errors.NetworkError(f"Cannot open a netlink socket in {describe(netns)}: {exc}.",
+                                  hint="Run cloudmig as root.") from exc
+    try:
+        yield ipr
+    except NetlinkError as exc:
+        raise netlink_error(exc, doing, netns) from exc
+    finally:
+        ipr.close()
+
+
+def link_index(ipr: IPRoute, ifname: str) -> int | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return found[0] if found else None
+
+
+def in_netns(netns: str | None, argv: list[str]) -> list[str]:
+    """``argv`` prefixed so that it runs in ``netns`` (nsenter keeps the mount namespace)."""
+    if netns is None:
+        return argv
+    nsenter = paths.tool("nsenter")
+    if not nsenter:
+        raise errors.NetworkError("nsenter is missing.", hint="apt-get install util-linux.")
+    return [nsenter, f"--net={netns_path(netns)}", *argv]
+
+
+def need_tool(name: str, package: str) -> str:
+    found = paths.tool(name)
+    if not found:
+        raise errors.NetworkError(f"{name} is not installed.",
+                                  hint=f"apt-get install {package}, or run `make bootstrap`.")
+    return found
+
+
+def run(netns: str | None, argv: list[str], doing: str, *, input: str | None = None,
+        check: bool = True) -> subprocess.CompletedProcess:
+    """Run a helper program in ``netns``; a failure becomes NetworkError naming ``doing``."""
+    full = in_netns(netns, argv)
+    log.debug("run in %s: %s", describe(netns), " ".join(argv))
+    try:
+        res = subprocess.run(full, input=input, capture_output=True, text=True,
+                             timeout=TOOL_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise errors.NetworkError(f"Failed {doing} in {describe(netns)}: {exc}.") from exc
+    if check and res.returncode != 0:
+        detail = (res.stderr or res.stdout).strip().splitlines()
+        raise errors.NetworkError(
+            f"Failed {doing} in {describe(netns)}: {argv[0]} exited {res.returncode}"
+            f" ({detail[-1] if detail else 'no output'}).",
+            hint="Run `cloudmig doctor` to check the tools this machine needs.")
+    return res
+
+
+def sysctl(netns: str | None, settings: dict[str, str]) -> None:
+    """Set sysctls of ``netns`` in one call (net.* sysctls are per network namespace)."""
+    pairs = [f"{key}={value}" for key, value in settings.items()]
+    run(netns, [need_tool("sysctl", "procps"), "-q", "-w", *pairs], "setting " + ", ".join(pairs))
