@@ -13,6 +13,7 @@ import os
 import random
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -121,6 +122,11 @@ LINE_SERVER = """
 
 def line_server(lab: Lab, netns: str, ip: str, port: int, label: str) -> subprocess.Popen:
     return lab.start(netns, LINE_SERVER, ip, str(port), label)
+
+
+def netns_socket(netns: str, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A socket that lives in ``netns`` (opened there by a short-lived child)."""
+    return pyroute2_netns.create_socket(netns, socket.AF_INET, kind, flags=0)
 
 
 def _teardown(lab: Lab) -> None:
