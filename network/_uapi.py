@@ -111,10 +111,12 @@ def _request(name: str, text: str) -> list[tuple[str, str]]:
         sock.close()
     pairs = [tuple(line.split("=", 1)) for line in data.decode().splitlines() if "=" in line]
     code = next((int(v) for k, v in pairs if k == "errno"), None)
+    if code is None:
+        raise errors.NetworkError(f"wireguard-go for {name} closed its UAPI socket without an answer.",
+                                  hint="It may have exited: bring the tunnel down and up again.")
     if code != 0:
         raise errors.NetworkError(
-            f"wireguard-go refused the configuration of {name} (errno {code}"
-            f"{': ' + os.strerror(code) if code else ''}).",
+            f"wireguard-go refused the configuration of {name} (errno {code}: {os.strerror(code)}).",
             hint="Check peer keys, endpoints (IP:PORT) and allowed IPs (CIDR).")
     return [(k, v) for k, v in pairs if k != "errno"]
 

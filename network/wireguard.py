@@ -74,11 +74,16 @@ def _check_name(name: str) -> None:
 
 
 def _check_cidr(cidr: str, what: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
-    try:
-        return ipaddress.ip_interface(cidr if "/" in str(cidr) else f"{cidr}/invalid")
-    except ValueError as exc:
-        raise errors.NetworkError(f"{cidr!r} is not a CIDR ({what}).",
-                                  hint="Write addresses with a prefix length, e.g. 100.64.0.2/32.") from exc
+    problem = None
+    if "/" not in str(cidr):
+        problem = "it has no prefix length"
+    else:
+        try:
+            return ipaddress.ip_interface(cidr)
+        except ValueError as exc:
+            problem = str(exc)
+    raise errors.NetworkError(f"{cidr!r} is not a CIDR ({what}): {problem}.",
+                              hint="Write addresses with a prefix length, e.g. 100.64.0.2/32.")
 
 
 def _check_endpoint(endpoint: str) -> None:

@@ -29,6 +29,19 @@ def test_up_warm_status_down(lab):
     assert wireguard.status(ta.ifname, ta.netns).peer(tb.public_key).allowed_ips == (
         f"{tb.overlay_ip}/32",)
 
+    third, nobody = keys.public_key(keys.generate()), f"{lab.subnet[99]}:51820"   # stays on the lab bridge
+    wireguard.set_peer(ta.ifname, ta.netns, wireguard.Peer(third, nobody, ["100.64.0.99/32"], 25))
+    peer = wireguard.status(ta.ifname, ta.netns).peer(third)
+    assert (peer.endpoint, peer.allowed_ips, peer.persistent_keepalive) == (
+        nobody, ("100.64.0.99/32",), 25)
+    with pytest.raises(errors.NetworkError, match="share the endpoint"):
+        wireguard.set_peer(ta.ifname, ta.netns, wireguard.Peer(keys.public_key(keys.generate()),
+                                                               nobody))
+    with pytest.raises(errors.NetworkError, match="no prefix length"):
+        wireguard.add_allowed_ip(ta.ifname, ta.netns, third, "100.96.0.7")
+    wireguard.remove_peer(ta.ifname, ta.netns, third)
+    assert wireguard.status(ta.ifname, ta.netns).peer(third) is None
+
     for tun in (ta, tb):
         assert wireguard.down(tun.ifname, tun.netns, tun.key_file)
         assert not wireguard.down(tun.ifname, tun.netns, tun.key_file)   # idempotent
