@@ -275,7 +275,8 @@ def _poke(netns: str | None, address: str) -> None:
         sock.sendto(b"cloudmig-warm", (address, WARM_PORT))
     except OSError as exc:
         raise errors.NetworkError(f"Cannot send to {address} in {_ns.describe(netns)}: {exc.strerror}.",
-                                  hint="Is the tunnel up, with a route to the peer's tunnel address?") from exc
+                                  hint="Is the tunnel up, with a route to the peer's tunnel "
+                                       "address?") from exc
     finally:
         sock.close()
 

@@ -63,7 +63,8 @@ def test_bad_input_gets_errors_that_name_the_fix(lab):
     same = f"{b.public_ip}:51820"
     with pytest.raises(errors.NetworkError, match="share the endpoint.*one interface per host pair"):
         wireguard.up(name, a.netns, key_file, 51820, "100.64.0.1/32",
-                     peers=[wireguard.Peer(other, same), wireguard.Peer(keys.public_key(keys.generate()), same)])
+                     peers=[wireguard.Peer(other, same),
+                            wireguard.Peer(keys.public_key(keys.generate()), same)])
     with pytest.raises(errors.NetworkError, match="not IP:PORT"):
         wireguard.up(name, a.netns, key_file, 51820, "100.64.0.1/32", peers=[wireguard.Peer(other, "b:1")])
     assert not wireguard.is_up(name, a.netns)        # refused before anything changed
