@@ -1,1 +1,51 @@
-"""cloudmig containers commands (being built)."""
+"""`cloudmig run|ps|logs|rm`: containers on hosts."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from cloudmig.cli._app import app, console, print_json
+from cloudmig.control import containers
+
+
+@app.command()
+def run(host: str = typer.Argument(..., help="Host to run on (see `cloudmig hosts`)."),
+        name: str = typer.Argument(..., help="Container name, unique across hosts."),
+        command: list[str] = typer.Argument(None, help="Command and arguments, after `--`."),
+        image: str = typer.Option("host", "--image", help="`host` (this machine's root, read-only), "
+                                  "a rootfs dir/tarball, an OCI layout or a `docker save` tarball."),
+        publish: list[str] = typer.Option([], "--publish", "-p", help="PORT[:CONTAINER_PORT][/udp] on the host's public address."),
+        env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE for the container."),
+        memory: int = typer.Option(None, "--memory-mib", help="Memory limit (cgroup), MiB.")) -> None:
+    """Run a container on HOST: cloudmig run HOST NAME [options] -- CMD [ARGS...]"""
+    rec = containers.run(host=host, name=name, image=image, command=list(command or []),
+                         publish=publish, env=env,
+                         memory_limit_bytes=memory * 1024 * 1024 if memory else None)
+    console.print(f"{rec.name} running on {rec.host}, service IP {rec.service_ip}")
+
+
+@app.command()
+def ps(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Containers: name, host, service IP, published endpoints, state."""
+    rows = containers.states()
+    if json_out:
+        print_json(rows)
+        return
+    table = Table("NAME", "HOST", "SERVICE IP", "ENDPOINTS", "STATE", box=None)
+    for r in rows:
+        table.add_row(r["name"], r["host"], r["service_ip"], "\n".join(r["endpoints"]) or "-", r["state"])
+    console.print(table)
+
+
+@app.command()
+def logs(name: str = typer.Argument(..., help="Container name.")) -> None:
+    """Print the container's output (stdout and stderr)."""
+    typer.echo(containers.logs(name), nl=False)
+
+
+@app.command()
+def rm(name: str = typer.Argument(..., help="Container name.")) -> None:
+    """Stop and remove a container (and any forwards of its old endpoints)."""
+    containers.remove(name)
+    console.print(f"{name} removed")

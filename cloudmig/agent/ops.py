@@ -1,0 +1,94 @@
+"""What an agent can do on its host: the operations the controller may call.
+
+    handlers = ops.Host(host="h1", host_dir=Path(...), cgroup_parent="/cloudmig/cm-h1").handlers()
+    handlers["container.run"](name="web", image="host", command=[...], ...)
+
+Each operation is host-local (runc, CRIU, netlink, files) and returns plain JSON data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+from cloudmig import __version__, doctor, errors
+from cloudmig.agent import protocol
+from cloudmig.runtime import container as rt
+from cloudmig.agent import netops
+
+log = logging.getLogger(__name__)
+
+
+class Host:
+    def __init__(self, host: str, host_dir: Path, cgroup_parent: str, netns_prefix: str) -> None:
+        self.host = host
+        self.host_dir = host_dir
+        self.runtime = rt.Runtime(host_dir, cgroup_parent)
+        self.net = netops.HostNet(host=host, netns_prefix=netns_prefix)
+
+    def handlers(self) -> dict[str, Callable[..., Any]]:
+        return {
+            "ping": self.ping,
+            "doctor": self.doctor,
+            "container.run": self.container_run,
+            "container.state": self.container_state,
+            "container.list": self.container_list,
+            "container.logs": self.container_logs,
+            "container.remove": self.container_remove,
+            "net.publish": self.net.publish,
+            "net.unpublish": self.net.unpublish,
+            "net.forwards": self.net.forwards,
+        }
+
+    # ------------------------------------------------------------------ basics
+    def ping(self) -> dict:
+        return {"host": self.host, "protocol": protocol.PROTOCOL_VERSION, "version": __version__,
+                "pid": os.getpid(), "kernel": platform.release()}
+
+    def doctor(self) -> list[dict]:
+        return [dataclasses.asdict(c) for c in doctor.run_checks()]
+
+    # ------------------------------------------------------------------ containers
+    def container_run(self, name: str, image: str, command: list[str], env: dict[str, str],
+                      service_ip: str, public_ip: str, ports: list[dict],
+                      memory_limit_bytes: int | None = None) -> dict:
+        """Network namespace with the service IP, bundle, runc; all undone on failure."""
+        made_netns = False
+        try:
+            netns_path = self.net.create_container_netns(name, service_ip)
+            made_netns = True
+            self.runtime.prepare(name, image=image, command=command, env=env,
+                                 netns_path=netns_path, memory_limit_bytes=memory_limit_bytes)
+            pid = self.runtime.start(name)
+            for p in ports:
+                self.net.publish(owner=name, public_ip=public_ip, host_port=p["host_port"],
+                                 service_ip=service_ip, container_port=p["container_port"],
+                                 proto=p.get("proto", "tcp"))
+        except BaseException:
+            self.runtime.remove(name)
+            self.net.unpublish(owner=name)
+            if made_netns:
+                self.net.delete_container_netns(name)
+            raise
+        return {"pid": pid, "netns": netns_path}
+
+    def container_state(self, name: str) -> dict:
+        return self.runtime.state(name)
+
+    def container_list(self) -> list[dict]:
+        return [{"name": n, **self.runtime.state(n)} for n in self.runtime.list()]
+
+    def container_logs(self, name: str, tail_lines: int | None = None) -> str:
+        if not self.runtime.bundle(name).root.exists():
+            raise errors.ConfigError(f"No container {name!r} on host {self.host}.")
+        return self.runtime.logs(name, tail_lines)
+
+    def container_remove(self, name: str) -> dict:
+        self.runtime.remove(name)
+        self.net.unpublish(owner=name)
+        self.net.delete_container_netns(name)
+        return {"removed": name}

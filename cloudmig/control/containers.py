@@ -1,0 +1,154 @@
+"""Containers across hosts: validate, allocate, ask the host's agent, record.
+
+    containers.run(host="h1", name="web", image="host", command=[...], publish=["8080"], env=[])
+    containers.remove("web")
+
+Bad input (unknown host, duplicate name, port already published, malformed --publish or
+--env) is refused before anything changes; a failure on the host leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from cloudmig import errors
+from cloudmig.control import agents
+from cloudmig.inventory import ContainerRecord, Inventory, PortMapping
+from cloudmig.network import addressing
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,30}$")
+PUBLISH_RE = re.compile(r"^(\d{1,5})(?::(\d{1,5}))?(?:/(tcp|udp))?$")
+
+
+def parse_publish(items: list[str]) -> list[PortMapping]:
+    mappings = []
+    for item in items:
+        m = PUBLISH_RE.match(item)
+        if not m:
+            raise errors.ConfigError(f"--publish {item!r} is not PORT[:CONTAINER_PORT][/tcp|udp].")
+        host_port = int(m.group(1))
+        cport = int(m.group(2) or host_port)
+        for p in (host_port, cport):
+            if not 1 <= p <= 65535:
+                raise errors.ConfigError(f"--publish {item!r}: port {p} is out of range 1-65535.")
+        mappings.append(PortMapping(host_port=host_port, container_port=cport, proto=m.group(3) or "tcp"))
+    seen = set()
+    for mp in mappings:
+        if (mp.host_port, mp.proto) in seen:
+            raise errors.ConfigError(f"Port {mp.host_port}/{mp.proto} is given twice in --publish.")
+        seen.add((mp.host_port, mp.proto))
+    return mappings
+
+
+def parse_env(items: list[str]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            raise errors.ConfigError(f"--env {item!r} is not KEY=VALUE.")
+        env[key] = value
+    return env
+
+
+def ports_in_use(data, host: str) -> set[tuple[int, str]]:
+    """Ports answered on ``host``'s public address: its containers' and its forwards'."""
+    used = set()
+    for c in data.containers.values():
+        if c.host == host:
+            used |= {(p.host_port, p.proto) for p in c.ports}
+        for fwd in c.forwards:
+            if fwd.host == host:
+                used |= {(p.host_port, p.proto) for p in fwd.ports}
+    return used
+
+
+def run(*, host: str, name: str, image: str, command: list[str], publish: list[str],
+        env: list[str], memory_limit_bytes: int | None = None, inv: Inventory | None = None) -> ContainerRecord:
+    inv = inv or Inventory()
+    if not NAME_RE.match(name):
+        raise errors.ConfigError(f"Container name {name!r} must be 1-31 lowercase letters, digits, "
+                                 "'.', '_' or '-'.")
+    if not command:
+        raise errors.ConfigError("No command given.", hint="Put it after `--`: cloudmig run h1 web -- CMD ARGS")
+    ports = parse_publish(publish)
+    env_map = parse_env(env)
+    with inv.transaction() as data:
+        hrec = data.host(host)
+        if hrec.state != "ready":
+            raise errors.ConfigError(f"Host {host} is {hrec.state}, not ready.")
+        if name in data.containers:
+            raise errors.ConfigError(f"A container named {name!r} already exists (on "
+                                     f"{data.containers[name].host}).", hint="Pick another name, or `cloudmig rm` it.")
+        clash = ports_in_use(data, host) & {(p.host_port, p.proto) for p in ports}
+        if clash:
+            port, proto = sorted(clash)[0]
+            raise errors.ConfigError(f"Port {port}/{proto} is already published on host {host}.",
+                                     hint="Choose another --publish port.")
+        used_ips = {c.service_ip for c in data.containers.values()}
+        service_ip = str(addressing.service_ip(used_ips))
+        record = ContainerRecord(name=name, host=host, service_ip=service_ip, image=image,
+                                 command=command, env=env_map, ports=ports, state="creating",
+                                 created_at=time.time())
+        data.containers[name] = record  # reserves the name, IP and ports
+    try:
+        with agents.connect(hrec) as agent:
+            agent.call("container.run", name=name, image=image, command=command, env=env_map,
+                       service_ip=service_ip, public_ip=hrec.public_address,
+                       ports=[p.model_dump() for p in ports], memory_limit_bytes=memory_limit_bytes)
+    except BaseException:
+        with inv.transaction() as data:
+            data.containers.pop(name, None)
+        raise
+    with inv.transaction() as data:
+        data.containers[name].state = "running"
+        record = data.containers[name]
+    return record
+
+
+def states(inv: Inventory | None = None) -> list[dict]:
+    """Every container with its live state as its host's agent reports it."""
+    inv = inv or Inventory()
+    data = inv.read()
+    live: dict[str, dict[str, dict]] = {}
+    for hname in {c.host for c in data.containers.values()}:
+        try:
+            with agents.connect(data.host(hname)) as agent:
+                live[hname] = {c["name"]: c for c in agent.call("container.list")}
+        except errors.CloudmigError:
+            live[hname] = {}
+    out = []
+    for c in sorted(data.containers.values(), key=lambda c: c.name):
+        st = live.get(c.host, {}).get(c.name, {})
+        hrec = data.hosts.get(c.host)
+        endpoints = [f"{hrec.public_address}:{p.host_port}/{p.proto}" for p in c.ports] if hrec else []
+        for fwd in c.forwards:
+            fh = data.hosts.get(fwd.host)
+            if fh:
+                endpoints += [f"{fh.public_address}:{p.host_port}/{p.proto} (forwarded)" for p in fwd.ports]
+        out.append({"name": c.name, "host": c.host, "service_ip": c.service_ip, "image": c.image,
+                    "endpoints": endpoints, "state": st.get("status", "unknown"),
+                    "pid": st.get("pid", 0), "command": c.command,
+                    "forwards": [f.model_dump() for f in c.forwards]})
+    return out
+
+
+def logs(name: str, inv: Inventory | None = None) -> str:
+    inv = inv or Inventory()
+    data = inv.read()
+    c = data.container(name)
+    with agents.connect(data.host(c.host)) as agent:
+        return agent.call("container.logs", name=name)
+
+
+def remove(name: str, inv: Inventory | None = None) -> None:
+    inv = inv or Inventory()
+    data = inv.read()
+    c = data.container(name)
+    with agents.connect(data.host(c.host)) as agent:
+        agent.call("container.remove", name=name)
+    for fwd in c.forwards:
+        with agents.connect(data.host(fwd.host)) as agent:
+            agent.call("net.unpublish", owner=name)
+    with inv.transaction() as data:
+        data.containers.pop(name, None)

@@ -1,0 +1,210 @@
+"""Host-local container lifecycle: bundle, overlayfs root, runc. Used by the agent.
+
+    rt = Runtime(host_dir=Path("/var/lib/cloudmig/hosts/h1"), cgroup_parent="/cloudmig/h1")
+    bundle = rt.prepare("web", image="host", command=[...], env={}, netns_path=...)
+    rt.start(bundle)
+    rt.state("web")                       # {"status": "running", "pid": ...}
+    rt.remove("web")
+
+Layout of one container: ``<host_dir>/containers/NAME/{upper,work,rootfs,config.json,meta.json}``;
+``rootfs`` is an overlayfs of the image layers (lower) and ``upper`` (the writable layer).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from cloudmig import errors, paths
+from cloudmig.runtime import images, spec
+
+log = logging.getLogger(__name__)
+
+RUNC_TIMEOUT_S = 120
+START_SETTLE_S = 0.3          # a command that cannot start dies within this; we look after it
+START_POLL_S = 0.05
+
+
+class Bundle:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.upper = root / "upper"
+        self.work = root / "work"
+        self.rootfs = root / "rootfs"
+        self.config = root / "config.json"
+        self.meta = root / "meta.json"
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+
+def _run(argv: list[str], *, timeout: float = RUNC_TIMEOUT_S, check: bool = True,
+         what: str = "") -> subprocess.CompletedProcess:
+    res = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                         timeout=timeout)
+    if check and res.returncode != 0:
+        msg = (res.stderr or res.stdout).strip().splitlines()
+        raise errors.ContainerError(f"{what or argv[0]} failed: {msg[-1] if msg else res.returncode}")
+    return res
+
+
+def is_mounted(path: Path) -> bool:
+    target = str(path)
+    with open("/proc/self/mountinfo") as fh:
+        return any(line.split()[4] == target for line in fh)
+
+
+def mount_overlay(lowerdirs: list[str], bundle: Bundle) -> None:
+    for d in (bundle.upper, bundle.work, bundle.rootfs):
+        d.mkdir(parents=True, exist_ok=True)
+    if is_mounted(bundle.rootfs):
+        return
+    opts = f"lowerdir={':'.join(lowerdirs)},upperdir={bundle.upper},workdir={bundle.work}"
+    _run(["mount", "-t", "overlay", "overlay", "-o", opts, str(bundle.rootfs)],
+         what="mounting the container's overlayfs root")
+
+
+def unmount(path: Path) -> None:
+    for _ in range(5):
+        if not is_mounted(path):
+            return
+        subprocess.run(["umount", str(path)], capture_output=True)
+        if not is_mounted(path):
+            return
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        time.sleep(0.1)
+
+
+def find_in_rootfs(rootfs: Path, command: str, path_env: str) -> bool:
+    """Does ``command`` resolve to an executable inside ``rootfs`` (following its PATH)?"""
+    candidates = [command] if "/" in command else [f"{d}/{command}" for d in path_env.split(":") if d]
+    for cand in candidates:
+        p = rootfs / cand.lstrip("/")
+        # resolve symlinks relative to the container root, not the host's
+        for _ in range(16):
+            if p.is_symlink():
+                target = os.readlink(p)
+                p = (rootfs / target.lstrip("/")) if target.startswith("/") else (p.parent / target)
+                continue
+            break
+        if p.is_file() and os.access(p, os.X_OK):
+            return True
+    return False
+
+
+class Runtime:
+    def __init__(self, host_dir: Path, cgroup_parent: str) -> None:
+        self.host_dir = host_dir
+        self.cgroup_parent = cgroup_parent
+        self.runc_root = host_dir / "runc"
+        self.containers_dir = host_dir / "containers"
+        self.layer_store = host_dir / "layers"
+
+    # ------------------------------------------------------------------ helpers
+    def bundle(self, name: str) -> Bundle:
+        return Bundle(self.containers_dir / name)
+
+    def runc(self, *args: str, check: bool = True, timeout: float = RUNC_TIMEOUT_S,
+             what: str = "") -> subprocess.CompletedProcess:
+        runc = paths.tool("runc")
+        if not runc:
+            raise errors.HostSetupError("runc is not installed on this host.",
+                                        hint="Run `cloudmig doctor` there.")
+        return _run([runc, "--root", str(self.runc_root), *args], check=check, timeout=timeout,
+                    what=what or f"runc {args[0]}")
+
+    def cgroups_path(self, name: str) -> str:
+        return f"{self.cgroup_parent}/{name}"
+
+    # ------------------------------------------------------------------ lifecycle
+    def prepare(self, name: str, *, image: str, command: list[str], env: dict[str, str],
+                netns_path: str, memory_limit_bytes: int | None = None) -> Bundle:
+        """Make the bundle and mount its root; check that the command exists in the image."""
+        b = self.bundle(name)
+        if b.root.exists():
+            raise errors.ContainerError(f"Container {name!r} already exists on this host.")
+        paths.ensure_private_dir(self.containers_dir)
+        b.root.mkdir()
+        try:
+            lowerdirs = images.resolve(image, self.layer_store)
+            mount_overlay(lowerdirs, b)
+            path_env = env.get("PATH", spec.DEFAULT_PATH)
+            if not command:
+                raise errors.ConfigError("No command given for the container.")
+            if not find_in_rootfs(b.rootfs, command[0], path_env):
+                raise errors.ContainerError(
+                    f"Command {command[0]!r} does not exist in image {image!r}.",
+                    hint="Check the spelling, or install it in the image.")
+            if not find_in_rootfs(b.rootfs, "/bin/sh", path_env):
+                raise errors.ContainerError(
+                    f"Image {image!r} has no /bin/sh, which cloudmig uses to give the container "
+                    "stdio that can be checkpointed.")
+            config = spec.runtime_config(name=name, rootfs=str(b.rootfs), command=command, env=env,
+                                         netns_path=netns_path, cgroups_path=self.cgroups_path(name),
+                                         memory_limit_bytes=memory_limit_bytes)
+            b.config.write_text(json.dumps(config, indent=2))
+            b.meta.write_text(json.dumps({"image": image, "lowerdirs": lowerdirs,
+                                          "command": command, "env": env}))
+        except BaseException:
+            self.discard(name)
+            raise
+        return b
+
+    def start(self, name: str) -> int:
+        b = self.bundle(name)
+        self.runc("run", "--detach", "--bundle", str(b.root), name, what="starting the container")
+        # A command that exits at once (bad arguments, missing library) is an error of `run`.
+        deadline = time.monotonic() + START_SETTLE_S
+        while time.monotonic() < deadline:
+            time.sleep(START_POLL_S)
+            st = self.state(name)
+            if st["status"] != "running":
+                log_tail = self.logs(name, tail_lines=5)
+                raise errors.ContainerError(
+                    f"Container {name!r} exited right after it started."
+                    + (f" Its output ends with: {log_tail.strip()}" if log_tail.strip() else ""))
+        return int(self.state(name)["pid"])
+
+    def state(self, name: str) -> dict:
+        res = self.runc("state", name, check=False)
+        if res.returncode != 0:
+            return {"status": "absent", "pid": 0}
+        data = json.loads(res.stdout)
+        return {"status": data.get("status", "unknown"), "pid": data.get("pid", 0)}
+
+    def list(self) -> list[str]:
+        if not self.containers_dir.exists():
+            return []
+        return sorted(p.name for p in self.containers_dir.iterdir() if p.is_dir())
+
+    def logs(self, name: str, tail_lines: int | None = None) -> str:
+        log_path = self.bundle(name).upper / spec.STDIO_LOG.lstrip("/")
+        if not log_path.exists():
+            return ""
+        text = log_path.read_text(errors="replace")
+        if tail_lines is not None:
+            text = "\n".join(text.splitlines()[-tail_lines:])
+        return text
+
+    def stop(self, name: str) -> None:
+        """Kill and delete the runc container (the bundle stays)."""
+        if self.state(name)["status"] == "absent":
+            return
+        self.runc("kill", name, "KILL", check=False)
+        self.runc("delete", "--force", name, check=False)
+
+    def discard(self, name: str) -> None:
+        """Remove the bundle: unmount its root and delete its directory."""
+        b = self.bundle(name)
+        unmount(b.rootfs)
+        shutil.rmtree(b.root, ignore_errors=True)
+
+    def remove(self, name: str) -> None:
+        self.stop(name)
+        self.discard(name)

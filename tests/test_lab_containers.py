@@ -1,0 +1,88 @@
+"""Lab hosts, agents and containers, used the way a user would: through the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from lab import Lab, connect, new_lab_id, resp
+
+REDIS = ["redis-server", "--port", "6379", "--protected-mode", "no", "--save", "", "--appendonly", "no"]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    lab = Lab(tmp_path / "state", new_lab_id())
+    try:
+        yield lab
+    finally:
+        lab.cm("lab", "down", check=False)
+
+
+def test_three_hosts_a_redis_container_and_a_client(lab):
+    res = lab.cm("lab", "up", "--hosts", "3")
+    assert "h3" in res.stdout
+    again = lab.cm("lab", "up", "--hosts", "3")  # idempotent
+    assert "already up" in again.stdout
+    assert len(lab.netns()) == 3
+
+    lab.cm("run", "h2", "db", "--publish", "16379:6379", "--env", "GREETING=hi", "--", *REDIS)
+    h2 = lab.public_address("h2")
+    sock, f = connect(h2, 16379)
+    with sock:
+        assert resp(f, "PING") == "PONG"
+        assert resp(f, "SET", "greeting", "hello") == "OK"
+        assert resp(f, "GET", "greeting") == "hello"
+
+    [row] = lab.ps()
+    assert row["name"] == "db" and row["host"] == "h2" and row["state"] == "running"
+    assert re.match(r"^100\.(9[6-9]|1[01][0-9]|12[0-7])\.", row["service_ip"])
+    assert f"{h2}:16379/tcp" in row["endpoints"]
+
+    logs = lab.cm("logs", "db").stdout
+    assert "Ready to accept connections" in logs
+
+    lab.cm("rm", "db")
+    assert lab.ps() == []
+    assert not lab.processes("redis-server --port 6379")
+    assert len(lab.netns()) == 3  # only the hosts' namespaces remain
+
+    lab.cm("lab", "down")
+    assert lab.leftovers("redis-server --port 6379") == {}
+
+
+def test_bad_input_is_refused_and_nothing_is_half_made(lab):
+    lab.cm("lab", "up", "--hosts", "2")
+    lab.cm("run", "h1", "db", "--publish", "16379:6379", "--", *REDIS)
+    netns_before = lab.netns()
+
+    cases = [
+        (["run", "h9", "x", "--", "redis-server"], "Unknown host 'h9'"),
+        (["run", "h1", "db", "--", "redis-server"], "already exists"),
+        (["run", "h1", "other", "--publish", "16379", "--", *REDIS], "already published"),
+        (["run", "h1", "img", "--image", "/nonexistent/rootfs", "--", "sh"], "not found"),
+        (["run", "h1", "nocmd", "--", "no-such-program-here"], "does not exist in image"),
+        (["run", "h1", "badport", "--publish", "99999", "--", *REDIS], "out of range"),
+        (["run", "h1", "noargs"], "No command"),
+    ]
+    for args, message in cases:
+        res = lab.cm(*args, check=False)
+        assert res.returncode != 0, args
+        assert "Error:" in res.stderr and message in res.stderr, (args, res.stderr)
+        assert "Traceback" not in res.stderr
+    assert [r["name"] for r in lab.ps()] == ["db"]
+    assert lab.netns() == netns_before
+    inv = lab.inventory()
+    assert sorted(inv["containers"]) == ["db"]
+    assert sorted(p.name for p in (lab.state_dir / "hosts" / "h1" / "containers").iterdir()) == ["db"]
+
+
+def test_lab_down_twice_and_up_again(lab):
+    lab.cm("lab", "up", "--hosts", "1")
+    lab.cm("lab", "down")
+    lab.cm("lab", "down")
+    assert lab.leftovers() == {}
+    lab.cm("lab", "up", "--hosts", "1")
+    assert len(lab.netns()) == 1
