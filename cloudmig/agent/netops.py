@@ -10,16 +10,18 @@ A thin host-side face of cloudmig.network: the container namespace naming lives 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
-from cloudmig.network import proxy, routing
+from cloudmig.network import keys, proxy, routing, wireguard
 
 HOST_NETNS = None  # the agent's own namespace
 
 
 class HostNet:
-    def __init__(self, host: str, netns_prefix: str) -> None:
+    def __init__(self, host: str, netns_prefix: str, host_dir: Path) -> None:
         self.host = host
         self.netns_prefix = netns_prefix
+        self.key_dir = host_dir / "wireguard"
 
     def container_netns(self, name: str) -> str:
         return f"{self.netns_prefix}-{name}"
@@ -48,3 +50,45 @@ class HostNet:
 
     def forwards(self) -> list[dict]:
         return [dataclasses.asdict(f) for f in proxy.list_forwards(HOST_NETNS)]
+
+    # ------------------------------------------------------------------ tunnels
+    def _key_file(self, ifname: str) -> Path:
+        return self.key_dir / f"{ifname}.key"
+
+    def tunnel_key(self, ifname: str) -> str:
+        """Make this side's key pair (private key stays here, 0600); return the public key."""
+        path = self._key_file(ifname)
+        if path.exists():
+            return keys.public_key(keys.load(path))
+        return keys.create(path)
+
+    def tunnel_up(self, ifname: str, listen_port: int, address: str, peer_public_key: str,
+                  peer_endpoint: str, peer_address: str, keepalive_s: int = 0) -> dict:
+        # the peer may carry any source: replies to clients of forwarded ports come back
+        # through it with the client's address (one interface per host pair makes this safe)
+        peer = wireguard.Peer(public_key=peer_public_key, endpoint=peer_endpoint,
+                              allowed_ips=(f"{peer_address}/32", "0.0.0.0/0"),
+                              persistent_keepalive=keepalive_s)
+        st = wireguard.up(ifname, HOST_NETNS, self._key_file(ifname), listen_port,
+                          f"{address}/32", [peer])
+        return st.to_dict()
+
+    def tunnel_warm(self, ifname: str, peer_address: str) -> dict:
+        return dataclasses.asdict(wireguard.warm(ifname, HOST_NETNS, peer_address))
+
+    def tunnel_status(self, ifname: str) -> dict:
+        return wireguard.status(ifname, HOST_NETNS).to_dict()
+
+    def tunnel_down(self, ifname: str) -> bool:
+        return wireguard.down(ifname, HOST_NETNS, self._key_file(ifname))
+
+    # ------------------------------------------------------------------ service IP moves
+    def route_service(self, service_ip: str, ifname: str | None = None, container: str | None = None) -> None:
+        """Send SERVICE_IP into tunnel ``ifname``, or back to ``container``'s own veth."""
+        routing.route_service(HOST_NETNS, service_ip, ifname or self.container_veth(container or ""))
+
+    def return_via(self, service_ip: str, ifname: str) -> int:
+        return routing.return_via(HOST_NETNS, service_ip, ifname)
+
+    def remove_return_via(self, service_ip: str) -> bool:
+        return routing.remove_return_via(HOST_NETNS, service_ip)

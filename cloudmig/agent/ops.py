@@ -28,7 +28,7 @@ class Host:
         self.host = host
         self.host_dir = host_dir
         self.runtime = rt.Runtime(host_dir, cgroup_parent)
-        self.net = netops.HostNet(host=host, netns_prefix=netns_prefix)
+        self.net = netops.HostNet(host=host, netns_prefix=netns_prefix, host_dir=host_dir)
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -42,6 +42,14 @@ class Host:
             "net.publish": self.net.publish,
             "net.unpublish": self.net.unpublish,
             "net.forwards": self.net.forwards,
+            "net.route_service": self.net.route_service,
+            "net.return_via": self.net.return_via,
+            "net.remove_return_via": self.net.remove_return_via,
+            "tunnel.key": self.net.tunnel_key,
+            "tunnel.up": self.net.tunnel_up,
+            "tunnel.warm": self.net.tunnel_warm,
+            "tunnel.status": self.net.tunnel_status,
+            "tunnel.down": self.net.tunnel_down,
         }
 
     # ------------------------------------------------------------------ basics

@@ -1,0 +1,141 @@
+"""WireGuard tunnels between hosts, driven through their agents.
+
+    tunnels.up("h1", "h2")          # keys made on each host, never leave it; handshake done
+    tunnels.status()                # per tunnel and side: handshake, bytes, endpoint
+    tunnels.down("h1", "h2")        # interfaces, key files and wireguard-go gone
+
+One WireGuard interface per host pair (see docs/network.md): each side's peer may carry any
+source address, because replies for clients of forwarded ports come back through it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from cloudmig import errors, paths
+from cloudmig.control import agents
+from cloudmig.inventory import Inventory, TunnelRecord, tunnel_key
+from cloudmig.network import addressing, wireguard
+
+KEEPALIVE_S = 25  # keeps NAT mappings of cloud hosts open; harmless in the lab
+
+
+def interface_name(local: str, peer: str) -> str:
+    # unique per machine: wireguard-go's UAPI socket names are shared by all namespaces
+    salt = str(paths.state_dir())
+    return wireguard.interface_name(f"{salt}/{local}", f"{salt}/{peer}")
+
+
+def _ports_used(data, host: str) -> set[int]:
+    used = set()
+    for t in data.tunnels.values():
+        if t.a == host:
+            used.add(t.port_a)
+        if t.b == host:
+            used.add(t.port_b)
+    return used
+
+
+def get(a: str, b: str, inv: Inventory | None = None) -> TunnelRecord | None:
+    return (inv or Inventory()).read().tunnels.get(tunnel_key(a, b))
+
+
+def up(a: str, b: str, inv: Inventory | None = None, *, exist_ok: bool = False) -> TunnelRecord:
+    inv = inv or Inventory()
+    if a == b:
+        raise errors.ConfigError(f"A tunnel needs two different hosts; got {a} twice.")
+    with inv.transaction() as data:
+        ha, hb = data.host(a), data.host(b)
+        for h in (ha, hb):
+            if not h.public_address or not h.overlay_address:
+                raise errors.ConfigError(f"Host {h.name} has no public or tunnel address yet.")
+        existing = data.tunnels.get(tunnel_key(a, b))
+        if existing:
+            if exist_ok:
+                return existing
+            raise errors.ConfigError(f"The tunnel between {a} and {b} is already up.",
+                                     hint=f"`cloudmig tunnel status` shows it; `cloudmig tunnel down {a} {b}` removes it.")
+        rec = TunnelRecord(a=a, b=b, iface_a=interface_name(a, b), iface_b=interface_name(b, a),
+                           port_a=addressing.wireguard_port(_ports_used(data, a)),
+                           port_b=addressing.wireguard_port(_ports_used(data, b)),
+                           created_at=time.time())
+        data.tunnels[rec.key] = rec  # reserved; removed again if bringing it up fails
+    try:
+        with agents.connect(ha) as ag_a, agents.connect(hb) as ag_b:
+            pub_a = ag_a.call("tunnel.key", ifname=rec.iface_a)
+            pub_b = ag_b.call("tunnel.key", ifname=rec.iface_b)
+            ag_a.call("tunnel.up", ifname=rec.iface_a, listen_port=rec.port_a,
+                      address=ha.overlay_address, peer_public_key=pub_b,
+                      peer_endpoint=f"{hb.public_address}:{rec.port_b}",
+                      peer_address=hb.overlay_address, keepalive_s=KEEPALIVE_S)
+            ag_b.call("tunnel.up", ifname=rec.iface_b, listen_port=rec.port_b,
+                      address=hb.overlay_address, peer_public_key=pub_a,
+                      peer_endpoint=f"{ha.public_address}:{rec.port_a}",
+                      peer_address=ha.overlay_address, keepalive_s=KEEPALIVE_S)
+            ag_a.call("tunnel.warm", ifname=rec.iface_a, peer_address=hb.overlay_address)
+    except BaseException:
+        _teardown(inv, rec)
+        raise
+    return rec
+
+
+def _teardown(inv: Inventory, rec: TunnelRecord) -> None:
+    data = inv.read()
+    for host, ifname in ((rec.a, rec.iface_a), (rec.b, rec.iface_b)):
+        hrec = data.hosts.get(host)
+        if hrec is None:
+            continue
+        try:
+            with agents.connect(hrec) as agent:
+                agent.call("tunnel.down", ifname=ifname)
+        except errors.AgentError:
+            pass  # host gone: its namespace (and interface) went with it
+    with inv.transaction() as data:
+        data.tunnels.pop(rec.key, None)
+
+
+def down(a: str, b: str, inv: Inventory | None = None) -> None:
+    inv = inv or Inventory()
+    data = inv.read()
+    data.host(a), data.host(b)
+    rec = data.tunnels.get(tunnel_key(a, b))
+    if rec is None:
+        raise errors.ConfigError(f"There is no tunnel between {a} and {b}.",
+                                 hint="`cloudmig tunnel status` lists the tunnels.")
+    users = [c.name for c in data.containers.values()
+             if any({f.host, c.host} == {a, b} for f in c.forwards)]
+    if users:
+        raise errors.ConfigError(f"The tunnel {a}-{b} carries forwarded endpoints of "
+                                 f"{', '.join(sorted(users))}.",
+                                 hint="Cut them over first (remove the forwards), then take the tunnel down.")
+    _teardown(inv, rec)
+
+
+def down_all(hosts: set[str], inv: Inventory | None = None) -> None:
+    """Remove every tunnel touching ``hosts`` (used when hosts are destroyed)."""
+    inv = inv or Inventory()
+    for rec in list(inv.read().tunnels.values()):
+        if rec.a in hosts or rec.b in hosts:
+            _teardown(inv, rec)
+
+
+def status(inv: Inventory | None = None) -> list[dict]:
+    inv = inv or Inventory()
+    data = inv.read()
+    out = []
+    for rec in sorted(data.tunnels.values(), key=lambda r: r.key):
+        sides = []
+        for host, ifname in ((rec.a, rec.iface_a), (rec.b, rec.iface_b)):
+            try:
+                with agents.connect(data.host(host)) as agent:
+                    st = agent.call("tunnel.status", ifname=ifname)
+                peer = (st.get("peers") or [{}])[0]
+                sides.append({"host": host, "interface": ifname, "listen_port": st["listen_port"],
+                              "backend": st["backend"], "endpoint": peer.get("endpoint"),
+                              "latest_handshake": peer.get("latest_handshake"),
+                              "rx_bytes": peer.get("rx_bytes", 0), "tx_bytes": peer.get("tx_bytes", 0),
+                              "state": "up"})
+            except errors.CloudmigError as exc:
+                sides.append({"host": host, "interface": ifname, "state": f"error: {exc}"})
+        out.append({"a": rec.a, "b": rec.b, "sides": sides})
+    return out

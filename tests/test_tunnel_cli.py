@@ -1,0 +1,88 @@
+"""`cloudmig tunnel up|status|down` between lab hosts, checked on the machine itself."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from lab import Lab, new_lab_id
+
+WG_RUN = Path("/var/run/wireguard")
+
+
+@pytest.fixture
+def lab(tmp_path):
+    lab = Lab(tmp_path / "state", new_lab_id())
+    lab.cm("lab", "up", "--hosts", "3")
+    try:
+        yield lab
+    finally:
+        lab.cm("lab", "down", check=False)
+
+
+def _wg_state(lab: Lab) -> dict:
+    inv = lab.inventory()
+    names = [n for t in inv.get("tunnels", {}).values() for n in (t["iface_a"], t["iface_b"])]
+    keys = list((lab.state_dir / "hosts").glob("*/wireguard/*.key"))
+    return {"ifaces": names, "keys": keys,
+            "sockets": [p for p in WG_RUN.glob("*.sock")] if WG_RUN.exists() else []}
+
+
+def test_tunnel_up_status_down(lab):
+    lab.cm("tunnel", "up", "h1", "h2")
+    st = json.loads(lab.cm("tunnel", "status", "--json").stdout)
+    [t] = st
+    assert {t["a"], t["b"]} == {"h1", "h2"}
+    for side in t["sides"]:
+        assert side["state"] == "up"
+        assert side["latest_handshake"] > 0
+        assert side["rx_bytes"] > 0 and side["tx_bytes"] > 0
+        assert side["endpoint"].split(":")[0] in (lab.public_address("h1"), lab.public_address("h2"))
+    state = _wg_state(lab)
+    assert len(state["keys"]) == 2
+    for key in state["keys"]:
+        assert os.stat(key).st_mode & 0o777 == 0o600
+    ifaces = state["ifaces"]
+    sockets_before = {p.name for p in state["sockets"]}
+    assert {f"{i}.sock" for i in ifaces} <= sockets_before
+    # private keys are never printed
+    assert "PRIVATE" not in json.dumps(st).upper()
+
+    human = lab.cm("tunnel", "status").stdout
+    assert "h1-h2" in human or "h2-h1" in human
+
+    lab.cm("tunnel", "down", "h1", "h2")
+    assert json.loads(lab.cm("tunnel", "status", "--json").stdout) == []
+    assert not list((lab.state_dir / "hosts").glob("*/wireguard/*.key"))
+    assert not ({f"{i}.sock" for i in ifaces} & {p.name for p in WG_RUN.glob("*.sock")})
+    assert not lab.processes("wireguard-go " + ifaces[0])
+
+
+def test_tunnel_bad_input(lab):
+    lab.cm("tunnel", "up", "h1", "h3")
+    for args, message in [
+        (["tunnel", "up", "h1", "h3"], "already up"),
+        (["tunnel", "up", "h3", "h1"], "already up"),
+        (["tunnel", "up", "h2", "h2"], "two different hosts"),
+        (["tunnel", "up", "h1", "h9"], "Unknown host 'h9'"),
+        (["tunnel", "down", "h1", "h2"], "no tunnel between"),
+    ]:
+        res = lab.cm(*args, check=False)
+        assert res.returncode == 2, (args, res.stderr)
+        assert "Error:" in res.stderr and message in res.stderr, (args, res.stderr)
+
+
+def test_lab_down_removes_tunnels(lab):
+    lab.cm("tunnel", "up", "h1", "h2")
+    lab.cm("tunnel", "up", "h2", "h3")
+    ifaces = _wg_state(lab)["ifaces"]
+    assert len(ifaces) == 4
+    lab.cm("lab", "down")
+    assert lab.leftovers() == {}
+    socks = {p.name for p in WG_RUN.glob("*.sock")} if WG_RUN.exists() else set()
+    assert not ({f"{i}.sock" for i in ifaces} & socks)
+    for i in ifaces:
+        assert not lab.processes("wireguard-go " + i)
