@@ -1,0 +1,195 @@
+"""What the cloud providers (aws, azure) share: options, access material, tags, rollback, inventory.
+
+    from cloudmig.providers import cloud_host
+    opts = cloud_host.parse_options("aws", spec.options, AWS_OPTION_HELP)
+    access = cloud_host.prepare_access(spec)             # token + ed25519 key, 0600 files
+    tags = cloud_host.ownership_tags(spec.name)          # {"cloudmig:host": "h3", "cloudmig:managed": "true"}
+    with cloud_host.Rollback(progress) as undo:
+        sg = make_sg(); undo.push(f"security group {sg}", lambda: delete_sg(sg))
+        ...                                               # an exception undoes everything, newest first
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from cloudmig import errors, paths
+from cloudmig.inventory import HostRecord, Inventory
+from cloudmig.providers import HostSpec, Progress, cloudinit
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TAG_HOST", "TAG_MANAGED", "WIREGUARD_PORT", "SSH_PORT", "ownership_tags", "check_name",
+           "parse_options", "flag", "wireguard_port", "check_network_spec", "peer_cidr", "host_dir",
+           "HostAccess", "prepare_access", "user_data_for", "forget_access", "Rollback",
+           "reserve", "save", "forget"]
+
+TAG_HOST = "cloudmig:host"
+TAG_MANAGED = "cloudmig:managed"
+WIREGUARD_PORT = 51820      # UDP, opened only to tunnel peers
+SSH_PORT = 22               # TCP, opened only to the operator
+SSH_USER = "root"           # cloud-init authorizes the controller's key for root
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-"
+MAX_NAME_LEN = 40           # fits every resource name derived from it on both clouds
+
+
+def ownership_tags(name: str) -> dict[str, str]:
+    """The tags every cloud resource of host ``name`` carries; destroy and list find them by these."""
+    return {TAG_HOST: name, TAG_MANAGED: "true"}
+
+
+def check_name(provider: str, name: str) -> None:
+    if not name or len(name) > MAX_NAME_LEN or name[0] == "-" or any(c not in _NAME_CHARS for c in name):
+        raise errors.ConfigError(f"{provider} host names use a-z, 0-9 and '-', at most {MAX_NAME_LEN} "
+                                 f"characters, not starting with '-'; {name!r} does not.")
+
+
+def parse_options(provider: str, options: dict[str, str], known: dict[str, str]) -> dict[str, str]:
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise errors.ConfigError(f"Unknown {provider} option(s): {', '.join(unknown)}.",
+                                 hint=f"Known options: {', '.join(sorted(known))}.")
+    return dict(options)
+
+
+def flag(options: dict[str, str], key: str) -> bool:
+    value = options.get(key, "false").strip().lower()
+    if value not in ("true", "false", "yes", "no", "1", "0"):
+        raise errors.ConfigError(f"Option {key} is true or false, not {value!r}.")
+    return value in ("true", "yes", "1")
+
+
+def wireguard_port(options: dict[str, str]) -> int:
+    raw = options.get("wg_port", str(WIREGUARD_PORT))
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise errors.ConfigError(f"wg_port must be a UDP port number (1-65535), not {raw!r}.")
+    return int(raw)
+
+
+def check_network_spec(spec: HostSpec) -> tuple[str, list[str]]:
+    """The operator CIDR (SSH source) and tunnel peers as /32 CIDRs, validated."""
+    if not spec.operator_cidr:
+        raise errors.ConfigError(
+            f"Host {spec.name} needs the operator's address: SSH is opened only to it.",
+            hint="Pass --operator-cidr with your public address, e.g. --operator-cidr 203.0.113.7/32.")
+    try:
+        operator = str(ipaddress.ip_network(spec.operator_cidr, strict=False))
+    except ValueError:
+        raise errors.ConfigError(f"--operator-cidr {spec.operator_cidr!r} is not an address or CIDR.") from None
+    return operator, [peer_cidr(p) for p in spec.tunnel_peers]
+
+
+def peer_cidr(address: str) -> str:
+    """A tunnel peer's public IPv4 address as the /32 its firewall rule allows."""
+    try:
+        return f"{ipaddress.IPv4Address(address)}/32"
+    except ValueError:
+        raise errors.ConfigError(f"Tunnel peer {address!r} is not an IPv4 address.") from None
+
+
+def host_dir(name: str) -> Path:
+    return paths.state_dir() / "hosts" / name
+
+
+@dataclasses.dataclass(frozen=True)
+class HostAccess:
+    """How the controller will reach a cloud host: its SSH key and the agent's token (0600 files)."""
+    public_key: str
+    token_file: Path
+    identity_file: Path | None      # None when the user brought their own key (spec.ssh_public_key)
+
+    def agent_fields(self, address: str) -> dict[str, str]:
+        fields = {"ssh_target": f"{SSH_USER}@{address}", "token_file": str(self.token_file),
+                  "remote_token_file": cloudinit.AGENT_TOKEN_PATH}
+        if self.identity_file:
+            fields["identity_file"] = str(self.identity_file)
+        return fields
+
+
+def prepare_access(spec: HostSpec) -> HostAccess:
+    """Make the agent token and (unless the spec brings one) an ed25519 key for host ``spec.name``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    d = paths.ensure_private_dir(host_dir(spec.name))
+    token_file = d / "agent.token"
+    paths.write_secret(token_file, secrets.token_urlsafe(32))
+    if spec.ssh_public_key:
+        return HostAccess(public_key=spec.ssh_public_key.strip(), token_file=token_file, identity_file=None)
+    key = ed25519.Ed25519PrivateKey.generate()
+    identity = d / "ssh_key"
+    paths.write_secret(identity, key.private_bytes(serialization.Encoding.PEM,
+                                                   serialization.PrivateFormat.OpenSSH,
+                                                   serialization.NoEncryption()))
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode()
+    public = f"{public} cloudmig-{spec.name}"
+    (d / "ssh_key.pub").write_text(public + "\n")
+    return HostAccess(public_key=public, token_file=token_file, identity_file=identity)
+
+
+def user_data_for(spec: HostSpec, access: HostAccess) -> str:
+    """The spec's own user-data if it has one, else cloudmig's first boot (both size-checked)."""
+    if spec.user_data:
+        return cloudinit.check_size(spec.user_data)
+    return cloudinit.user_data(access.token_file.read_text(), access.public_key)
+
+
+def forget_access(name: str) -> None:
+    shutil.rmtree(host_dir(name), ignore_errors=True)
+
+
+class Rollback:
+    """Undo steps pushed while creating; run newest first if the block fails, then re-raise."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self._steps: list[tuple[str, Callable[[], None]]] = []
+
+    def push(self, what: str, undo: Callable[[], None]) -> None:
+        self._steps.append((what, undo))
+
+    def __enter__(self) -> "Rollback":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            return False
+        self.progress(f"create failed ({exc}); removing what was made")
+        for what, undo in reversed(self._steps):
+            try:
+                undo()
+                self.progress(f"removed {what}")
+            except Exception as undo_exc:   # keep undoing the rest; the first error is what matters
+                log.error("could not remove %s while rolling back: %s", what, undo_exc)
+                self.progress(f"could NOT remove {what}: {undo_exc} (run `cloudmig host destroy` again)")
+        return False
+
+
+def reserve(inv: Inventory, spec: HostSpec, options: dict[str, str]) -> HostRecord:
+    """Record a pending host, refusing a name already in the inventory."""
+    with inv.transaction() as data:
+        if spec.name in data.hosts:
+            raise errors.ConfigError(f"Host {spec.name!r} already exists ({data.hosts[spec.name].provider}).",
+                                     hint=f"Destroy it first: cloudmig host destroy {spec.name}")
+        record = HostRecord(name=spec.name, provider=spec.provider, state="pending", transport="ssh",
+                            options=dict(options), created_at=time.time())
+        data.hosts[spec.name] = record
+    return record
+
+
+def save(inv: Inventory, record: HostRecord) -> None:
+    with inv.transaction() as data:
+        data.hosts[record.name] = record
+
+
+def forget(inv: Inventory, name: str) -> None:
+    with inv.transaction() as data:
+        data.hosts.pop(name, None)
