@@ -7,10 +7,28 @@ import os
 import secrets
 import socket
 import string
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from conftest import cloudmig
+
+VENV_BIN = Path(sys.executable).parent
+CLOUDMIG = str(VENV_BIN / "cloudmig")
+
+
+def cloudmig(*args: str, env: dict | None = None, check: bool = True, timeout: float = 300,
+             input: str | None = None) -> subprocess.CompletedProcess:
+    """Run the real `cloudmig` console script, as a user would."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    res = subprocess.run([CLOUDMIG, *args], capture_output=True, text=True, env=full_env,
+                         timeout=timeout, input=input)
+    if check and res.returncode != 0:
+        raise AssertionError(f"cloudmig {' '.join(args)} exited {res.returncode}\n"
+                             f"stdout:\n{res.stdout}\nstderr:\n{res.stderr}")
+    return res
+
 
 NETNS_DIR = Path("/run/netns")
 CGROUP_ROOT = Path("/sys/fs/cgroup")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import cloudmig
+from lab import cloudmig
 
 
 def test_help_lists_the_commands():

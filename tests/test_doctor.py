@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cloudmig
+from lab import cloudmig
 
 PIPE_MAX = Path("/proc/sys/fs/pipe-max-size")
 
