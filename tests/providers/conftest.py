@@ -22,3 +22,38 @@ def aws_env(moto_server, monkeypatch, state_dir):
     for key, value in moto_server.env.items():
         monkeypatch.setenv(key, value)
     return moto_server
+
+
+ARM_TOKEN = "arm-test-token-7f3c"
+ARM_SUBSCRIPTION = "00000000-1111-2222-3333-444444444444"
+
+
+class FixedTokenCredential:
+    """An azure-core TokenCredential that hands out one fixed bearer token (the ARM server's)."""
+
+    def __init__(self, token: str = ARM_TOKEN) -> None:
+        self.token = token
+        self.scopes: list[tuple[str, ...]] = []
+
+    def get_token(self, *scopes, **kwargs):
+        import time
+        from azure.core.credentials import AccessToken
+        self.scopes.append(scopes)
+        return AccessToken(self.token, int(time.time()) + 3600)
+
+
+@pytest.fixture
+def arm_server(tmp_path):
+    from arm_server import ArmServer
+    server = ArmServer.start(tmp_path, token=ARM_TOKEN, subscription=ARM_SUBSCRIPTION)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def azure_env(arm_server, monkeypatch, state_dir):
+    """The azure-mgmt clients aimed at the local ARM server, trusting its test CA."""
+    monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", ARM_SUBSCRIPTION)
+    monkeypatch.setenv("CLOUDMIG_AZURE_ARM_ENDPOINT", arm_server.url)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(arm_server.ca_path))
+    return arm_server
