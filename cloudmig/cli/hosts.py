@@ -1,1 +1,103 @@
-"""cloudmig hosts commands (being built)."""
+"""`cloudmig hosts` and `cloudmig host create|destroy`: hosts of every provider.
+
+    $ cloudmig host create --provider aws --operator-cidr 203.0.113.7/32 --option region=eu-west-1 web1
+    $ cloudmig host create --provider azure --operator-cidr 203.0.113.7/32 --dry-run web2
+    $ cloudmig hosts --json
+    $ cloudmig host destroy web1          # safe to run again
+"""
+
+from __future__ import annotations
+
+import typer
+
+from cloudmig import errors
+from cloudmig.cli._app import app, console, print_json
+
+host_app = typer.Typer(help="Create and destroy hosts with a provider (lab, aws, azure, ...).",
+                       no_args_is_help=True)
+app.add_typer(host_app, name="host")
+
+
+def _progress(line: str) -> None:
+    console.print(f"  {line}", markup=False)
+
+
+def _parse_options(pairs: list[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise errors.ConfigError(f"--option {pair!r} is not KEY=VALUE.")
+        options[key.strip()] = value.strip()
+    return options
+
+
+@app.command("hosts")
+def hosts(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Hosts of all providers: name, provider, public address, state (from the inventory)."""
+    from cloudmig.inventory import Inventory
+    records = sorted(Inventory().read().hosts.values(), key=lambda h: h.name)
+    if as_json:
+        print_json([{"name": h.name, "provider": h.provider, "public_address": h.public_address,
+                     "state": h.state} for h in records])
+        return
+    if not records:
+        console.print("no hosts (create some: `cloudmig lab up` or `cloudmig host create`)")
+        return
+    from rich.table import Table
+    table = Table(box=None, pad_edge=False)
+    for col in ("NAME", "PROVIDER", "PUBLIC ADDRESS", "STATE"):
+        table.add_column(col)
+    for h in records:
+        table.add_row(h.name, h.provider, h.public_address or "-", h.state)
+    console.print(table)
+
+
+@host_app.command("create")
+def create(name: str = typer.Argument(..., help="Host name, unique across providers."),
+           provider: str = typer.Option(..., "--provider", help="Provider: lab, aws, azure, ..."),
+           option: list[str] = typer.Option(None, "--option", help="Provider-only option KEY=VALUE (repeatable)."),
+           operator_cidr: str = typer.Option(None, "--operator-cidr",
+                                             help="Your address/CIDR: the only source allowed to reach SSH."),
+           tunnel_peer: list[str] = typer.Option(None, "--tunnel-peer",
+                                                 help="Public address allowed to reach WireGuard (repeatable)."),
+           ssh_public_key: str = typer.Option(None, "--ssh-public-key",
+                                              help="Use this public key file instead of a generated key."),
+           dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be created; change nothing.")) -> None:
+    """Create a host with a provider (and everything it needs)."""
+    from pathlib import Path
+
+    from cloudmig import providers
+    key = Path(ssh_public_key).read_text().strip() if ssh_public_key else None
+    spec = providers.HostSpec(name=name, provider=provider, options=_parse_options(option or []),
+                              tunnel_peers=list(tunnel_peer or []), operator_cidr=operator_cidr,
+                              ssh_public_key=key)
+    impl = providers.load(provider)
+    if dry_run:
+        console.print(f"would create host {name} with {provider}:")
+        for line in impl.plan_create(spec):
+            console.print(f"  {line}", markup=False)
+        return
+    with console.status(f"creating {name} with {provider}"):
+        record = impl.create_host(spec, _progress)
+    console.print(f"host {record.name} ({record.provider}) {record.state} at {record.public_address}")
+
+
+@host_app.command("destroy")
+def destroy(name: str = typer.Argument(..., help="Host to remove."),
+            provider: str = typer.Option(None, "--provider",
+                                         help="Sweep this provider for the host's tagged resources even if "
+                                              "the inventory does not know it.")) -> None:
+    """Remove a host and everything its provider made for it. Safe to run again."""
+    from cloudmig import providers
+    from cloudmig.inventory import HostRecord, Inventory
+    record = Inventory().read().hosts.get(name)
+    if record is None and provider is None:
+        console.print(f"host {name} is not in the inventory: nothing to do "
+                      f"(add --provider P to sweep a cloud for leftovers)")
+        return
+    record = record or HostRecord(name=name, provider=provider)
+    impl = providers.load(record.provider)
+    with console.status(f"destroying {name} ({record.provider})"):
+        impl.destroy_host(record, _progress)
+    console.print(f"host {name} destroyed")

@@ -43,6 +43,23 @@ IN_USE_CODES = {"microsoft.network/networkinterfaces": "NicInUse",
 MAX_CUSTOM_DATA_CHARS = 87380      # base64 of Azure's 64 KiB custom data limit
 POLLS_PER_OPERATION = 2            # "InProgress" answers before an operation ends
 
+ARM_TOKEN = "arm-test-token-7f3c"
+ARM_SUBSCRIPTION = "00000000-1111-2222-3333-444444444444"
+
+
+class FixedTokenCredential:
+    """An azure-core TokenCredential that hands out one fixed bearer token (the ARM server's)."""
+
+    def __init__(self, token: str = ARM_TOKEN) -> None:
+        self.token = token
+        self.scopes: list[tuple[str, ...]] = []
+
+    def get_token(self, *scopes, **kwargs):
+        import time
+        from azure.core.credentials import AccessToken
+        self.scopes.append(scopes)
+        return AccessToken(self.token, int(time.time()) + 3600)
+
 
 class ArmError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from arm_server import ARM_SUBSCRIPTION, ARM_TOKEN, ArmServer
 from moto_server import MotoServer
 
 
@@ -24,27 +25,8 @@ def aws_env(moto_server, monkeypatch, state_dir):
     return moto_server
 
 
-ARM_TOKEN = "arm-test-token-7f3c"
-ARM_SUBSCRIPTION = "00000000-1111-2222-3333-444444444444"
-
-
-class FixedTokenCredential:
-    """An azure-core TokenCredential that hands out one fixed bearer token (the ARM server's)."""
-
-    def __init__(self, token: str = ARM_TOKEN) -> None:
-        self.token = token
-        self.scopes: list[tuple[str, ...]] = []
-
-    def get_token(self, *scopes, **kwargs):
-        import time
-        from azure.core.credentials import AccessToken
-        self.scopes.append(scopes)
-        return AccessToken(self.token, int(time.time()) + 3600)
-
-
 @pytest.fixture
 def arm_server(tmp_path):
-    from arm_server import ArmServer
     server = ArmServer.start(tmp_path, token=ARM_TOKEN, subscription=ARM_SUBSCRIPTION)
     yield server
     server.stop()

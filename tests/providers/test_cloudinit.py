@@ -1,0 +1,58 @@
+"""The first-boot user-data both clouds use: one source, under EC2's 16 KiB, secrets 0600."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cloudmig import errors
+from cloudmig.providers import cloudinit
+
+TOKEN = "k3J9-token-for-tests_0123456789"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEXAMPLEEXAMPLEEXAMPLEEXAMPLEEXAMPLEEXAMP cloudmig-test"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _files(text):
+    doc = yaml.safe_load(text)
+    return doc, {f["path"]: f for f in doc["write_files"]}
+
+
+def test_embeds_the_project_bootstrap_and_fits_ec2():
+    text = cloudinit.user_data(TOKEN, KEY)
+    assert text.startswith("#cloud-config\n")
+    assert len(text.encode()) <= cloudinit.USER_DATA_LIMIT_BYTES
+    doc, files = _files(text)
+    script = gzip.decompress(base64.b64decode(files[cloudinit.BOOTSTRAP_PATH]["content"]))
+    assert script == (REPO / "scripts" / "bootstrap-host").read_bytes()
+    assert files[cloudinit.AGENT_TOKEN_PATH]["permissions"] == "0600"
+    assert gzip.decompress(base64.b64decode(files[cloudinit.AGENT_TOKEN_PATH]["content"])).decode() == TOKEN
+    assert files["/root/.ssh/authorized_keys"]["permissions"] == "0600"
+    assert doc["runcmd"] == [[cloudinit.FIRSTBOOT_PATH]]
+
+
+def test_same_steps_for_machines_without_cloud_init():
+    boot = cloudinit.build(TOKEN, KEY)
+    by_path = {f.path: f for f in boot.files}
+    assert by_path[cloudinit.AGENT_TOKEN_PATH].content == TOKEN.encode()
+    assert by_path[cloudinit.AGENT_TOKEN_PATH].mode == 0o600
+    assert b"bootstrap.status" in by_path[cloudinit.FIRSTBOOT_PATH].content
+    assert boot.to_cloud_config() == cloudinit.user_data(TOKEN, KEY)    # deterministic
+
+
+def test_oversized_user_data_is_refused(tmp_path):
+    big = tmp_path / "bootstrap"
+    big.write_bytes(os.urandom(50_000))                  # incompressible 50 KB
+    with pytest.raises(errors.ConfigError, match="16384"):
+        cloudinit.user_data(TOKEN, KEY, script=big)
+
+
+@pytest.mark.parametrize("token, key", [("short", KEY), (TOKEN, "not a key"), (TOKEN + "\nx", KEY)])
+def test_bad_inputs_are_refused(token, key):
+    with pytest.raises(errors.ConfigError):
+        cloudinit.build(token, key)
