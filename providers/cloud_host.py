@@ -27,9 +27,9 @@ from cloudmig.providers import HostSpec, Progress, cloudinit
 log = logging.getLogger(__name__)
 
 __all__ = ["TAG_HOST", "TAG_MANAGED", "WIREGUARD_PORT", "SSH_PORT", "ownership_tags", "check_name",
-           "parse_options", "flag", "wireguard_port", "check_network_spec", "peer_cidr", "host_dir",
+           "parse_options", "flag", "CheckedSpec", "check_spec", "tags_line", "wireguard_port", "check_network_spec", "peer_cidr", "host_dir",
            "HostAccess", "prepare_access", "user_data_for", "forget_access", "Rollback",
-           "reserve", "save", "forget"]
+           "reserve", "save", "forget", "forget_host", "mark_running"]
 
 TAG_HOST = "cloudmig:host"
 TAG_MANAGED = "cloudmig:managed"
@@ -92,6 +92,30 @@ def peer_cidr(address: str) -> str:
         return f"{ipaddress.IPv4Address(address)}/32"
     except ValueError:
         raise errors.ConfigError(f"Tunnel peer {address!r} is not an IPv4 address.") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckedSpec:
+    """A host spec checked the same way by every cloud provider, before anything is made."""
+    options: dict[str, str]
+    operator_cidr: str
+    peers: list[str]          # /32 CIDRs
+    wg_port: int
+
+    def firewall_line(self) -> str:
+        peers = ", ".join(self.peers) or "no peer yet (opened per tunnel)"
+        return f"tcp/{SSH_PORT} from {self.operator_cidr}; udp/{self.wg_port} from {peers}"
+
+
+def check_spec(provider: str, spec: HostSpec, known_options: dict[str, str]) -> CheckedSpec:
+    options = parse_options(provider, spec.options, known_options)
+    check_name(provider, spec.name)
+    operator, peers = check_network_spec(spec)
+    return CheckedSpec(options=options, operator_cidr=operator, peers=peers, wg_port=wireguard_port(options))
+
+
+def tags_line(name: str) -> str:
+    return "tags on all of it: " + ", ".join(f"{k}={v}" for k, v in ownership_tags(name).items())
 
 
 def host_dir(name: str) -> Path:
@@ -182,6 +206,23 @@ def reserve(inv: Inventory, spec: HostSpec, options: dict[str, str]) -> HostReco
         record = HostRecord(name=spec.name, provider=spec.provider, state="pending", transport="ssh",
                             options=dict(options), created_at=time.time())
         data.hosts[spec.name] = record
+    return record
+
+
+def forget_host(inv: Inventory, name: str) -> None:
+    """Forget a host (destroyed, or whose creation failed): its access files and its record."""
+    forget_access(name)
+    forget(inv, name)
+
+
+def mark_running(inv: Inventory, record: HostRecord, address: str | None, resources: dict[str, str],
+                 access: HostAccess) -> HostRecord:
+    """Record a created cloud host: its VM is up (the agent is reached later, over SSH)."""
+    record.public_address = address
+    record.state = "running"
+    record.resources = resources
+    record.agent = access.agent_fields(address or "")
+    save(inv, record)
     return record
 
 

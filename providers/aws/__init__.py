@@ -36,10 +36,8 @@ class AwsProvider:
 
     # ------------------------------------------------------------------ provider verbs
     def plan_create(self, spec: HostSpec) -> list[str]:
-        opts = self._options(spec)
-        cloud_host.check_name(self.name, spec.name)
-        operator, peers = cloud_host.check_network_spec(spec)
-        port = cloud_host.wireguard_port(opts)
+        checked = cloud_host.check_spec(self.name, spec, self.option_help)
+        opts = checked.options
         region = opts.get("region") or "(region from AWS_REGION / the profile)"
         itype = opts.get("instance_type", facts.DEFAULT_INSTANCE_TYPE)
         image = opts.get("image") or f"newest {facts.DEBIAN_IMAGE_NAME.format(arch='<arch>')} " \
@@ -47,21 +45,18 @@ class AwsProvider:
         name = f"cloudmig-{spec.name}"
         lines = [f"region {region}",
                  f"key pair {name} (ed25519, imported; private key stays in cloudmig's state dir)",
-                 f"security group {name} in the default VPC: tcp/22 from {operator}; "
-                 f"udp/{port} from {', '.join(peers) or 'no peer yet (opened per tunnel)'}",
+                 f"security group {name} in the default VPC: {checked.firewall_line()}",
                  f"instance {itype}, image {image}, cloud-init user-data running scripts/bootstrap-host"]
         if cloud_host.flag(opts, "elastic_ip"):
             lines.append("Elastic IP, associated with the instance")
-        lines.append(f"tags on all of it: {cloud_host.TAG_HOST}={spec.name}, {cloud_host.TAG_MANAGED}=true")
+        lines.append(cloud_host.tags_line(spec.name))
         return lines
 
     def create_host(self, spec: HostSpec, progress: Progress = _no_progress) -> HostRecord:
         from cloudmig.providers.aws import ec2 as ec2_ops
 
-        opts = self._options(spec)
-        cloud_host.check_name(self.name, spec.name)
-        operator, peers = cloud_host.check_network_spec(spec)
-        port = cloud_host.wireguard_port(opts)
+        checked = cloud_host.check_spec(self.name, spec, self.option_help)
+        opts = checked.options
         itype = opts.get("instance_type", facts.DEFAULT_INSTANCE_TYPE)
         ec2 = self._client(opts.get("region"))
         region = ec2.meta.region_name
@@ -79,9 +74,10 @@ class AwsProvider:
                 key = ec2_ops.import_key_pair(ec2, spec.name, access.public_key)
                 undo.push(f"key pair {key}", lambda: ec2_ops.delete_key_pair(ec2, key))
                 progress(f"key pair {key}")
-                sg = ec2_ops.create_security_group(ec2, spec.name, vpc, operator, peers, port)
+                sg = ec2_ops.create_security_group(ec2, spec.name, vpc, checked.operator_cidr, checked.peers,
+                                                   checked.wg_port)
                 undo.push(f"security group {sg}", lambda: ec2_ops.delete_security_group(ec2, sg))
-                progress(f"security group {sg}: tcp/22 from {operator}, udp/{port} from {len(peers)} peer(s)")
+                progress(f"security group {sg}: {checked.firewall_line()}")
                 inst = ec2_ops.run_instance(ec2, spec.name, image["ImageId"], itype, key, sg, user_data)
                 undo.push(f"instance {inst}", lambda: ec2_ops.terminate_instance(ec2, inst, progress))
                 info = ec2_ops.wait_instance(ec2, inst, "running", facts.INSTANCE_RUNNING_TIMEOUT_S, progress)
@@ -98,14 +94,9 @@ class AwsProvider:
                                                hint="Use --option elastic_ip=true, or a default VPC whose "
                                                     "subnets assign public IPs.")
         except BaseException:
-            cloud_host.forget_access(spec.name)
-            cloud_host.forget(self.inv, spec.name)
+            cloud_host.forget_host(self.inv, spec.name)
             raise
-        record.public_address = address
-        record.state = "running"
-        record.resources = resources
-        record.agent = access.agent_fields(address)
-        cloud_host.save(self.inv, record)
+        cloud_host.mark_running(self.inv, record, address, resources, access)
         progress(f"{spec.name}: instance {inst} running at {address}; cloud-init is bootstrapping it")
         return record
 
@@ -155,8 +146,7 @@ class AwsProvider:
             progress(f"{record.name}: nothing left in {ec2.meta.region_name}")
         else:
             ec2_ops.delete_owned(ec2, owned, progress)
-        cloud_host.forget_access(record.name)
-        cloud_host.forget(self.inv, record.name)
+        cloud_host.forget_host(self.inv, record.name)
         progress(f"{record.name}: destroyed")
 
     def allow_tunnel_peer(self, record: HostRecord, peer_address: str, port: int) -> None:
@@ -169,9 +159,6 @@ class AwsProvider:
         ec2_ops.allow_udp(self._client(record.resources.get("region")), sg, cloud_host.peer_cidr(peer_address), port)
 
     # ------------------------------------------------------------------ helpers
-    def _options(self, spec: HostSpec) -> dict[str, str]:
-        return cloud_host.parse_options(self.name, spec.options, self.option_help)
-
     def _client(self, region: str | None):
         """An EC2 client from boto3's standard chain; ``region`` overrides the chain's region."""
         try:

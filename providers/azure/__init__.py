@@ -40,31 +40,26 @@ class AzureProvider:
 
     # ------------------------------------------------------------------ provider verbs
     def plan_create(self, spec: HostSpec) -> list[str]:
-        opts = self._options(spec)
-        cloud_host.check_name(self.name, spec.name)
-        operator, peers = cloud_host.check_network_spec(spec)
-        port = cloud_host.wireguard_port(opts)
+        checked = cloud_host.check_spec(self.name, spec, self.option_help)
+        opts = checked.options
         n = facts.names(spec.name)
         group = opts.get("resource_group", n["resource_group"])
         location = opts.get("location", facts.DEFAULT_LOCATION)
         return [f"resource group {group} in {location} (created unless it exists; deleted with the host only if created)",
-                f"network security group {n['nsg']}: tcp/22 from {operator}; "
-                f"udp/{port} from {', '.join(peers) or 'no peer yet (opened per tunnel)'}",
+                f"network security group {n['nsg']}: {checked.firewall_line()}",
                 f"virtual network {n['vnet']} {facts.VNET_PREFIX}, subnet {n['subnet']} {facts.SUBNET_PREFIX}",
                 f"public IP {n['public_ip']} (static, Standard)",
                 f"network interface {n['nic']}",
                 f"virtual machine {n['vm']} {opts.get('vm_size', facts.DEFAULT_VM_SIZE)}, image "
                 f"{opts.get('image', facts.DEBIAN_IMAGE)}, os disk {n['os_disk']}, cloud-init custom data "
                 f"running scripts/bootstrap-host",
-                f"tags on all of it: {cloud_host.TAG_HOST}={spec.name}, {cloud_host.TAG_MANAGED}=true"]
+                cloud_host.tags_line(spec.name)]
 
     def create_host(self, spec: HostSpec, progress: Progress = _no_progress) -> HostRecord:
         from cloudmig.providers.azure import arm
 
-        opts = self._options(spec)
-        cloud_host.check_name(self.name, spec.name)
-        operator, peers = cloud_host.check_network_spec(spec)
-        port = cloud_host.wireguard_port(opts)
+        checked = cloud_host.check_spec(self.name, spec, self.option_help)
+        opts = checked.options
         location = opts.get("location", facts.DEFAULT_LOCATION)
         vm_size = opts.get("vm_size", facts.DEFAULT_VM_SIZE)
         image = opts.get("image", facts.DEBIAN_IMAGE)
@@ -92,7 +87,8 @@ class AzureProvider:
                     undo.push(f"{kind.replace('_', ' ')} {n[kind]}",
                               lambda: arm.delete(clients, kind, group, n[kind], progress))
 
-                nsg_id = arm.create_nsg(clients, group, n["nsg"], location, tags, operator, peers, port, progress)
+                nsg_id = arm.create_nsg(clients, group, n["nsg"], location, tags, checked.operator_cidr,
+                                        checked.peers, checked.wg_port, progress)
                 made("nsg")
                 subnet_id = arm.create_vnet(clients, group, n["vnet"], n["subnet"], location, tags, progress)
                 made("vnet")
@@ -107,16 +103,12 @@ class AzureProvider:
                 arm.wait(poller, f"virtual machine {n['vm']}", progress)
                 address = arm.public_address(clients, group, n["public_ip"])
         except BaseException:
-            cloud_host.forget_access(spec.name)
-            cloud_host.forget(self.inv, spec.name)
+            cloud_host.forget_host(self.inv, spec.name)
             raise
-        record.public_address = address
-        record.state = "running"
-        record.resources = {"subscription_id": subscription, "resource_group": group,
-                            "resource_group_owned": "true" if existing_tags is None else "false",
-                            **{kind: n[kind] for kind in ("vm", "nic", "public_ip", "vnet", "nsg", "os_disk")}}
-        record.agent = access.agent_fields(address or "")
-        cloud_host.save(self.inv, record)
+        resources = {"subscription_id": subscription, "resource_group": group,
+                     "resource_group_owned": "true" if existing_tags is None else "false",
+                     **{kind: n[kind] for kind in ("vm", "nic", "public_ip", "vnet", "nsg", "os_disk")}}
+        cloud_host.mark_running(self.inv, record, address, resources, access)
         progress(f"{spec.name}: VM running at {address}; cloud-init is bootstrapping it")
         return record
 
@@ -165,8 +157,7 @@ class AzureProvider:
             # a group is removed only if cloudmig made it for this host (its tags say so)
             if tags.get(cloud_host.TAG_HOST) == record.name and tags.get(cloud_host.TAG_MANAGED) == "true":
                 arm.delete_group(clients, group, progress)
-        cloud_host.forget_access(record.name)
-        cloud_host.forget(self.inv, record.name)
+        cloud_host.forget_host(self.inv, record.name)
         progress(f"{record.name}: destroyed")
 
     def allow_tunnel_peer(self, record: HostRecord, peer_address: str, port: int) -> None:
@@ -178,9 +169,6 @@ class AzureProvider:
         arm.allow_udp(clients, group, nsg, cloud_host.peer_cidr(peer_address), port, _no_progress)
 
     # ------------------------------------------------------------------ helpers
-    def _options(self, spec: HostSpec) -> dict[str, str]:
-        return cloud_host.parse_options(self.name, spec.options, self.option_help)
-
     def _clients(self, opts: dict[str, str]):
         from cloudmig.providers.azure import arm
 
