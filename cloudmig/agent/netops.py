@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from pyroute2 import IPRoute
+
 from cloudmig.network import keys, proxy, routing, wireguard
 
 HOST_NETNS = None  # the agent's own namespace
@@ -35,6 +37,13 @@ class HostNet:
     def create_container_netns(self, name: str, service_ip: str) -> str:
         routing.create_container_netns(HOST_NETNS, self.container_netns(name), service_ip)
         return self.container_netns_path(name)
+
+    def set_uplink(self, name: str, up: bool) -> None:
+        """Bring the host side of the container's veth up or down."""
+        with IPRoute() as ipr:  # the agent's own namespace
+            idx = ipr.link_lookup(ifname=self.container_veth(name))
+            if idx:
+                ipr.link("set", index=idx[0], state="up" if up else "down")
 
     def delete_container_netns(self, name: str) -> None:
         routing.delete_container_netns(HOST_NETNS, self.container_netns(name))

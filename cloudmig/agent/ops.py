@@ -18,7 +18,7 @@ from typing import Any, Callable
 from cloudmig import __version__, doctor, errors
 from cloudmig.agent import protocol
 from cloudmig.runtime import container as rt
-from cloudmig.agent import netops
+from cloudmig.agent import migrate_ops, netops
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,11 @@ class Host:
         self.host_dir = host_dir
         self.runtime = rt.Runtime(host_dir, cgroup_parent)
         self.net = netops.HostNet(host=host, netns_prefix=netns_prefix, host_dir=host_dir)
+        self.migration = migrate_ops.MigrationOps(self.runtime, self.net)
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         return {
+            **self.migration.handlers(),
             "ping": self.ping,
             "doctor": self.doctor,
             "container.run": self.container_run,

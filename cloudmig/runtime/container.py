@@ -124,37 +124,49 @@ class Runtime:
 
     # ------------------------------------------------------------------ lifecycle
     def prepare(self, name: str, *, image: str, command: list[str], env: dict[str, str],
-                netns_path: str, memory_limit_bytes: int | None = None) -> Bundle:
-        """Make the bundle and mount its root; check that the command exists in the image."""
+                netns_path: str, memory_limit_bytes: int | None = None,
+                mount_now: bool = True) -> Bundle:
+        """Make the bundle and (unless ``mount_now`` is False: an incoming migration, whose
+        writable layer arrives first) mount its root and check the command exists."""
         b = self.bundle(name)
         if b.root.exists():
             raise errors.ContainerError(f"Container {name!r} already exists on this host.")
+        if not command:
+            raise errors.ConfigError("No command given for the container.")
         paths.ensure_private_dir(self.containers_dir)
         b.root.mkdir()
         try:
             lowerdirs = images.resolve(image, self.layer_store)
-            mount_overlay(lowerdirs, b)
-            path_env = env.get("PATH", spec.DEFAULT_PATH)
-            if not command:
-                raise errors.ConfigError("No command given for the container.")
-            if not find_in_rootfs(b.rootfs, command[0], path_env):
-                raise errors.ContainerError(
-                    f"Command {command[0]!r} does not exist in image {image!r}.",
-                    hint="Check the spelling, or install it in the image.")
-            if not find_in_rootfs(b.rootfs, "/bin/sh", path_env):
-                raise errors.ContainerError(
-                    f"Image {image!r} has no /bin/sh, which cloudmig uses to give the container "
-                    "stdio that can be checkpointed.")
             config = spec.runtime_config(name=name, rootfs=str(b.rootfs), command=command, env=env,
                                          netns_path=netns_path, cgroups_path=self.cgroups_path(name),
                                          memory_limit_bytes=memory_limit_bytes)
             b.config.write_text(json.dumps(config, indent=2))
             b.meta.write_text(json.dumps({"image": image, "lowerdirs": lowerdirs,
                                           "command": command, "env": env}))
+            for d in (b.upper, b.work, b.rootfs):
+                d.mkdir(parents=True, exist_ok=True)
+            if mount_now:
+                self.mount(name)
+                self._check_command(b, image, command, env)
         except BaseException:
             self.discard(name)
             raise
         return b
+
+    def mount(self, name: str) -> None:
+        b = self.bundle(name)
+        mount_overlay(json.loads(b.meta.read_text())["lowerdirs"], b)
+
+    @staticmethod
+    def _check_command(b: Bundle, image: str, command: list[str], env: dict[str, str]) -> None:
+        path_env = env.get("PATH", spec.DEFAULT_PATH)
+        if not find_in_rootfs(b.rootfs, command[0], path_env):
+            raise errors.ContainerError(f"Command {command[0]!r} does not exist in image {image!r}.",
+                                        hint="Check the spelling, or install it in the image.")
+        if not find_in_rootfs(b.rootfs, "/bin/sh", path_env):
+            raise errors.ContainerError(
+                f"Image {image!r} has no /bin/sh, which cloudmig uses to give the container "
+                "stdio that can be checkpointed.")
 
     def start(self, name: str) -> int:
         b = self.bundle(name)

@@ -142,6 +142,16 @@ class LabProvider:
                 data.containers.pop(cname)
         progress(f"{record.name}: removed")
 
+    def restart_agent(self, record: HostRecord) -> HostRecord:
+        """Start a fresh agent for a lab host whose agent died (its work on disk is kept)."""
+        pid = record.agent.get("pid")
+        if pid:
+            cleanup.kill_pids([int(pid)])
+        agent = self._start_agent(record.name, new_token=False)
+        with self.inv.transaction() as data:
+            data.hosts[record.name].agent = agent
+            return data.hosts[record.name]
+
     def allow_tunnel_peer(self, record: HostRecord, peer_address: str, port: int) -> None:
         """Lab hosts have no firewall in front of them: nothing to open."""
 
@@ -161,10 +171,11 @@ class LabProvider:
         sock = record.agent.get("socket")
         return bool(sock) and self.topo.host_exists(record.name) and probe_unix(sock)
 
-    def _start_agent(self, name: str) -> dict[str, str]:
+    def _start_agent(self, name: str, new_token: bool = True) -> dict[str, str]:
         d = paths.ensure_private_dir(host_dir(name))
         token_file, sock, log_file = d / "agent.token", d / "agent.sock", d / "agent.log"
-        paths.write_secret(token_file, secrets.token_urlsafe(32))
+        if new_token or not token_file.exists():
+            paths.write_secret(token_file, secrets.token_urlsafe(32))
         argv = ["nsenter", f"--net=/run/netns/{self.topo.host_netns(name)}",
                 sys.executable, "-m", "cloudmig", "agent", "serve", "--host", name,
                 "--host-dir", str(d), "--token-file", str(token_file), "--socket", str(sock),

@@ -1,0 +1,62 @@
+"""Checks before a migration touches anything: refuse with the reason and the fix.
+
+    preflight.check(ctx)     # raises errors.PreflightError
+"""
+
+from __future__ import annotations
+
+from cloudmig import errors
+from cloudmig.control.containers import ports_in_use
+
+MODES = ("postcopy", "stopcopy")
+NEEDS_SOFT_DIRTY = ("precopy", "hybrid")
+MEMORY_HEADROOM = 1.2            # the destination needs the container's RSS times this, free
+MEMORY_FLOOR_BYTES = 64 << 20    # and at least this much on top
+
+
+def check_mode(mode: str, src_checks: dict[str, dict]) -> None:
+    if mode in MODES:
+        return
+    if mode in NEEDS_SOFT_DIRTY:
+        sd = src_checks.get("soft-dirty", {})
+        if sd.get("status") != "pass":
+            raise errors.PreflightError(
+                f"Mode {mode} needs soft-dirty page tracking, which this kernel lacks "
+                f"({sd.get('detail', 'criu check --feature mem_dirty_track fails')}).",
+                hint="Use --mode postcopy (the default) or stopcopy.")
+        raise errors.PreflightError(f"Mode {mode} is not implemented yet.",
+                                    hint="Use --mode postcopy (the default) or stopcopy.")
+    raise errors.PreflightError(f"Unknown mode {mode!r}.", hint="Use postcopy or stopcopy.")
+
+
+def check_host(host: str, checks: list[dict], mode: str) -> dict[str, dict]:
+    by_name = {c["name"]: c for c in checks}
+    failed = [c for c in checks if c["status"] == "fail" and c["required"]]
+    if failed:
+        c = failed[0]
+        raise errors.PreflightError(f"Host {host} is not ready: {c['name']}: {c['detail']}.",
+                                    hint=(c.get("hint") or "") + f" Run `cloudmig doctor` on {host}.")
+    return by_name
+
+
+def check_memory(dst: str, src_mem: dict, dst_mem: dict, mode: str) -> None:
+    need = int(src_mem["rss"] * MEMORY_HEADROOM) + MEMORY_FLOOR_BYTES
+    if dst_mem["mem_available"] < need:
+        raise errors.PreflightError(
+            f"Host {dst} has {dst_mem['mem_available'] >> 20} MiB available; the container needs "
+            f"about {need >> 20} MiB.", hint="Free memory there or pick another destination.")
+    if mode == "stopcopy" and dst_mem["disk_free"] < src_mem["rss"] + MEMORY_FLOOR_BYTES:
+        raise errors.PreflightError(
+            f"Host {dst} has {dst_mem['disk_free'] >> 20} MiB of free disk; a stop-and-copy "
+            f"image of this container needs about {src_mem['rss'] >> 20} MiB.")
+
+
+def check_ports(data, container, dst: str) -> None:
+    used = ports_in_use(data, dst)
+    # the container's own forwards on dst (it is coming back) do not count
+    own = {(p.host_port, p.proto) for f in container.forwards if f.host == dst for p in f.ports}
+    clash = (used - own) & {(p.host_port, p.proto) for p in container.ports}
+    if clash:
+        port, proto = sorted(clash)[0]
+        raise errors.PreflightError(f"Port {port}/{proto} is already published on {dst} by another container.",
+                                    hint="Free the port there or pick another destination.")

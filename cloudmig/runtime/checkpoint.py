@@ -1,0 +1,266 @@
+"""Host-local checkpoint and restore of a runc container with CRIU (used by the agent).
+
+    ck = LazyCheckpoint.start(runtime, "web", images, work, address="100.64.0.1", port=27000)
+    ck.wait_ready()              # the page server listens: the images dir is complete
+    ...                          # destination: LazyRestore.start(...) then restore(...)
+    ck.wait()                    # returns once every page has been served
+
+Post-copy dumps with ``--leave-running``: whatever happens (every page served, the
+destination failing, the transfer aborted) CRIU ends the dump with the container alive on
+this host, and the caller decides whether to kill it (migration done) or keep it (rolled
+back). Stop-and-copy dumps in full and lets CRIU end the container; CRIU's network lock
+keeps its TCP connections silent until a restore (here or there) unlocks them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import select
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from cloudmig import errors, paths
+from cloudmig.runtime import container as rt
+
+log = logging.getLogger(__name__)
+
+PAGE_SERVER_READY_TIMEOUT_S = 60     # lazy dump until the page server listens (2 GiB: ~0.3 s)
+FULL_DUMP_TIMEOUT_S = 1800           # stop-and-copy of many GiB over a slow disk
+RESTORE_TIMEOUT_S = 600
+LAZY_DAEMON_START_S = 10             # lazy-pages daemon creating its socket
+LAZY_CONNECT_TIMEOUT_S = 5           # restored; the daemon connects to the page server within this
+CRIU_LOG_LEVEL = "4"                 # the lazy-pages log at level 4 lets us count faults
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def criu_path() -> str:
+    criu = paths.criu_binary()
+    if not criu:
+        raise errors.HostSetupError("CRIU is not installed on this host.",
+                                    hint="Run `cloudmig doctor` there.")
+    return criu
+
+
+def _runc_global(runtime: rt.Runtime) -> list[str]:
+    return ["--root", str(runtime.runc_root), "--criu", criu_path()]
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    errs = [line for line in text if "Error" in line or "error" in line]
+    return " / ".join((errs or text)[-lines:])
+
+
+def free_port(address: str) -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def abort_page_server(address: str, port: int) -> None:
+    """End a lazy dump whose page server nobody connected to: connect and close at once."""
+    try:
+        with socket.create_connection((address, port), timeout=5):
+            pass
+    except OSError:
+        pass
+
+
+def tcp_established(address: str, port: int) -> bool:
+    """Is there an ESTABLISHED TCP connection to ADDRESS:PORT in this network namespace?"""
+    want = f"{socket.inet_aton(address)[::-1].hex().upper()}:{port:04X}"
+    try:
+        with open("/proc/net/tcp") as fh:
+            next(fh)
+            return any(f.split()[2] == want and f.split()[3] == "01" for f in fh)
+    except OSError:
+        return False
+
+
+def kill_processes_mentioning(text: str) -> None:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                if text.encode() in fh.read():
+                    os.kill(int(entry), 9)
+        except OSError:
+            pass
+
+
+def read_dump_stats(images: Path) -> dict:
+    """CRIU's stats-dump image (pages scanned, written, lazy; freeze times), via pycriu."""
+    path = images / "stats-dump"
+    if not path.exists():
+        return {}
+    try:
+        import pycriu  # built from the same CRIU tree as the binary (scripts/bootstrap-host)
+        with open(path, "rb") as fh:
+            img = pycriu.images.load(fh)
+        return dict(img["entries"][0].get("dump", {}))
+    except Exception as exc:  # stats are a report detail; a missing pycriu must not fail a migration
+        log.warning("cannot read %s: %s", path, exc)
+        return {}
+
+
+def dir_bytes(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+class LazyCheckpoint:
+    """``runc checkpoint --lazy-pages``: freeze, dump all but memory, serve memory on demand."""
+
+    def __init__(self, proc: subprocess.Popen, status_r: int, images: Path, work: Path,
+                 address: str, port: int) -> None:
+        self.proc, self._status_r = proc, status_r
+        self.images, self.work, self.address, self.port = images, work, address, port
+
+    @classmethod
+    def start(cls, runtime: rt.Runtime, name: str, images: Path, work: Path, address: str,
+              port: int) -> "LazyCheckpoint":
+        for d in (images, work):
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir(parents=True)
+        r, w = os.pipe()
+        argv = ["runc", *_runc_global(runtime), "checkpoint", "--lazy-pages", "--leave-running",
+                "--page-server", f"{address}:{port}", "--status-fd", str(w), "--tcp-established",
+                "--image-path", str(images), "--work-path", str(work), name]
+        argv[0] = paths.tool("runc") or "runc"
+        with open(work / "runc.log", "wb") as out:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                    pass_fds=(w,))
+        os.close(w)
+        return cls(proc, r, images, work, address, port)
+
+    def wait_ready(self, timeout_s: float = PAGE_SERVER_READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.proc.kill()
+                    raise errors.CheckpointError(f"The lazy dump did not get ready within {timeout_s} s.")
+                ready, _, _ = select.select([self._status_r], [], [], min(left, 0.5))
+                if ready:
+                    data = os.read(self._status_r, 1)
+                    if data == b"\0":
+                        return
+                    # EOF: runc/criu exited before the page server listened
+                    self.proc.wait()
+                    raise errors.CheckpointError(
+                        f"CRIU could not dump the container: {_tail(self.work / 'dump.log') or _tail(self.work / 'runc.log')}",
+                        hint=f"See {self.work}/dump.log on the source host.")
+        finally:
+            os.close(self._status_r)
+
+    def wait(self, timeout_s: float | None = None) -> int:
+        return self.proc.wait(timeout=timeout_s)
+
+
+def full_checkpoint(runtime: rt.Runtime, name: str, images: Path, work: Path) -> None:
+    for d in (images, work):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    res = runtime.runc("--criu", criu_path(), "checkpoint", "--tcp-established",
+                       "--image-path", str(images), "--work-path", str(work), name,
+                       check=False, timeout=FULL_DUMP_TIMEOUT_S)
+    if res.returncode != 0:
+        raise errors.CheckpointError(
+            f"CRIU could not dump the container: {_tail(work / 'dump.log') or res.stderr.strip()}",
+            hint=f"See {work}/dump.log on the source host.")
+
+
+class LazyPagesDaemon:
+    """``criu lazy-pages``: serves the restored container's page faults from the source's
+    page server, then pulls every remaining page in the background, and exits when done."""
+
+    def __init__(self, proc: subprocess.Popen, work: Path) -> None:
+        self.proc, self.work = proc, work
+
+    @classmethod
+    def start(cls, images: Path, work: Path, address: str, port: int) -> "LazyPagesDaemon":
+        work.mkdir(parents=True, exist_ok=True)
+        argv = [criu_path(), "lazy-pages", "--page-server", "--address", address, "--port", str(port),
+                "--images-dir", str(images), "--work-dir", str(work), "-v" + CRIU_LOG_LEVEL,
+                "-o", "lazy-pages.log"]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        sock = work / "lazy-pages.socket"
+        deadline = time.monotonic() + LAZY_DAEMON_START_S
+        while not sock.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise errors.LazyPagesError(
+                    f"The lazy-pages daemon did not start: {_tail(work / 'lazy-pages.log')}")
+            time.sleep(0.01)
+        return cls(proc, work)
+
+    def stats(self) -> dict:
+        """Pages the daemon had to move, those it moved on faults, and in all."""
+        total = faulted = copied = 0
+        log_path = self.work / "lazy-pages.log"
+        if log_path.exists():
+            with open(log_path, errors="replace") as fh:
+                for line in fh:
+                    if "#PF at" in line:
+                        faulted += 1
+                    elif "pages to be handled by UFFD" in line:
+                        m = re.search(r"Found (\d+) pages", line)
+                        total += int(m.group(1)) if m else 0
+                    elif "UFFD transferred pages" in line:
+                        m = re.search(r"\((\d+)/(\d+)\)", line)
+                        copied += int(m.group(1)) if m else 0
+        faulted = min(faulted, copied) if copied else faulted
+        return {"lazy_pages": total, "copied_pages": copied, "faulted_pages": faulted,
+                "pushed_pages": max(copied - faulted, 0)}
+
+    def wait_connected(self, address: str, port: int, timeout_s: float = LAZY_CONNECT_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not tcp_established(address, port):
+            if self.proc.poll() is not None:
+                raise errors.LazyPagesError(
+                    f"The lazy-pages daemon could not reach the page server {address}:{port}: "
+                    f"{_tail(self.work / 'lazy-pages.log')}")
+            if time.monotonic() > deadline:
+                raise errors.LazyPagesError(
+                    f"The lazy-pages daemon did not connect to the page server {address}:{port} "
+                    f"within {timeout_s} s.", hint="Check the tunnel between the hosts.")
+            time.sleep(0.005)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def restore(runtime: rt.Runtime, name: str, images: Path, work: Path, lazy: bool) -> int:
+    b = runtime.bundle(name)
+    args = ["--criu", criu_path(), "restore", "--detach", "--tcp-established",
+            "--image-path", str(images), "--work-path", str(work), "--bundle", str(b.root)]
+    if lazy:
+        args.append("--lazy-pages")
+    res = runtime.runc(*args, name, check=False, timeout=RESTORE_TIMEOUT_S)
+    if res.returncode != 0:
+        raise errors.RestoreError(
+            f"CRIU could not restore the container: {_tail(work / 'restore.log') or res.stderr.strip()}",
+            hint=f"See {work}/restore.log on the destination host.")
+    st = runtime.state(name)
+    if st["status"] != "running":
+        raise errors.RestoreError(f"The restored container is {st['status']}, not running.")
+    return int(st["pid"])
