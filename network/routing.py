@@ -1,12 +1,14 @@
 """Container network namespaces and the routes that move a service IP between hosts.
 
-    from cloudmig.network import routing
+    from cloudmig.network import replies, routing
     link = routing.create_container_netns("h1", "web-ns", "100.96.0.5")   # veth + routes
     # migrate web to h2: h2 prepares the same service IP, then
     routing.create_container_netns("h2", "web-ns2", "100.96.0.5")
-    routing.return_via("h2", "100.96.0.5", tunnel_h2_to_h1)   # replies go back through h1
+    replies.track_tunnel("h2", tunnel_h2_to_h1)               # replies go back through h1
+    routing.return_via("h2", "100.96.0.5", tunnel_h2_to_h1)   # fallback: see return_via
     routing.route_service("h1", "100.96.0.5", tunnel_h1_to_h2) # h1 sends it into the tunnel
     # undo on failure: route_service("h1", ip, link.host_veth); remove_return_via("h2", ip)
+    # (the tunnel stays tracked while it is up: replies.untrack_tunnel when it goes down)
     routing.delete_container_netns("h1", "web-ns")
 
 A container's uplink is a veth pair: the host side carries 169.254.1.1/32 with proxy_arp, the
@@ -166,7 +168,17 @@ def _rules_from(ipr, service: str, table: int) -> list:
 def return_via(netns: str | None, service_ip: str, tunnel_ifname: str) -> int:
     """On the destination: packets from SERVICE_IP leave through ``tunnel_ifname`` (back to the
     source, whose conntrack un-NATs them): ``rule from SERVICE_IP lookup T``, ``default dev
-    TUNNEL table T``. Returns T."""
+    TUNNEL table T``. Returns T.
+
+    This sends *every* unmarked packet of the service IP into one tunnel: right only while a
+    single forwarder exists and this host publishes none of the service's ports. In general
+    call ``replies.track_tunnel`` for each tunnel a forwarder uses (each connection is answered
+    through the tunnel it came in from; this host's own DNATed connections are pinned to the
+    main table), and keep ``return_via`` towards the host the container just left only as the
+    fallback for connections no tunnel has marked: those whose first packet this host sees
+    comes from the container (e.g. a retransmission of a restored socket). Its catch-all also
+    takes connections the container opens itself (outbound), so remove it once the
+    connections restored from that host are gone."""
     service = _service(service_ip)
     table = addressing.route_table(service)
     with _ns.iproute(netns, f"routing replies of {service} into {tunnel_ifname}") as ipr:

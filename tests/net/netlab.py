@@ -67,17 +67,21 @@ class Lab:
     procs: list = dataclasses.field(default_factory=list)
     tunnels: list = dataclasses.field(default_factory=list)
     containers: list = dataclasses.field(default_factory=list)
+    overlay: dict = dataclasses.field(default_factory=dict)     # host name -> tunnel address
 
     def tunnel_pair(self, a: str = "a", b: str = "b") -> tuple[Tunnel, Tunnel]:
-        """A WireGuard interface on each host towards the other, warmed up."""
+        """A WireGuard interface on each host towards the other, warmed up. A host keeps one
+        overlay address over all its tunnels; each tunnel end gets the host's next free port."""
         ha, hb = self.hosts[a], self.hosts[b]
-        ends, used = [], set()
+        ends = []
         for me, other in ((ha, hb), (hb, ha)):
+            if me.name not in self.overlay:
+                self.overlay[me.name] = str(addressing.host_address(self.overlay.values()))
             ifname = wireguard.interface_name(me.netns, other.netns)
             key_file = keys.default_path(ifname)
-            used.add(str(addressing.host_address(used)))
+            ports = {t.port for t in self.tunnels if t.netns == me.netns}
             ends.append(Tunnel(me.netns, ifname, key_file, keys.create(key_file),
-                               max(used, key=ipaddress.IPv4Address), addressing.wireguard_port(())))
+                               self.overlay[me.name], addressing.wireguard_port(ports)))
             self.tunnels.append(ends[-1])
         for me, other, other_host in ((ends[0], ends[1], hb), (ends[1], ends[0], ha)):
             wireguard.up(me.ifname, me.netns, me.key_file, me.port, f"{me.overlay_ip}/32",
@@ -85,6 +89,23 @@ class Lab:
                                                [f"{other.overlay_ip}/32"])])
         wireguard.warm(ends[0].ifname, ends[0].netns, ends[1].overlay_ip)
         return ends[0], ends[1]
+
+    def add_host(self, name: str) -> Host:
+        """Host namespace ``prefix+name`` with one leg (wan0) on the bridge."""
+        netns = f"{self.prefix}{name}"
+        pyroute2_netns.create(netns)
+        host = self.hosts[name] = Host(name, netns, str(self.subnet[11 + len(self.hosts)]))
+        with IPRoute() as ipr:
+            leg = f"{netns}w"
+            ipr.link("add", ifname=leg, kind="veth", peer={"ifname": "wan0", "net_ns_fd": netns})
+            idx = ipr.link_lookup(ifname=leg)[0]
+            ipr.link("set", index=idx, master=ipr.link_lookup(ifname=self.bridge)[0], state="up")
+        with IPRoute(netns=netns, flags=0) as hipr:
+            lo, wan = hipr.link_lookup(ifname="lo")[0], hipr.link_lookup(ifname="wan0")[0]
+            hipr.link("set", index=lo, state="up")
+            hipr.addr("add", index=wan, address=host.public_ip, prefixlen=24)
+            hipr.link("set", index=wan, state="up")
+        return host
 
     def container(self, host: str, service_ip: str) -> routing.ContainerLink:
         name = f"{self.prefix}c{len(self.containers)}"
@@ -163,19 +184,8 @@ def lab(state_dir):
             br = ipr.link_lookup(ifname=lab.bridge)[0]
             ipr.addr("add", index=br, address=str(subnet[1]), prefixlen=24)
             ipr.link("set", index=br, state="up")
-            for i, name in enumerate(("a", "b")):
-                netns = f"{prefix}{name}"
-                pyroute2_netns.create(netns)
-                lab.hosts[name] = Host(name, netns, str(subnet[11 + i]))
-                leg = f"{netns}w"
-                ipr.link("add", ifname=leg, kind="veth", peer={"ifname": "wan0", "net_ns_fd": netns})
-                idx = ipr.link_lookup(ifname=leg)[0]
-                ipr.link("set", index=idx, master=br, state="up")
-                with IPRoute(netns=netns, flags=0) as hipr:
-                    lo, wan = hipr.link_lookup(ifname="lo")[0], hipr.link_lookup(ifname="wan0")[0]
-                    hipr.link("set", index=lo, state="up")
-                    hipr.addr("add", index=wan, address=lab.hosts[name].public_ip, prefixlen=24)
-                    hipr.link("set", index=wan, state="up")
+        for name in ("a", "b"):
+            lab.add_host(name)
         yield lab
     finally:
         _teardown(lab)
