@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import re
@@ -138,3 +139,21 @@ def sysctl(netns: str | None, settings: dict[str, str]) -> None:
     """Set sysctls of ``netns`` in one call (net.* sysctls are per network namespace)."""
     pairs = [f"{key}={value}" for key, value in settings.items()]
     run(netns, [need_tool("sysctl", "procps"), "-q", "-w", *pairs], "setting " + ", ".join(pairs))
+
+
+def nft(netns: str | None, argv: list[str], doing: str, script: str | None = None) -> str:
+    """Run ``nft ARGV`` in ``netns`` (``script`` on stdin, for ``-f -``); returns its stdout."""
+    return run(netns, [need_tool("nft", "nftables"), *argv], doing, input=script).stdout
+
+
+def nft_table_exists(netns: str | None, family: str, table: str) -> bool:
+    out = nft(netns, ["-j", "list", "tables", family], "listing nftables tables")
+    return any(item.get("table", {}).get("name") == table for item in json.loads(out)["nftables"])
+
+
+def nft_rules(netns: str | None, family: str, table: str) -> list[dict]:
+    """The rules of nftables table FAMILY TABLE as nft's JSON objects ([] if there is no table)."""
+    if not nft_table_exists(netns, family, table):
+        return []
+    out = nft(netns, ["-j", "list", "table", family, table], f"listing table {family} {table}")
+    return [item["rule"] for item in json.loads(out)["nftables"] if "rule" in item]

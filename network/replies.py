@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import re
 
@@ -78,20 +77,15 @@ def _preferred_id(ifname: str) -> int:
 
 
 def _nft(netns: str | None, argv: list[str], doing: str, script: str | None = None) -> str:
-    nft = _ns.need_tool("nft", "nftables")
-    return _ns.run(netns, [nft, *argv], doing, input=script).stdout
+    return _ns.nft(netns, argv, doing, script)
 
 
 def _table_exists(netns: str | None) -> bool:
-    out = _nft(netns, ["-j", "list", "tables", FAMILY], "listing nftables tables")
-    return any(item.get("table", {}).get("name") == TABLE for item in json.loads(out)["nftables"])
+    return _ns.nft_table_exists(netns, FAMILY, TABLE)
 
 
 def _rules(netns: str | None) -> list[dict]:
-    if not _table_exists(netns):
-        return []
-    out = _nft(netns, ["-j", "list", "table", FAMILY, TABLE], f"listing table {FAMILY} {TABLE}")
-    return [item["rule"] for item in json.loads(out)["nftables"] if "rule" in item]
+    return _ns.nft_rules(netns, FAMILY, TABLE)
 
 
 def _packets(rule: dict) -> int:

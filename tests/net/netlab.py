@@ -191,6 +191,19 @@ def lab(state_dir):
         _teardown(lab)
 
 
+def clean_up_through_library(lab: Lab) -> list[str]:
+    """Stop the servers, remove containers and tunnels with the library (each must have been
+    there), and return what is left (should be nothing)."""
+    for proc in lab.procs:
+        proc.kill()
+        proc.wait()
+    for host_netns, name in lab.containers:
+        assert routing.delete_container_netns(host_netns, name)
+    for tun in lab.tunnels:
+        assert wireguard.down(tun.ifname, tun.netns, tun.key_file)
+    return leftovers(lab)
+
+
 def leftovers(lab: Lab) -> list[str]:
     """What of the network layer is still there (should be nothing after cleanup)."""
     found = []

@@ -23,7 +23,7 @@ from pyroute2 import IPRoute
 
 from cloudmig.network import addressing, proxy, replies, routing, wireguard
 
-from netlab import leftovers
+from netlab import clean_up_through_library
 
 SERVICE_PORT, PUBLIC_PORT = 8000, 8080
 ROUNDS = 20
@@ -145,14 +145,7 @@ def test_each_connection_is_answered_the_way_it_came(lab):
     assert "cloudmig_replies" not in nft_tables(d.netns)
     for host in (f1, f2, d):
         assert proxy.remove_all(host.netns)
-    for proc in lab.procs:
-        proc.kill()
-        proc.wait()
-    for host_netns, name in lab.containers:
-        assert routing.delete_container_netns(host_netns, name)
-    for tun in lab.tunnels:
-        assert wireguard.down(tun.ifname, tun.netns, tun.key_file)
-    assert leftovers(lab) == []
+    assert clean_up_through_library(lab) == []
     assert all(nft_tables(h.netns) == [] for h in (f1, f2, d))
 
 

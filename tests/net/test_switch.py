@@ -14,7 +14,7 @@ import time
 
 from cloudmig.network import addressing, proxy, routing, wireguard
 
-from netlab import leftovers, line_server, netns_socket
+from netlab import clean_up_through_library, line_server, netns_socket
 
 SERVICE_PORT, PUBLIC_PORT = 8000, 8080
 REQUEST_INTERVAL_S = 0.005
@@ -112,12 +112,5 @@ def test_service_ip_moves_and_public_port_follows(lab):
 
     # cleanup through the library leaves nothing behind (done-when 3)
     assert proxy.remove_all(a.netns) and not proxy.remove_all(a.netns)
-    for proc in lab.procs:
-        proc.kill()
-        proc.wait()
-    for host_netns, name in lab.containers:
-        assert routing.delete_container_netns(host_netns, name)
-    for tun in lab.tunnels:
-        assert wireguard.down(tun.ifname, tun.netns, tun.key_file)
-    assert leftovers(lab) == []
+    assert clean_up_through_library(lab) == []
     assert proxy.list_forwards(a.netns) == []
