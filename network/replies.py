@@ -76,18 +76,6 @@ def _preferred_id(ifname: str) -> int:
     return 1 + int.from_bytes(hashlib.sha256(ifname.encode()).digest()[:4], "big") % MAX_TUNNEL_ID
 
 
-def _nft(netns: str | None, argv: list[str], doing: str, script: str | None = None) -> str:
-    return _ns.nft(netns, argv, doing, script)
-
-
-def _table_exists(netns: str | None) -> bool:
-    return _ns.nft_table_exists(netns, FAMILY, TABLE)
-
-
-def _rules(netns: str | None) -> list[dict]:
-    return _ns.nft_rules(netns, FAMILY, TABLE)
-
-
 def _packets(rule: dict) -> int:
     return next((e["counter"]["packets"] for e in rule.get("expr", []) if "counter" in e), 0)
 
@@ -95,7 +83,7 @@ def _packets(rule: dict) -> int:
 def list_tracked(netns: str | None) -> list[TrackedTunnel]:
     """The tunnels whose connections are answered through them, with their counters."""
     found: dict[str, dict] = {}
-    for rule in _rules(netns):
+    for rule in _ns.nft_rules(netns, FAMILY, TABLE):
         match = _COMMENT_RE.match(rule.get("comment", ""))
         if match:
             role, ifname, mark_id = match.group(1), match.group(2), int(match.group(3))
@@ -184,7 +172,7 @@ def track_tunnel(netns: str | None, tunnel_ifname: str) -> int:
     if mark_id is None:
         mark_id = _allocate(tunnel_ifname, set(tracked.values()))
         lines = (_setup_lines() if not tracked else []) + _tunnel_lines(tunnel_ifname, mark_id)
-        _nft(netns, ["-f", "-"], f"tracking connections from {tunnel_ifname}", "\n".join(lines) + "\n")
+        _ns.nft(netns, ["-f", "-"], f"tracking connections from {tunnel_ifname}", "\n".join(lines) + "\n")
     table = REPLY_TABLE_BASE + mark_id
     with _ns.iproute(netns, f"routing replies into {tunnel_ifname}") as ipr:
         ipr.route("replace", dst="0.0.0.0/0", oif=index, table=table)
@@ -209,14 +197,14 @@ def _flush_table(ipr, table: int) -> bool:
 def untrack_tunnel(netns: str | None, tunnel_ifname: str) -> bool:
     """Undo ``track_tunnel`` (False if it was not tracked); the last one removes the table."""
     _check_ifname(tunnel_ifname)
-    rules = _rules(netns)
+    rules = _ns.nft_rules(netns, FAMILY, TABLE)
     doomed = [r for r in rules if (m := _COMMENT_RE.match(r.get("comment", ""))) and m.group(2) == tunnel_ifname]
     mark_ids = {int(_COMMENT_RE.match(r["comment"]).group(3)) for r in doomed}
     others = {t.ifname for t in list_tracked(netns)} - {tunnel_ifname}
     if doomed and not others:
-        _nft(netns, ["delete", "table", FAMILY, TABLE], f"deleting table {FAMILY} {TABLE}")
+        _ns.nft(netns, ["delete", "table", FAMILY, TABLE], f"deleting table {FAMILY} {TABLE}")
     elif doomed:
-        _nft(netns, ["-f", "-"], f"untracking {tunnel_ifname}",
+        _ns.nft(netns, ["-f", "-"], f"untracking {tunnel_ifname}",
              "".join(f"delete rule {FAMILY} {TABLE} {CHAIN} handle {r['handle']}\n" for r in doomed))
     removed = bool(doomed)
     with _ns.iproute(netns, f"removing the reply path into {tunnel_ifname}") as ipr:
@@ -232,8 +220,8 @@ def untrack_tunnel(netns: str | None, tunnel_ifname: str) -> bool:
 def remove_all(netns: str | None) -> bool:
     """Remove the table, every fwmark rule of ours and their routes (False if none was there)."""
     removed = False
-    if _table_exists(netns):
-        _nft(netns, ["delete", "table", FAMILY, TABLE], f"deleting table {FAMILY} {TABLE}")
+    if _ns.nft_table_exists(netns, FAMILY, TABLE):
+        _ns.nft(netns, ["delete", "table", FAMILY, TABLE], f"deleting table {FAMILY} {TABLE}")
         removed = True
     with _ns.iproute(netns, "removing reply paths") as ipr:
         for rule in ipr.get_rules(family=2):
