@@ -126,6 +126,8 @@ class MigrationOps:
     def src_checkpoint(self, name: str, mode: str, address: str = "", port: int = 0) -> dict:
         images, work = self._images(name), self._work(name, "src")
         start = time.monotonic()
+        # silence the container before CRIU freezes it: see cloudmig.network.lock
+        self.net.lock_container(name)
         if mode == "postcopy":
             dump = checkpoint.LazyCheckpoint.start(self.runtime, name, images, work, address, port)
             self._dumps[name] = dump
@@ -156,13 +158,13 @@ class MigrationOps:
     def src_wait_dump(self, name: str, timeout_s: float | None = None) -> dict:
         dump = self._dumps.get(name)
         if dump is None:
-            return {"rc": 0, "stats": checkpoint.read_dump_stats(self._images(name))}
+            return {"rc": 0, "stats": checkpoint.read_dump_stats(self._work(name, "src"))}
         try:
             rc = dump.wait(timeout_s)
         except subprocess.TimeoutExpired:
             return {"rc": None}
         self._dumps.pop(name, None)
-        return {"rc": rc, "stats": checkpoint.read_dump_stats(self._images(name))}
+        return {"rc": rc, "stats": checkpoint.read_dump_stats(self._work(name, "src"))}
 
     def src_rollback(self, name: str, mode: str, service_ip: str) -> dict:
         """Resume the container here after a failed migration, as it was."""
@@ -179,6 +181,7 @@ class MigrationOps:
             checkpoint.restore(self.runtime, name, self._images(name), self._work(name, "rollback"), lazy=False)
         elif state == "paused":
             self.runtime.runc("resume", name)
+        self.net.unlock_container(name)
         self.net.set_uplink(name, up=True)
         self.net.route_service(service_ip, container=name)
         state = self.runtime.state(name)["status"]
@@ -187,9 +190,11 @@ class MigrationOps:
                                         hint=f"Inspect {self._work(name, 'src')} on the source host.")
         return {"state": state}
 
-    def src_finish(self, name: str) -> None:
+    def src_finish(self, name: str, service_ip: str) -> None:
         """The container lives elsewhere now: remove it here, but keep its published ports,
-        which forward to it."""
+        which forward to it. A reply path this host had for it as a destination goes: replies
+        that come back here now belong to this host's own forwarded clients."""
+        self.net.remove_return_via(service_ip)
         self.runtime.remove(name)
         self.net.delete_container_netns(name)
         shutil.rmtree(self._mig_dir(name), ignore_errors=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from cloudmig.network import keys, proxy, routing, wireguard
+from cloudmig.network import keys, lock, proxy, replies, routing, wireguard
 
 HOST_NETNS = None  # the agent's own namespace
 
@@ -44,6 +44,12 @@ class HostNet:
             idx = ipr.link_lookup(ifname=self.container_veth(name))
             if idx:
                 ipr.link("set", index=idx[0], state="up" if up else "down")
+
+    def lock_container(self, name: str) -> None:
+        lock.lock(self.container_netns(name))
+
+    def unlock_container(self, name: str) -> bool:
+        return lock.unlock(self.container_netns(name))
 
     def delete_container_netns(self, name: str) -> None:
         routing.delete_container_netns(HOST_NETNS, self.container_netns(name))
@@ -89,7 +95,12 @@ class HostNet:
         return wireguard.status(ifname, HOST_NETNS).to_dict()
 
     def tunnel_down(self, ifname: str) -> bool:
+        replies.untrack_tunnel(HOST_NETNS, ifname)
         return wireguard.down(ifname, HOST_NETNS, self._key_file(ifname))
+
+    def track_tunnel(self, ifname: str) -> int:
+        """Replies leave through the tunnel their connection came in from (see network/replies)."""
+        return replies.track_tunnel(HOST_NETNS, ifname)
 
     # ------------------------------------------------------------------ service IP moves
     def route_service(self, service_ip: str, ifname: str | None = None, container: str | None = None) -> None:

@@ -47,6 +47,7 @@ class Host:
             "net.route_service": self.net.route_service,
             "net.return_via": self.net.return_via,
             "net.remove_return_via": self.net.remove_return_via,
+            "net.track_tunnel": self.net.track_tunnel,
             "tunnel.key": self.net.tunnel_key,
             "tunnel.up": self.net.tunnel_up,
             "tunnel.warm": self.net.tunnel_warm,

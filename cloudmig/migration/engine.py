@@ -153,7 +153,12 @@ class Migration:
                 finally:
                     src.call("mig.probe_close", address=self.src_addr, port=self.ps_port)
                 self.report.fs_bytes += self._send(src, dst, "upper", "mig.src_presync")
+                # reply paths on the destination: connections that come in through a tunnel
+                # are answered through it; a restored connection whose first packet is the
+                # container's own (a retransmission) falls back to the source's tunnel
+                dst.call("net.track_tunnel", ifname=self.dst_if)
                 dst.call("net.return_via", service_ip=c.service_ip, ifname=self.dst_if)
+            self._prepare_forwarders()
 
     def _send(self, src, dst, what: str, op: str) -> int:
         rx = dst.call("mig.dst_receive", name=self.name, what=what, bind_address=self.dst_addr)
@@ -200,16 +205,23 @@ class Migration:
             self._reroute_forwarders()
             self._record_move()
 
-    def _reroute_forwarders(self) -> None:
-        """Hosts the container lived on before keep forwarding: point them at the new home."""
-        c = self.container
-        for fwd in c.forwards:
+    def _prepare_forwarders(self) -> None:
+        """Hosts the container lived on before keep forwarding to it: give each a (warm)
+        tunnel to the new home now, so the switch only changes a route."""
+        self.forwarder_ifs: dict[str, str] = {}
+        for fwd in self.container.forwards:
             if fwd.host in (self.dst_name, self.src_name):
                 continue
             t = tunnels.up(fwd.host, self.dst_name, self.inv, exist_ok=True)
-            ifname = t.iface_a if t.a == fwd.host else t.iface_b
-            with self._agent(fwd.host) as f:
-                f.call("net.route_service", service_ip=c.service_ip, ifname=ifname)
+            f_if, d_if = (t.iface_a, t.iface_b) if t.a == fwd.host else (t.iface_b, t.iface_a)
+            with self._agent(self.dst_name) as dst:
+                dst.call("net.track_tunnel", ifname=d_if)
+            self.forwarder_ifs[fwd.host] = f_if
+
+    def _reroute_forwarders(self) -> None:
+        for host, f_if in self.forwarder_ifs.items():
+            with self._agent(host) as f:
+                f.call("net.route_service", service_ip=self.container.service_ip, ifname=f_if)
 
     def _record_move(self) -> None:
         c = self.container
@@ -263,7 +275,7 @@ class Migration:
                 if self.mode == "stopcopy":
                     dump = src.call("mig.src_wait_dump", name=self.name)
                     self.report.dumped_pages = int((dump.get("stats") or {}).get("pages_written", 0))
-                src.call("mig.src_finish", name=self.name)
+                src.call("mig.src_finish", name=self.name, service_ip=self.container.service_ip)
 
     # ------------------------------------------------------------------ failure
     def _rollback(self, cause: BaseException) -> None:

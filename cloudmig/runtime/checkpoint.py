@@ -97,9 +97,10 @@ def kill_processes_mentioning(text: str) -> None:
             pass
 
 
-def read_dump_stats(images: Path) -> dict:
-    """CRIU's stats-dump image (pages scanned, written, lazy; freeze times), via pycriu."""
-    path = images / "stats-dump"
+def read_dump_stats(work: Path) -> dict:
+    """CRIU's stats-dump image (pages scanned, written, lazy; freeze times), via pycriu.
+    CRIU writes it into its working directory (runc's --work-path), not the images."""
+    path = work / "stats-dump"
     if not path.exists():
         return {}
     try:

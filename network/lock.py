@@ -1,0 +1,54 @@
+"""Silence a container's network namespace while it is frozen and checkpointed.
+
+    from cloudmig.network import lock
+    lock.lock("cm-c-h1-db")       # nothing enters or leaves (loopback excepted)
+    ...                           # CRIU dumps the TCP connections
+    lock.unlock("cm-c-h1-db")     # rollback: the container goes on here
+
+CRIU locks each TCP connection with iptables rules in *its own* namespace, which for a
+container with a namespace of its own (routed by its host) matches nothing: while the dump
+runs, the frozen socket's kernel half would still ACK a client's request that the dump no
+longer contains, and the restored connection would wait forever for bytes the client will
+never resend (observed here; see docs/platform.md). This lock runs inside the container's
+namespace, where it sees every packet of the container.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from cloudmig.network import _ns
+
+__all__ = ["TABLE", "lock", "unlock", "is_locked"]
+
+log = logging.getLogger(__name__)
+
+FAMILY, TABLE = "inet", "cloudmig_lock"
+PRIORITY = -400   # before conntrack (-200): a dropped packet leaves no trace
+
+
+def lock(netns: str) -> None:
+    """Drop every packet entering or leaving ``netns`` except on loopback (idempotent)."""
+    _ns.netns_path(netns)
+    lines = [f"add table {FAMILY} {TABLE}"]
+    for chain, hook in (("input", "prerouting"), ("output", "output")):
+        lines.append(f"add chain {FAMILY} {TABLE} {chain} "
+                     f"{{ type filter hook {hook} priority {PRIORITY}; policy drop; }}")
+        iface = "iifname" if hook == "prerouting" else "oifname"
+        lines.append(f"flush chain {FAMILY} {TABLE} {chain}")
+        lines.append(f"add rule {FAMILY} {TABLE} {chain} {iface} \"lo\" accept")
+    _ns.nft(netns, ["-f", "-"], f"locking the network of {netns}", "\n".join(lines) + "\n")
+    log.info("network of %s locked", netns)
+
+
+def unlock(netns: str) -> bool:
+    """Remove the lock (False if there was none or the namespace is gone)."""
+    if not _ns.exists(netns) or not _ns.nft_table_exists(netns, FAMILY, TABLE):
+        return False
+    _ns.nft(netns, ["delete", "table", FAMILY, TABLE], f"unlocking the network of {netns}")
+    log.info("network of %s unlocked", netns)
+    return True
+
+
+def is_locked(netns: str) -> bool:
+    return _ns.exists(netns) and _ns.nft_table_exists(netns, FAMILY, TABLE)

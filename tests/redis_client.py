@@ -1,0 +1,64 @@
+"""A Redis client that holds ONE TCP connection and issues requests continuously,
+recording every answer, error and wait: what a user's application sees during a migration."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from lab import connect, resp
+
+REQUEST_INTERVAL_S = 0.005     # a request every 5 ms
+MAX_REQUESTS = 200_000         # bounded, whatever happens
+REQUEST_TIMEOUT_S = 30         # a request unanswered this long is an error
+
+
+class HeldClient:
+    def __init__(self, address: str, port: int) -> None:
+        self.sock, self.f = connect(address, port, timeout_s=REQUEST_TIMEOUT_S)
+        self.local = self.sock.getsockname()
+        self.peer = self.sock.getpeername()
+        self.answers = 0
+        self.errors: list[str] = []
+        self.longest_wait_s = 0.0
+        self.counter_values: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> "HeldClient":
+        resp(self.f, "DEL", "held-counter")
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        n = 0
+        while not self._stop.is_set() and n < MAX_REQUESTS:
+            n += 1
+            t = time.monotonic()
+            try:
+                value = resp(self.f, "INCR", "held-counter")
+                key = resp(self.f, "GET", f"key:{n % 1000}")
+            except Exception as exc:  # recorded; the test asserts there are none
+                self.errors.append(f"request {n}: {exc!r}")
+                return
+            wait = time.monotonic() - t
+            self.longest_wait_s = max(self.longest_wait_s, wait)
+            self.counter_values.append(value)
+            if key is None:
+                self.errors.append(f"request {n}: key:{n % 1000} missing")
+            self.answers += 1
+            time.sleep(REQUEST_INTERVAL_S)
+
+    def wait_answers(self, at_least: int, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.answers < at_least and time.monotonic() < deadline and not self.errors:
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(REQUEST_TIMEOUT_S * 2 + 5)
+        self.sock.close()
+
+    def assert_healthy(self) -> None:
+        assert not self.errors, self.errors[:5]
+        assert self.counter_values == list(range(1, len(self.counter_values) + 1)), "answers out of order"
