@@ -195,6 +195,7 @@ class MigrationOps:
         which forward to it. A reply path this host had for it as a destination goes: replies
         that come back here now belong to this host's own forwarded clients."""
         self.net.remove_return_via(service_ip)
+        self.net.unpin_replies(service_ip)
         self.runtime.remove(name)
         self.net.delete_container_netns(name)
         shutil.rmtree(self._mig_dir(name), ignore_errors=True)
@@ -274,6 +275,7 @@ class MigrationOps:
         self.net.unpublish(owner=name)
         self.net.delete_container_netns(name)
         self.net.remove_return_via(service_ip)
+        self.net.unpin_replies(service_ip)
         shutil.rmtree(self._mig_dir(name), ignore_errors=True)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from cloudmig.network import keys, lock, proxy, replies, routing, wireguard
+from cloudmig.network import keys, lock, pins, proxy, replies, routing, wireguard
 
 HOST_NETNS = None  # the agent's own namespace
 
@@ -97,6 +97,15 @@ class HostNet:
     def tunnel_down(self, ifname: str) -> bool:
         replies.untrack_tunnel(HOST_NETNS, ifname)
         return wireguard.down(ifname, HOST_NETNS, self._key_file(ifname))
+
+    def connections(self, service_ip: str) -> list[dict]:
+        return [dataclasses.asdict(c) for c in pins.connections_of(service_ip)]
+
+    def pin_replies(self, service_ip: str, connections: list[dict]) -> int:
+        return pins.pin(HOST_NETNS, service_ip, [pins.Pin(**c) for c in connections])
+
+    def unpin_replies(self, service_ip: str) -> int:
+        return pins.unpin(HOST_NETNS, service_ip)
 
     def track_tunnel(self, ifname: str) -> int:
         """Replies leave through the tunnel their connection came in from (see network/replies)."""

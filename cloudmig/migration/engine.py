@@ -154,11 +154,29 @@ class Migration:
                     src.call("mig.probe_close", address=self.src_addr, port=self.ps_port)
                 self.report.fs_bytes += self._send(src, dst, "upper", "mig.src_presync")
                 # reply paths on the destination: connections that come in through a tunnel
-                # are answered through it; a restored connection whose first packet is the
-                # container's own (a retransmission) falls back to the source's tunnel
+                # are answered through it (restored ones are pinned at the freeze)
                 dst.call("net.track_tunnel", ifname=self.dst_if)
-                dst.call("net.return_via", service_ip=c.service_ip, ifname=self.dst_if)
+            self.dst_if_by_host = {self.src_name: self.dst_if}
             self._prepare_forwarders()
+
+    def _pin_connections(self, src, dst) -> None:
+        """Each TCP connection the container carries goes on answering through the host whose
+        NAT it belongs to: the source itself, or the forwarder whose tunnel it came in by."""
+        c = self.container
+        peer_of_iface = {}
+        for t in self.inv.read().tunnels.values():
+            if t.a == self.src_name:
+                peer_of_iface[t.iface_a] = t.b
+            elif t.b == self.src_name:
+                peer_of_iface[t.iface_b] = t.a
+        pins = []
+        for conn in src.call("net.connections", service_ip=c.service_ip):
+            owner = peer_of_iface.get(conn["via_tunnel"] or "", self.src_name)
+            pins.append({"client_ip": conn["client_ip"], "client_port": conn["client_port"],
+                         "service_port": conn["service_port"],
+                         "tunnel_ifname": self.dst_if_by_host.get(owner, self.dst_if)})
+        if pins:
+            dst.call("net.pin_replies", service_ip=c.service_ip, connections=pins)
 
     def _send(self, src, dst, what: str, op: str) -> int:
         rx = dst.call("mig.dst_receive", name=self.name, what=what, bind_address=self.dst_addr)
@@ -175,6 +193,9 @@ class Migration:
                 dump = src.call("mig.src_checkpoint", name=self.name, mode=self.mode,
                                 address=self.src_addr, port=self.ps_port)
                 breakdown["dump"] = ph.ms
+                t = time.monotonic()
+                self._pin_connections(src, dst)
+                breakdown["pins"] = (time.monotonic() - t) * 1000
             with self._phase("sync") as ph:
                 self.report.fs_bytes += self._send(src, dst, "upper", "mig.src_final_sync")
                 breakdown["fs_sync"] = ph.ms
@@ -217,6 +238,7 @@ class Migration:
             with self._agent(self.dst_name) as dst:
                 dst.call("net.track_tunnel", ifname=d_if)
             self.forwarder_ifs[fwd.host] = f_if
+            self.dst_if_by_host[fwd.host] = d_if
 
     def _reroute_forwarders(self) -> None:
         for host, f_if in self.forwarder_ifs.items():
