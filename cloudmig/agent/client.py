@@ -10,6 +10,7 @@ else as errors.RemoteCallError.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import socket
 import subprocess
@@ -57,22 +58,55 @@ class UnixTransport:
 
 
 class CommandTransport:
-    """An agent speaking on the stdio of a command: `ssh user@host cloudmig agent stdio ...`."""
+    """An agent channel on the stdio of a command: `ssh user@host cloudmig agent connect ...`.
+
+    If the command ends (ssh could not connect, the relay found no agent), the end of its
+    stderr becomes the error, so the user sees why.
+    """
+
+    STDERR_KEEP_LINES = 5
 
     def __init__(self, argv: list[str]) -> None:
         self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE)
+        self._stderr: collections.deque[str] = collections.deque(maxlen=self.STDERR_KEEP_LINES)
+        self._drain = threading.Thread(target=self._read_stderr, daemon=True)
+        self._drain.start()
+
+    def _read_stderr(self) -> None:
+        for raw in self._proc.stderr:  # type: ignore[union-attr]  (PIPE above)
+            line = raw.decode(errors="replace").strip()
+            if line:
+                self._stderr.append(line)
 
     def send_line(self, data: bytes) -> None:
-        self._proc.stdin.write(data)  # type: ignore[union-attr]  (PIPE above)
-        self._proc.stdin.flush()  # type: ignore[union-attr]
+        try:
+            self._proc.stdin.write(data)  # type: ignore[union-attr]  (PIPE above)
+            self._proc.stdin.flush()  # type: ignore[union-attr]
+        except BrokenPipeError:
+            raise self._ended() from None
 
     def recv_line(self) -> bytes:
-        return self._proc.stdout.readline(protocol.MAX_MESSAGE_BYTES + 1)  # type: ignore[union-attr]
+        line = self._proc.stdout.readline(protocol.MAX_MESSAGE_BYTES + 1)  # type: ignore[union-attr]
+        if not line:
+            raise self._ended()
+        return line
+
+    def _ended(self) -> ConnectionError:
+        try:
+            rc = self._proc.wait(timeout=CONNECT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            rc = None
+        self._drain.join(timeout=1)
+        why = " / ".join(self._stderr) or "no message"
+        return ConnectionError(f"{self._proc.args[0]} ended (exit {rc}): {why}")
 
     def close(self) -> None:
         if self._proc.stdin:
-            self._proc.stdin.close()
+            try:
+                self._proc.stdin.close()
+            except BrokenPipeError:
+                pass
         try:
             self._proc.wait(timeout=5)
         except subprocess.TimeoutExpired:

@@ -1,17 +1,24 @@
-"""`cloudmig agent serve|stdio`: the host agent. Providers start it; users rarely do."""
+"""`cloudmig agent serve|stdio|connect`: the host agent. Providers start it; users rarely do.
+
+    cloudmig agent serve --host s1 --host-dir D --token-file T --socket S   # the daemon
+    cloudmig agent connect --socket S      # relay stdin/stdout to it (what SSH sessions run)
+"""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket as socketlib
 import sys
+import threading
 from pathlib import Path
 
 import typer
 
 from cloudmig import errors, log
-from cloudmig.agent import ops, server
 from cloudmig.cli._app import app
+
+RELAY_CHUNK_BYTES = 64 * 1024
 
 agent_app = typer.Typer(help="Run the host agent (started by providers, rarely by hand).",
                         no_args_is_help=True)
@@ -19,7 +26,8 @@ app.add_typer(agent_app, name="agent")
 
 
 def _server(host: str, host_dir: Path, token_file: Path, cgroup_parent: str,
-            netns_prefix: str) -> server.AgentServer:
+            netns_prefix: str):
+    from cloudmig.agent import ops, server   # heavy (runtime, netlink): not for `agent connect`
     try:
         token = token_file.read_text().strip()
     except OSError as exc:
@@ -67,3 +75,37 @@ def stdio(host: str = _HOST, host_dir: Path = _DIR, token_file: Path = _TOKEN,
     """Serve the controller on stdin/stdout (the SSH transport)."""
     srv = _server(host, host_dir, token_file, cgroup_parent, netns_prefix)
     srv.serve_stream(sys.stdin.buffer, sys.stdout.buffer)
+
+
+@agent_app.command("connect")
+def connect(socket: Path = typer.Option(..., "--socket", help="The agent daemon's unix socket.")) -> None:
+    """Relay stdin/stdout to the agent daemon's socket (the SSH transport runs this)."""
+    sock = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    try:
+        sock.connect(str(socket))
+    except OSError as exc:
+        raise errors.AgentError(f"No agent answers on {socket}: {exc.strerror or exc}.",
+                                hint="Start it again: cloudmig host add NAME --ssh ... (re-adopting "
+                                     "restarts the agent).") from exc
+
+    def upstream() -> None:
+        try:
+            while chunk := os.read(0, RELAY_CHUNK_BYTES):
+                sock.sendall(chunk)
+        except OSError:
+            pass
+        try:
+            sock.shutdown(socketlib.SHUT_WR)    # the agent sees EOF and ends the session
+        except OSError:
+            pass
+
+    threading.Thread(target=upstream, daemon=True).start()
+    try:
+        while chunk := sock.recv(RELAY_CHUNK_BYTES):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(1, view):]
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        sock.close()

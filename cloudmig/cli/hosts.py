@@ -2,6 +2,7 @@
 
     $ cloudmig host create --provider aws --operator-cidr 203.0.113.7/32 --option region=eu-west-1 web1
     $ cloudmig host create --provider azure --operator-cidr 203.0.113.7/32 --dry-run web2
+    $ cloudmig host add s1 --ssh root@203.0.113.9 --identity ~/.ssh/id_ed25519   # adopt a machine
     $ cloudmig hosts --json
     $ cloudmig host destroy web1          # safe to run again
 """
@@ -81,6 +82,25 @@ def create(name: str = typer.Argument(..., help="Host name, unique across provid
     with console.status(f"creating {name} with {provider}"):
         record = impl.create_host(spec, _progress)
     console.print(f"host {record.name} ({record.provider}) {record.state} at {record.public_address}")
+
+
+@host_app.command("add")
+def add(name: str = typer.Argument(..., help="Host name, unique across providers."),
+        ssh: str = typer.Option(..., "--ssh", help="USER@ADDRESS of the machine to adopt."),
+        identity: str = typer.Option(None, "--identity", help="Private key file for SSH."),
+        port: int = typer.Option(22, "--port", help="sshd's port on the machine."),
+        option: list[str] = typer.Option(None, "--option",
+                                         help="ssh provider option KEY=VALUE (remote_venv, remote_dir, "
+                                              "agent_start, cgroup_parent, netns_prefix).")) -> None:
+    """Adopt an existing machine over SSH: install cloudmig there, start its agent, pin its host key."""
+    from cloudmig import providers
+    options = _parse_options(option or [])
+    options.update({"target": ssh, "port": str(port)})
+    if identity:
+        options["identity"] = identity
+    spec = providers.HostSpec(name=name, provider="ssh", options=options)
+    record = providers.load("ssh").create_host(spec, _progress)
+    console.print(f"host {record.name} (ssh) {record.state} at {record.public_address}")
 
 
 @host_app.command("destroy")

@@ -2,15 +2,23 @@
 
     with agents.connect(inv.host("h1")) as agent:
         agent.call("ping")
+
+Transports: ``unix`` (the agent's root-only socket on this machine: lab hosts) and ``ssh``
+(remote hosts). Over SSH the agent is not started per session — it is a daemon on the host
+that keeps per-container state between calls — so the SSH session runs a relay,
+``cloudmig agent connect --socket PATH``, that copies its stdin/stdout to that socket.
 """
 
 from __future__ import annotations
 
 import shlex
 
-from cloudmig import errors
+from cloudmig import errors, paths
 from cloudmig.agent.client import AgentClient, CommandTransport, UnixTransport
 from cloudmig.inventory import HostRecord
+
+SSH_CONNECT_TIMEOUT_S = 10
+SSH_KEEPALIVE_S = 15            # a silent peer is dropped after 3 missed keepalives
 
 
 def read_token(record: HostRecord) -> str:
@@ -25,13 +33,45 @@ def read_token(record: HostRecord) -> str:
                                 hint="Recreate the host, or check the state directory.") from exc
 
 
+def known_hosts_file(record: HostRecord) -> str:
+    """Where the host's SSH key is pinned (on first contact)."""
+    return record.agent.get("known_hosts") or str(paths.state_dir() / "hosts" / record.name / "known_hosts")
+
+
+def ssh_argv(record: HostRecord, remote: list[str]) -> list[str]:
+    """``ssh ... TARGET REMOTE`` for a host: batch mode, its pinned host key, its identity."""
+    agent = record.agent
+    target = agent.get("ssh_target")
+    if not target:
+        raise errors.ConfigError(f"Host {record.name} has no SSH target on record.")
+    argv = ["ssh", "-T", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
+            "-o", f"UserKnownHostsFile={known_hosts_file(record)}", "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", f"ConnectTimeout={SSH_CONNECT_TIMEOUT_S}", "-o", f"ServerAliveInterval={SSH_KEEPALIVE_S}",
+            "-o", "ServerAliveCountMax=3", "-o", "LogLevel=ERROR"]
+    if agent.get("port"):
+        argv += ["-p", agent["port"]]
+    if agent.get("identity_file"):
+        argv += ["-i", agent["identity_file"], "-o", "IdentitiesOnly=yes"]
+    if agent.get("sudo") == "1":
+        remote = ["sudo", "-n", *remote]
+    return [*argv, "--", target, " ".join(shlex.quote(a) for a in remote)]
+
+
+def relay_command(record: HostRecord) -> list[str]:
+    """What runs on the host for one agent session: the relay to the agent daemon's socket."""
+    cloudmig = record.agent.get("remote_cloudmig", "cloudmig")
+    socket = record.agent.get("remote_socket")
+    if not socket:
+        raise errors.AgentError(f"Host {record.name} has no agent socket on record: it was never adopted.",
+                                hint=f"Adopt it: cloudmig host add {record.name} --ssh USER@ADDRESS")
+    return [cloudmig, "agent", "connect", "--socket", socket]
+
+
 def connect(record: HostRecord) -> AgentClient:
     token = read_token(record)
     if record.transport == "unix":
         return AgentClient(UnixTransport(record.agent["socket"]), token, host=record.name)
     if record.transport == "ssh":
-        remote = record.agent.get("command", "cloudmig agent stdio")
-        argv = ["ssh", "-o", "BatchMode=yes", *shlex.split(record.agent.get("ssh_options", "")),
-                record.agent["target"], remote]
+        argv = ssh_argv(record, relay_command(record))
         return AgentClient(CommandTransport(argv), token, host=record.name)
     raise errors.ConfigError(f"Host {record.name} has unknown agent transport {record.transport!r}.")
