@@ -1,0 +1,76 @@
+"""The targets of the benchmark issue, checked against one sweep's own baselines.
+
+    for check in targets.check(results):
+        print("PASS" if check.ok else "FAIL", check.name, check.detail)
+
+Medians over repetitions, per (memory, write rate, WAN rate). "Small" and "large" are the
+smallest and largest memory sizes of the sweep (the issue's 64 MiB and 1 GiB by default).
+A target whose runs are missing from the sweep is reported as skipped (``ok`` is None).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+
+from cloudmig.providers.lab.topology import parse_rate
+
+FLAT_RATIO_MAX = 1.5          # post-copy freeze, large / small
+STOPCOPY_SPEEDUP_MIN = 10     # stop-and-copy freeze / post-copy freeze at the large size
+FREEZE_MS_MAX = 200           # post-copy freeze at the large size
+CLIENT_WAIT_MS_MAX = 1000     # client's longest wait, post-copy, large size
+TOTAL_RATIO_MAX = 1.25        # post-copy total / (memory / WAN rate), shaped links only
+
+
+@dataclasses.dataclass
+class Check:
+    name: str
+    ok: bool | None
+    detail: str
+
+
+def _median(results, mode, mib, dirty, wan, attr):
+    vals = [getattr(r, attr) for r in results if r.ok and r.mode == mode and r.memory_mib == mib
+            and r.dirty_mibps == dirty and r.wan_rate == wan and getattr(r, attr) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def check(results) -> list[Check]:
+    out: list[Check] = []
+    combos = sorted({(r.dirty_mibps, r.wan_rate) for r in results}, key=str)
+    for dirty, wan in combos:
+        sizes = sorted({r.memory_mib for r in results if r.dirty_mibps == dirty and r.wan_rate == wan})
+        small, large = sizes[0], sizes[-1]
+        tag = f"[dirty {dirty:g} MiB/s, WAN {wan or 'unshaped'}]"
+        m = lambda mode, mib, attr="freeze_ms": _median(results, mode, mib, dirty, wan, attr)  # noqa: E731
+        out.append(_ratio(f"post-copy freeze flat: {large} MiB / {small} MiB <= {FLAT_RATIO_MAX} {tag}",
+                          m("postcopy", large), m("postcopy", small), FLAT_RATIO_MAX, below=True))
+        out.append(_ratio(f"stop-and-copy freeze grows: {large} MiB / {small} MiB > 1 {tag}",
+                          m("stopcopy", large), m("stopcopy", small), 1.0, below=False))
+        out.append(_ratio(f"stop-and-copy / post-copy freeze at {large} MiB >= {STOPCOPY_SPEEDUP_MIN} {tag}",
+                          m("stopcopy", large), m("postcopy", large), STOPCOPY_SPEEDUP_MIN, below=False))
+        out.append(_limit(f"post-copy freeze at {large} MiB < {FREEZE_MS_MAX} ms {tag}",
+                          m("postcopy", large), FREEZE_MS_MAX))
+        out.append(_limit(f"post-copy client's longest wait at {large} MiB < {CLIENT_WAIT_MS_MAX} ms {tag}",
+                          m("postcopy", large, "client_longest_wait_ms"), CLIENT_WAIT_MS_MAX))
+        if wan:
+            rate_bps = parse_rate(wan)
+            ideal_ms = large * 2**20 * 8 / rate_bps * 1000
+            out.append(_ratio(f"post-copy total at {large} MiB / (memory / WAN rate = {ideal_ms:.0f} ms) "
+                              f"<= {TOTAL_RATIO_MAX} {tag}", m("postcopy", large, "total_ms"), ideal_ms,
+                              TOTAL_RATIO_MAX, below=True))
+    return out
+
+
+def _ratio(name, num, den, bound, *, below: bool) -> Check:
+    if num is None or not den:
+        return Check(name, None, "skipped: runs missing from this sweep")
+    ratio = num / den
+    ok = ratio <= bound if below else ratio > bound if bound == 1.0 else ratio >= bound
+    return Check(name, ok, f"{num:.0f} / {den:.0f} = {ratio:.2f}x")
+
+
+def _limit(name, value, bound) -> Check:
+    if value is None:
+        return Check(name, None, "skipped: runs missing from this sweep")
+    return Check(name, value < bound, f"{value:.0f} ms")

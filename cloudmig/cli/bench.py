@@ -1,0 +1,101 @@
+"""`cloudmig bench`: the benchmark sweep on a lab of its own (see docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from cloudmig import errors
+from cloudmig.cli._app import app, console
+
+log = logging.getLogger(__name__)
+
+MAX_MIB = 2048                # 2 cores, 24 GiB: a 2 GiB container is already heavy here
+BUSY_MIBPS = 32               # "busy": MiB/s the workload rewrites
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise errors.ConfigError(f"{what} {text!r} is not a comma-separated list of numbers.") from None
+    if not values or any(not 1 <= v <= MAX_MIB for v in values):
+        raise errors.ConfigError(f"{what} {text!r}: each size must be 1-{MAX_MIB} MiB.")
+    return values
+
+
+def _dirty(text: str) -> list[float]:
+    out = []
+    for v in filter(None, (w.strip() for w in text.split(","))):
+        if v in ("idle", "busy"):
+            out.append(0.0 if v == "idle" else float(BUSY_MIBPS))
+            continue
+        try:
+            out.append(float(v))
+        except ValueError:
+            raise errors.ConfigError(f"--write-rate {v!r} is not idle, busy or a number of MiB/s.") from None
+    return out or [0.0]
+
+
+def _modes(text: str) -> list[str]:
+    from cloudmig.bench.runner import MODES
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise errors.ConfigError(f"--modes {text!r}: each mode must be one of {', '.join(MODES)}.")
+    return modes
+
+
+def _wan(text: str) -> list[str | None]:
+    from cloudmig.providers.lab.topology import parse_rate
+    rates: list[str | None] = []
+    for v in filter(None, (w.strip() for w in text.split(","))):
+        if v in ("none", "unshaped"):
+            rates.append(None)
+        else:
+            parse_rate(v)          # refuses a malformed rate before any lab exists
+            rates.append(v)
+    return rates or [None]
+
+
+@app.command()
+def bench(sizes: str = typer.Option("64,256,1024", "--sizes", help=f"Memory sizes, MiB (up to {MAX_MIB})."),
+          write_rate: str = typer.Option("idle", "--write-rate",
+                                         help=f"MiB/s the workload rewrites: idle (0), busy ({BUSY_MIBPS}) or numbers, comma-separated."),
+          modes: str = typer.Option("postcopy,stopcopy,cold", "--modes", help="Modes to compare."),
+          wan_rates: str = typer.Option("none", "--wan-rates",
+                                        help="WAN rates, e.g. none,500mbit (one lab per rate)."),
+          reps: int = typer.Option(1, "--reps", min=1, help="Repetitions of each run."),
+          out: Path = typer.Option(Path("bench-results"), "--out", help="Directory for results.json and PNGs."),
+          lab_id: str = typer.Option("bn", "--lab-id", help="The bench lab's id (1-4 lowercase chars)."),
+          state_dir: Path = typer.Option(None, "--state-dir",
+                                         help="The bench lab's state directory (default: OUT/lab)."),
+          port: int = typer.Option(17000, "--port", help="Port the workload is published on.")) -> None:
+    """Measure freeze, client wait and total time per mode, memory size, write rate and WAN rate."""
+    from cloudmig.bench import output, plots, runner, targets
+    from cloudmig.providers.lab.topology import LAB_ID_RE
+    if not LAB_ID_RE.match(lab_id):
+        raise errors.ConfigError(f"--lab-id {lab_id!r} must be 1-4 lowercase letters/digits, starting with a letter.")
+
+    out = out.resolve()
+    cfg = runner.Config(sizes_mib=_ints(sizes, "--sizes"), dirty_mibps=_dirty(write_rate),
+                        modes=_modes(modes), wan_rates=_wan(wan_rates), repetitions=reps, out_dir=out,
+                        lab_id=lab_id, state_dir=(state_dir or out / "lab").resolve(), host_port=port)
+    console.print(f"bench: sizes {cfg.sizes_mib} MiB, write rates {cfg.dirty_mibps} MiB/s, modes "
+                  f"{cfg.modes}, WAN {[w or 'unshaped' for w in cfg.wan_rates]}, {reps} rep(s) -> {out}")
+    results = runner.sweep(cfg, progress=lambda line: console.print("  " + escape(line)))
+    checks = targets.check(results)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
+    path = output.write_json(results, checks, out / "results.json", machine=output.machine(), config=config)
+    console.print(output.table(results), width=160, crop=False)
+    for line in output.checks_lines(checks):
+        console.print(line)
+    for png in plots.write_all(results, out):
+        console.print(f"plot: {png}")
+    console.print(f"results: {path}")
+    if not any(r.ok for r in results):
+        raise errors.MigrationError("No benchmark run succeeded.", hint=f"See {path} and the runs' errors above.")

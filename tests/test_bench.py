@@ -1,0 +1,53 @@
+"""Smoke test of `cloudmig bench` at the smallest size: every mode runs, the results file
+has the rows, state survives post-copy and stop-and-copy and is marked lost for a cold
+restart, the plots exist and the bench's lab is gone. Outcomes only: timings are the
+benchmark's business (it checks and prints its targets itself), never a test's."""
+
+from __future__ import annotations
+
+import json
+
+from lab import Lab, cloudmig, new_lab_id
+
+MODES = ["postcopy", "stopcopy", "cold"]
+
+
+def test_bench_smoke(tmp_path):
+    out = tmp_path / "bench"
+    bench_lab = Lab(tmp_path / "lab", new_lab_id())
+    try:
+        res = cloudmig("bench", "--sizes", "32", "--modes", ",".join(MODES), "--reps", "1",
+                       "--out", str(out), "--state-dir", str(bench_lab.state_dir),
+                       "--lab-id", bench_lab.lab_id, "--port", "17100", timeout=240)
+    finally:
+        cloudmig("lab", "down", env=bench_lab.env, check=False)
+    data = json.loads((out / "results.json").read_text())
+    runs = {r["mode"]: r for r in data["runs"]}
+    assert sorted(runs) == sorted(MODES), data["runs"]
+    for mode in MODES:
+        r = runs[mode]
+        assert r["ok"] is True, (mode, r["error"])
+        assert r["memory_mib"] == 32 and r["answers"] > 0
+        assert r["report"]["phases"], mode
+    assert runs["postcopy"]["state"] == "survived" and runs["postcopy"]["verify_bad_pages"] == 0
+    assert runs["stopcopy"]["state"] == "survived" and runs["stopcopy"]["verify_bad_pages"] == 0
+    assert runs["cold"]["state"] == "lost"
+    assert runs["postcopy"]["report"]["lazy_pages"] > 0
+    assert any(e["kind"] == "lazy" for e in runs["postcopy"]["timeline"])
+    assert data["targets"] and data["machine"]["kernel"]
+    for png in ("freeze-vs-memory.png", "timeline-postcopy.png"):
+        assert (out / png).stat().st_size > 1000, png
+    assert "PASS" in res.stdout or "FAIL" in res.stdout     # targets are printed, not asserted
+    assert bench_lab.leftovers() == {}
+
+
+def test_bench_refuses_bad_input(tmp_path):
+    for args, message in [(["--sizes", "4096"], "1-2048 MiB"),
+                          (["--modes", "postcopy,teleport"], "each mode must be one of"),
+                          (["--write-rate", "fast"], "idle, busy or a number"),
+                          (["--wan-rates", "fast"], "rate"),
+                          (["--lab-id", "TOO-LONG"], "--lab-id")]:
+        res = cloudmig("bench", *args, "--out", str(tmp_path / "o"), check=False)
+        assert res.returncode == 2, (args, res.stdout, res.stderr)
+        assert "Error:" in res.stderr and message in res.stderr, (args, res.stderr)
+    assert not (tmp_path / "o" / "lab").exists()
