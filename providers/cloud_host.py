@@ -23,6 +23,7 @@ from typing import Callable
 from cloudmig import errors, paths
 from cloudmig.inventory import HostRecord, Inventory
 from cloudmig.providers import HostSpec, Progress, cloudinit
+from cloudmig.providers.ssh.remote import AgentLayout
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,10 @@ class HostAccess:
     identity_file: Path | None      # None when the user brought their own key (spec.ssh_public_key)
 
     def agent_fields(self, address: str) -> dict[str, str]:
+        remote = AgentLayout(host="-")       # where first boot puts the agent (its defaults)
         fields = {"ssh_target": f"{SSH_USER}@{address}", "token_file": str(self.token_file),
-                  "remote_token_file": cloudinit.AGENT_TOKEN_PATH}
+                  "remote_token_file": remote.token_file, "remote_socket": remote.socket,
+                  "remote_cloudmig": remote.cloudmig}
         if self.identity_file:
             fields["identity_file"] = str(self.identity_file)
         return fields
@@ -163,7 +166,7 @@ def user_data_for(spec: HostSpec, access: HostAccess) -> str:
     """The spec's own user-data if it has one, else cloudmig's first boot (both size-checked)."""
     if spec.user_data:
         return cloudinit.check_size(spec.user_data)
-    return cloudinit.user_data(access.token_file.read_text(), access.public_key)
+    return cloudinit.user_data(access.token_file.read_text(), access.public_key, host=spec.name)
 
 
 def forget_access(name: str) -> None:

@@ -1,21 +1,26 @@
 """The first-boot set-up of cloud hosts, from one source for every cloud.
 
     from cloudmig.providers import cloudinit
-    boot = cloudinit.build(token="…", authorized_key="ssh-ed25519 AAAA… cloudmig")
+    boot = cloudinit.build(token="…", authorized_key="ssh-ed25519 AAAA… cloudmig", host="web1")
     boot.to_cloud_config()     # '#cloud-config\\n…' — the aws user-data and azure custom data
     boot.files, boot.commands  # the same steps, for a machine without cloud-init (e.g. a lab host)
-    cloudinit.user_data(token, authorized_key)   # shorthand for build(...).to_cloud_config()
+    cloudinit.user_data(token, authorized_key, host="web1")   # build(...).to_cloud_config(), size-checked
 
-What a host gets on first boot:
+What a host gets on first boot (paths are ``BootPaths`` and the ssh provider's ``AgentLayout``
+defaults; tests relocate them):
 
-- ``/etc/cloudmig/agent.token`` (root, 0600): the token the controller presents to the agent;
-- ``/root/.ssh/authorized_keys`` (0600): the controller's public key (the agent is started by
-  the controller over SSH: ``ssh root@HOST cloudmig agent stdio --token-file /etc/cloudmig/agent.token``);
+- ``/var/lib/cloudmig-agent/agent.token`` (root, 0600): the token the controller presents to the agent;
+- ``/root/.ssh/authorized_keys`` (0600): the controller's public key;
 - ``/usr/local/sbin/cloudmig-bootstrap-host``: the project's ``scripts/bootstrap-host``, carried
   gzip+base64 (it is ~10 KiB; AWS refuses user-data over 16 KiB);
-- ``/usr/local/sbin/cloudmig-firstboot``: runs the bootstrap, logs to
-  ``/var/log/cloudmig-bootstrap.log``, keeps sshd enabled, and writes ``ok`` or ``failed`` to
-  ``/var/lib/cloudmig/bootstrap.status`` — what the controller waits for before it adopts the host.
+- ``/usr/local/sbin/cloudmig-agent-start``: starts the agent daemon on its root-only socket
+  (a systemd unit where systemd runs) — the same script SSH adoption runs;
+- ``/usr/local/sbin/cloudmig-firstboot``: runs the bootstrap with ``--keep-ssh`` (and with
+  ``--venv``/``--project`` when the image carries cloudmig's source at ``BootPaths.project``),
+  logs to ``/var/log/cloudmig-bootstrap.log``, then starts the agent if cloudmig is installed,
+  and writes ``ok``, ``failed`` or ``agent-failed`` to ``/var/lib/cloudmig/bootstrap.status``.
+  Without cloudmig on the image, the controller installs it over SSH
+  (``cloudmig host add``), which starts the same agent.
 
 The token is part of the user-data, which the cloud shows to whoever may read the instance's
 attributes and to processes on the VM (metadata service): it authenticates the agent channel,
@@ -29,34 +34,57 @@ import dataclasses
 import gzip
 import os
 import re
+import shlex
 from pathlib import Path
 
 import yaml
 
 from cloudmig import errors
+from cloudmig.providers.ssh.remote import AgentLayout
 
-__all__ = ["build", "user_data", "check_size", "bootstrap_script", "HostBootstrap", "WriteFile",
+__all__ = ["build", "user_data", "check_size", "bootstrap_script", "HostBootstrap", "WriteFile", "BootPaths",
            "AGENT_TOKEN_PATH", "BOOTSTRAP_STATUS_PATH", "USER_DATA_LIMIT_BYTES"]
 
-AGENT_TOKEN_PATH = "/etc/cloudmig/agent.token"
-AUTHORIZED_KEYS_PATH = "/root/.ssh/authorized_keys"
-BOOTSTRAP_PATH = "/usr/local/sbin/cloudmig-bootstrap-host"
-FIRSTBOOT_PATH = "/usr/local/sbin/cloudmig-firstboot"
-BOOTSTRAP_LOG_PATH = "/var/log/cloudmig-bootstrap.log"
-BOOTSTRAP_STATUS_PATH = "/var/lib/cloudmig/bootstrap.status"
+
+@dataclasses.dataclass(frozen=True)
+class BootPaths:
+    """Where first boot puts its files (the agent's own are in ``AgentLayout``)."""
+    authorized_keys: str = "/root/.ssh/authorized_keys"
+    bootstrap: str = "/usr/local/sbin/cloudmig-bootstrap-host"
+    agent_start: str = "/usr/local/sbin/cloudmig-agent-start"
+    firstboot: str = "/usr/local/sbin/cloudmig-firstboot"
+    log: str = "/var/log/cloudmig-bootstrap.log"
+    status: str = "/var/lib/cloudmig/bootstrap.status"
+    project: str = "/opt/cloudmig/src/current"     # cloudmig's source, if the image carries it
+
+
+AGENT_TOKEN_PATH = AgentLayout(host="-").token_file
+AUTHORIZED_KEYS_PATH = BootPaths.authorized_keys
+BOOTSTRAP_PATH = BootPaths.bootstrap
+FIRSTBOOT_PATH = BootPaths.firstboot
+BOOTSTRAP_STATUS_PATH = BootPaths.status
 USER_DATA_LIMIT_BYTES = 16 * 1024   # EC2 refuses larger user-data (before its base64 encoding)
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_.~+/=-]{16,512}$")
 _KEY_RE = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+( [^\n]*)?$")
 
-_FIRSTBOOT = f"""#!/bin/sh
-# cloudmig first boot (generated): run the host bootstrap once, keep sshd reachable.
-mkdir -p "$(dirname {BOOTSTRAP_STATUS_PATH})"
-if {BOOTSTRAP_PATH} >{BOOTSTRAP_LOG_PATH} 2>&1; then status=ok; else status=failed; fi
-# The bootstrap stops a freshly installed sshd (right on lab machines); cloud hosts are
-# reached over SSH, so it is switched back on here.
-systemctl enable --now ssh >/dev/null 2>&1 || true
-echo "$status" > {BOOTSTRAP_STATUS_PATH}
+
+
+def _firstboot(boot: BootPaths, layout: AgentLayout) -> str:
+    q = shlex.quote
+    return f"""#!/bin/sh
+# cloudmig first boot (generated): bootstrap the host (sshd kept on: the controller comes
+# over SSH), then start the agent daemon if cloudmig is installed.
+mkdir -p "$(dirname {q(boot.status)})" "$(dirname {q(boot.log)})"
+set -- --keep-ssh
+if [ -f {q(boot.project)}/pyproject.toml ]; then set -- "$@" --venv {q(layout.venv)} --project {q(boot.project)}; fi
+if {q(boot.bootstrap)} "$@" >{q(boot.log)} 2>&1; then status=ok; else status=failed; fi
+if [ $status = ok ] && [ -x {q(layout.cloudmig)} ]; then
+  {q(boot.agent_start)} >>{q(boot.log)} 2>&1 || status=agent-failed
+elif [ $status = ok ]; then
+  echo "no cloudmig at {layout.venv}: the controller installs it over SSH (cloudmig host add)" >>{q(boot.log)}
+fi
+echo "$status" > {q(boot.status)}
 """
 
 
@@ -100,21 +128,24 @@ def bootstrap_script() -> Path:
                              hint="Set CLOUDMIG_BOOTSTRAP_SCRIPT to the path of scripts/bootstrap-host.")
 
 
-def build(token: str, authorized_key: str, *, script: Path | None = None) -> HostBootstrap:
-    """The first-boot steps that give a host the agent ``token`` and trust ``authorized_key``."""
+def build(token: str, authorized_key: str, *, host: str = "host", script: Path | None = None,
+          boot: BootPaths = BootPaths(), layout: AgentLayout | None = None) -> HostBootstrap:
+    """The first-boot steps that give a host the agent ``token``, trust ``authorized_key`` and start the agent."""
     if not _TOKEN_RE.match(token):
         raise errors.ConfigError("The agent token must be 16 to 512 URL-safe characters on one line.")
     key = authorized_key.strip()
     if not _KEY_RE.match(key):
         raise errors.ConfigError("The SSH public key must be one OpenSSH line (ssh-ed25519 AAAA… comment).")
+    layout = layout or AgentLayout(host=host)
     script_bytes = (script or bootstrap_script()).read_bytes()
     files = [
-        WriteFile(AGENT_TOKEN_PATH, token.encode(), 0o600),
-        WriteFile(AUTHORIZED_KEYS_PATH, (key + "\n").encode(), 0o600),
-        WriteFile(BOOTSTRAP_PATH, script_bytes, 0o755),
-        WriteFile(FIRSTBOOT_PATH, _FIRSTBOOT.encode(), 0o755),
+        WriteFile(layout.token_file, token.encode(), 0o600),
+        WriteFile(boot.authorized_keys, (key + "\n").encode(), 0o600),
+        WriteFile(boot.bootstrap, script_bytes, 0o755),
+        WriteFile(boot.agent_start, ("#!/bin/sh\n" + layout.start_script("auto")).encode(), 0o755),
+        WriteFile(boot.firstboot, _firstboot(boot, layout).encode(), 0o755),
     ]
-    return HostBootstrap(files=files, commands=[[FIRSTBOOT_PATH]])
+    return HostBootstrap(files=files, commands=[[boot.firstboot]])
 
 
 def check_size(data: str) -> str:
@@ -127,6 +158,6 @@ def check_size(data: str) -> str:
     return data
 
 
-def user_data(token: str, authorized_key: str, *, script: Path | None = None) -> str:
+def user_data(token: str, authorized_key: str, *, host: str = "host", script: Path | None = None) -> str:
     """The cloud-init user-data (a ``#cloud-config`` document) for one host, size-checked."""
-    return check_size(build(token, authorized_key, script=script).to_cloud_config())
+    return check_size(build(token, authorized_key, host=host, script=script).to_cloud_config())

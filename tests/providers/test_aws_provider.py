@@ -9,7 +9,7 @@ import pytest
 
 from cloudmig import errors
 from cloudmig.inventory import Inventory
-from cloudmig.providers import HostSpec, cloud_host
+from cloudmig.providers import HostSpec, cloud_host, cloudinit
 from cloudmig.providers.aws import AwsProvider
 
 import moto_server as ms
@@ -66,7 +66,7 @@ def test_lifecycle_with_elastic_ip(aws_env, state_dir):
     user_data = ec2.describe_instance_attribute(InstanceId=inst["InstanceId"], Attribute="userData")
     import base64
     text = base64.b64decode(user_data["UserData"]["Value"]).decode()
-    assert text.startswith("#cloud-config") and "/etc/cloudmig/agent.token" in text
+    assert text.startswith("#cloud-config") and cloudinit.AGENT_TOKEN_PATH in text
 
     # secrets: token and private key are 0600 files in the state dir, never in the inventory
     for f in (state_dir / "hosts" / "web1" / "agent.token", state_dir / "hosts" / "web1" / "ssh_key"):

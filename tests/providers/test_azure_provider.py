@@ -10,7 +10,7 @@ import yaml
 
 from cloudmig import errors
 from cloudmig.inventory import Inventory
-from cloudmig.providers import HostSpec, cloud_host
+from cloudmig.providers import HostSpec, cloud_host, cloudinit
 from cloudmig.providers.azure import AzureProvider
 
 from arm_server import FixedTokenCredential
@@ -50,8 +50,8 @@ def test_lifecycle(azure_env, state_dir):
     doc = yaml.safe_load(custom)
     files = {f["path"]: f for f in doc["write_files"]}
     token = (state_dir / "hosts" / "az1" / "agent.token").read_text()
-    assert gzip.decompress(base64.b64decode(files["/etc/cloudmig/agent.token"]["content"])).decode() == token
-    assert files["/etc/cloudmig/agent.token"]["permissions"] == "0600"
+    assert gzip.decompress(base64.b64decode(files[cloudinit.AGENT_TOKEN_PATH]["content"])).decode() == token
+    assert files[cloudinit.AGENT_TOKEN_PATH]["permissions"] == "0600"
     nsg = next(r for r in live.values() if r["type"] == "Microsoft.Network/networkSecurityGroups")
     rules = {(r["properties"]["protocol"], r["properties"]["destinationPortRange"]):
              r["properties"]["sourceAddressPrefixes"] for r in nsg["properties"]["securityRules"]}
