@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lab import VENV_BIN, Lab, new_lab_id
-from sshlab import Sshd, pids_mentioning
+from sshlab import Sshd, keygen, pids_mentioning
 
 HTTP_TIMEOUT_S = 15
 
@@ -109,8 +109,7 @@ def test_adopt_run_and_destroy(adopted):
 
 def test_refused_key_and_unreachable_port_are_clear_and_leave_nothing(adopted, tmp_path):
     lab, sshd, address, remote, args = adopted
-    stranger = tmp_path / "stranger"
-    os.system(f"ssh-keygen -q -t ed25519 -N '' -f {stranger}")
+    stranger = keygen(tmp_path / "stranger", "stranger")
     bad_key = [a if a != str(sshd.client_key) else str(stranger) for a in args]
     res = lab.cm("host", "add", "s1", *bad_key, check=False)
     assert res.returncode == 4, res.stderr
@@ -121,3 +120,34 @@ def test_refused_key_and_unreachable_port_are_clear_and_leave_nothing(adopted, t
     assert res.returncode == 4 and "Cannot reach" in res.stderr and "port 2223" in res.stderr
     assert "s1" not in lab.inventory()["hosts"] and not (lab.state_dir / "hosts" / "s1").exists()
     assert not remote.exists()
+
+
+def test_a_changed_host_key_is_refused(adopted, tmp_path):
+    lab, sshd, address, remote, args = adopted
+    lab.cm("host", "add", "s1", *args)
+    pinned = lab.state_dir / "hosts" / "s1" / "known_hosts"
+    good = pinned.read_text()
+    other = Path(f"{keygen(tmp_path / 'impostor', 'impostor')}.pub").read_text().split()[1]
+    pinned.write_text(good.replace(sshd.host_public_key(), other))
+
+    res = lab.cm("host", "destroy", "s1", check=False)
+    assert res.returncode == 4 and "not the one pinned" in res.stderr, res.stderr
+    assert "s1" in lab.inventory()["hosts"] and (remote / "agent.sock").exists()   # nothing done
+
+    pinned.write_text(good)
+    lab.cm("host", "destroy", "s1")
+    assert not remote.exists()
+
+
+def test_install_ships_this_checkout_and_a_failed_bootstrap_names_its_step(adopted, tmp_path):
+    """No cloudmig at the remote venv: the checkout is shipped and bootstrapped for real; the
+    lab host has no route to PyPI, so the bootstrap fails at its venv step, and says so."""
+    lab, sshd, address, remote, args = adopted
+    fresh = tmp_path / "fresh" / "venv"
+    args = [a if not a.startswith("remote_venv=") else f"remote_venv={fresh}" for a in args]
+    res = lab.cm("host", "add", "s1", *args, check=False, timeout=600)
+    assert "shipping cloudmig" in res.stdout and "bootstrap: packages" in res.stdout, res.stdout
+    assert res.returncode == 4 and "failed at step venv" in res.stderr, res.stdout + res.stderr
+    [shipped] = (tmp_path / "fresh" / "src").iterdir()
+    assert (shipped / "scripts" / "bootstrap-host").is_file() and (shipped / "pyproject.toml").is_file()
+    assert "s1" not in lab.inventory()["hosts"] and not remote.exists()
