@@ -27,18 +27,6 @@ def keygen(path: Path, comment: str) -> Path:
     return path
 
 
-def pids_mentioning(needle: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if needle in cmd and int(pid) != os.getpid():
-            found.append(int(pid))
-    return found
-
-
 class Sshd:
     def __init__(self, workdir: Path, netns: str, address: str, port: int = SSHD_PORT) -> None:
         self.dir, self.netns, self.address, self.port = workdir, netns, address, port

@@ -25,7 +25,7 @@ from cloudmig.agent.client import AgentClient, UnixTransport
 from cloudmig.providers import cloudinit
 from cloudmig.providers.ssh.remote import AgentLayout
 from lab import VENV_BIN, Lab, new_lab_id
-from sshlab import keygen, pids_mentioning
+from sshlab import keygen
 
 FIRSTBOOT_TIMEOUT_S = 300
 
@@ -60,7 +60,7 @@ def lab_host(tmp_path):
         subprocess.run(["sh", "-c", AgentLayout(host="c1", root=layout_root).stop_script(purge=True)],
                        capture_output=True)
         lab.cm("lab", "down", check=False)
-    assert not pids_mentioning(str(root)), "the first-boot agent survived"
+    assert not lab.processes(str(root)), "the first-boot agent survived"
     assert not lab.leftovers(), lab.leftovers()
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lab import VENV_BIN, Lab, new_lab_id
-from sshlab import Sshd, keygen, pids_mentioning
+from sshlab import Sshd, keygen
 
 HTTP_TIMEOUT_S = 15
 
@@ -61,9 +61,9 @@ def adopted(tmp_path):
         if sshd:
             sshd.stop()
         lab.cm("lab", "down", check=False)
-        for pid in pids_mentioning(str(remote)):     # an agent a failed destroy left behind
-            os.kill(pid, 9)
-    assert not pids_mentioning(str(remote)), "an agent of s1 survived"
+        for line in lab.processes(str(remote)):     # an agent a failed destroy left behind
+            os.kill(int(line.split(":")[0]), 9)
+    assert not lab.processes(str(remote)), "an agent of s1 survived"
     assert not sshd or not sshd.processes(), "an sshd of the test survived"
     assert not lab.leftovers(), lab.leftovers()
 
@@ -100,7 +100,7 @@ def test_adopt_run_and_destroy(adopted):
 
     out = lab.cm("host", "destroy", "s1").stdout
     assert "container web removed" in out and "host s1 destroyed" in out
-    assert not Path(f"/proc/{pid}").exists() or pid not in pids_mentioning(str(remote))
+    assert not lab.processes(str(remote))
     assert not remote.exists()
     assert "s1" not in lab.inventory()["hosts"] and not lab.inventory()["containers"]
     assert not (lab.state_dir / "hosts" / "s1").exists()
