@@ -43,7 +43,7 @@ class MigrationOps:
             "cpuinfo_dump", "cpuinfo_check", "memory", "free_port", "probe_listen", "probe_connect",
             "probe_close", "src_presync", "src_checkpoint", "src_final_sync", "src_send_images",
             "src_isolate", "src_wait_dump", "src_rollback", "src_finish", "dst_prepare",
-            "dst_receive", "dst_receive_wait", "dst_restore", "dst_lazy_progress", "dst_wait_lazy",
+            "dst_go_live", "dst_receive", "dst_receive_wait", "dst_restore", "dst_lazy_progress", "dst_wait_lazy",
             "dst_abort")}
 
     # ------------------------------------------------------------------ paths
@@ -178,7 +178,9 @@ class MigrationOps:
                 dump.proc.kill()
         state = self.runtime.state(name)["status"]
         if state != "running" and mode == "stopcopy" and self._images(name).exists():
-            checkpoint.restore(self.runtime, name, self._images(name), self._work(name, "rollback"), lazy=False)
+            work = self._work(name, "rollback")
+            work.mkdir(parents=True, exist_ok=True)
+            checkpoint.restore(self.runtime, name, self._images(name), work)
         elif state == "paused":
             self.runtime.runc("resume", name)
         self.net.unlock_container(name)
@@ -207,6 +209,9 @@ class MigrationOps:
         if self.runtime.bundle(name).root.exists():
             raise errors.PreflightError(f"Container {name} already exists on the destination.")
         netns_path = self.net.create_container_netns(name, service_ip)
+        # silent until the controller switches the network over: a restored copy that is
+        # rolled back must never have said anything to a client
+        self.net.lock_container(name)
         try:
             self.runtime.prepare(name, image=image, command=command, env=env, netns_path=netns_path,
                                  memory_limit_bytes=memory_limit_bytes, mount_now=False)
@@ -216,6 +221,9 @@ class MigrationOps:
         shutil.rmtree(self._mig_dir(name), ignore_errors=True)
         self._images(name).mkdir(parents=True)
         return {"netns": netns_path}
+
+    def dst_go_live(self, name: str) -> None:
+        self.net.unlock_container(name)
 
     def dst_receive(self, name: str, what: str, bind_address: str) -> dict:
         dest = {"upper": self.runtime.bundle(name).upper, "images": self._images(name)}[what]
@@ -235,12 +243,12 @@ class MigrationOps:
         if mode == "postcopy":
             daemon = checkpoint.LazyPagesDaemon.start(images, work, page_server, port)
             self._lazy[name] = daemon
-            pid = checkpoint.restore(self.runtime, name, images, work, lazy=True)
-            # Without its page server the restored copy would fault forever (or read zeros
-            # once the daemon gave up): prove the daemon is connected before anyone uses it.
-            daemon.wait_connected(page_server, port)
+            # without its page server the restored copy would fault forever (or read zeros
+            # once the daemon gave up): the restore proves the daemon connected
+            pid = checkpoint.restore(self.runtime, name, images, work, lazy=daemon,
+                                     page_server=(page_server, port))
         else:
-            pid = checkpoint.restore(self.runtime, name, images, work, lazy=False)
+            pid = checkpoint.restore(self.runtime, name, images, work)
         return {"pid": pid, "restore_ms": (time.monotonic() - start) * 1000}
 
     def dst_lazy_progress(self, name: str) -> dict:
@@ -276,6 +284,7 @@ class MigrationOps:
         self.net.delete_container_netns(name)
         self.net.remove_return_via(service_ip)
         self.net.unpin_replies(service_ip)
+        rt.unmount_under(self._mig_dir(name))      # CRIU's cgroup yard, if a restore was killed
         shutil.rmtree(self._mig_dir(name), ignore_errors=True)
 
 

@@ -33,7 +33,8 @@ PAGE_SERVER_READY_TIMEOUT_S = 60     # lazy dump until the page server listens (
 FULL_DUMP_TIMEOUT_S = 1800           # stop-and-copy of many GiB over a slow disk
 RESTORE_TIMEOUT_S = 600
 LAZY_DAEMON_START_S = 10             # lazy-pages daemon creating its socket
-LAZY_CONNECT_TIMEOUT_S = 5           # restored; the daemon connects to the page server within this
+LAZY_CONNECT_TIMEOUT_S = 3           # from the restore's start; the daemon connects within this
+RESTORE_ABORT_S = 1                  # an abandoned restore gets this long to end by itself
 CRIU_LOG_LEVEL = "4"                 # the lazy-pages log at level 4 lets us count faults
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -250,18 +251,58 @@ class LazyPagesDaemon:
             self.proc.wait()
 
 
-def restore(runtime: rt.Runtime, name: str, images: Path, work: Path, lazy: bool) -> int:
+def restore(runtime: rt.Runtime, name: str, images: Path, work: Path,
+            lazy: "LazyPagesDaemon | None" = None, page_server: tuple[str, int] | None = None) -> int:
+    """``runc restore``; with ``lazy``, the lazy-pages daemon must reach the page server
+    within LAZY_CONNECT_TIMEOUT_S of the start, or the restore is abandoned (a daemon that
+    cannot fetch pages would leave the restored copy hanging on its first fault)."""
     b = runtime.bundle(name)
-    args = ["--criu", criu_path(), "restore", "--detach", "--tcp-established",
-            "--image-path", str(images), "--work-path", str(work), "--bundle", str(b.root)]
-    if lazy:
-        args.append("--lazy-pages")
-    res = runtime.runc(*args, name, check=False, timeout=RESTORE_TIMEOUT_S)
-    if res.returncode != 0:
+    argv = [paths.tool("runc") or "runc", *_runc_global(runtime), "restore", "--detach",
+            "--tcp-established", "--image-path", str(images), "--work-path", str(work),
+            "--bundle", str(b.root)]
+    if lazy is not None:
+        argv.append("--lazy-pages")
+    argv.append(name)
+    start = time.monotonic()
+    with open(work / "runc-restore.log", "wb") as out:
+        # own process group: an abandoned restore is killed with its criu
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True)
+    connected = lazy is None
+    while proc.poll() is None:
+        if not connected and lazy is not None and page_server is not None:
+            connected = tcp_established(*page_server)
+            if not connected and (lazy.proc.poll() is not None
+                                  or time.monotonic() - start > LAZY_CONNECT_TIMEOUT_S):
+                lazy.kill()          # unblocks CRIU, which then fails the restore
+                _wait_or_kill(proc, RESTORE_ABORT_S)
+                raise errors.LazyPagesError(
+                    f"The lazy-pages daemon could not reach the page server {page_server[0]}:"
+                    f"{page_server[1]}: {_tail(work / 'lazy-pages.log') or 'no connection'}.",
+                    hint="Check the tunnel between the hosts (`cloudmig tunnel status`).")
+        if time.monotonic() - start > RESTORE_TIMEOUT_S:
+            _wait_or_kill(proc, 0)
+            raise errors.RestoreError(f"The restore did not finish within {RESTORE_TIMEOUT_S} s.")
+        time.sleep(0.002)
+    if proc.returncode != 0:
         raise errors.RestoreError(
-            f"CRIU could not restore the container: {_tail(work / 'restore.log') or res.stderr.strip()}",
+            f"CRIU could not restore the container: {_tail(work / 'restore.log') or _tail(work / 'runc-restore.log')}",
             hint=f"See {work}/restore.log on the destination host.")
+    if lazy is not None and page_server is not None and not connected:
+        lazy.wait_connected(*page_server)
     st = runtime.state(name)
     if st["status"] != "running":
         raise errors.RestoreError(f"The restored container is {st['status']}, not running.")
     return int(st["pid"])
+
+
+def _wait_or_kill(proc: subprocess.Popen, timeout_s: float) -> None:
+    """Give ``proc`` (a process group leader) ``timeout_s`` to end, then kill its group."""
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass
+        proc.wait()

@@ -81,6 +81,15 @@ def unmount(path: Path) -> None:
         time.sleep(0.1)
 
 
+def unmount_under(root: Path) -> None:
+    """Unmount everything mounted below ``root``, deepest first (e.g. what a killed CRIU left)."""
+    prefix = str(root).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as fh:
+        targets = {line.split()[4] for line in fh if line.split()[4].startswith(prefix)}
+    for target in sorted(targets, key=len, reverse=True):
+        unmount(Path(target))
+
+
 def find_in_rootfs(rootfs: Path, command: str, path_env: str) -> bool:
     """Does ``command`` resolve to an executable inside ``rootfs`` (following its PATH)?"""
     candidates = [command] if "/" in command else [f"{d}/{command}" for d in path_env.split(":") if d]
@@ -220,3 +229,6 @@ class Runtime:
     def remove(self, name: str) -> None:
         self.stop(name)
         self.discard(name)
+        # what runc's restore mounted for CRIU, if a restore was abandoned half-way
+        unmount_under(self.runc_root / name)
+        shutil.rmtree(self.runc_root / name, ignore_errors=True)

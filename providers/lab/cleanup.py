@@ -83,14 +83,6 @@ def remove_netns(ns_name: str) -> None:
             (NETNS_DIR / ns_name).unlink(missing_ok=True)
 
 
-def unmount_under(root: Path) -> None:
-    prefix = str(root).rstrip("/") + "/"
-    with open("/proc/self/mountinfo") as fh:
-        targets = [line.split()[4] for line in fh if line.split()[4].startswith(prefix)]
-    for target in sorted(targets, key=len, reverse=True):
-        rt.unmount(Path(target))
-
-
 def remove_cgroups(name: str) -> None:
     """rmdir /sys/fs/cgroup/*/cloudmig/NAME (deepest first), and cloudmig/ itself if empty."""
     if not CGROUP_ROOT.exists():
@@ -126,7 +118,7 @@ def remove_host(topo: Topology, host: str, host_dir: Path) -> None:
         remove_netns(ns)
     kill_pids(pids_in_netns(topo.host_netns(host)))
     # 2. mounts and files of the host
-    unmount_under(host_dir)
+    rt.unmount_under(host_dir)
     shutil.rmtree(host_dir, ignore_errors=True)
     # 3. wiring and cgroups
     topo.remove_host(host)
@@ -148,7 +140,7 @@ def sweep(topo: Topology, progress: Progress = _no_progress) -> None:
                     pass
     hosts_dir = paths.state_dir() / "hosts"
     if hosts_dir.exists():
-        unmount_under(hosts_dir)
+        rt.unmount_under(hosts_dir)
         shutil.rmtree(hosts_dir, ignore_errors=True)
     if CGROUP_ROOT.exists():
         for hierarchy in CGROUP_ROOT.iterdir():

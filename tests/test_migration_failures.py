@@ -1,0 +1,92 @@
+"""Failures before the destination resumes: the container goes on at the source, unchanged,
+its client's connection intact, and nothing of it is left on the destination.
+
+Failures are real (an agent killed, CRIU images broken, packets dropped), injected at a phase
+boundary through CLOUDMIG_FAULT_HOOKS (see cloudmig/migration/engine.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from lab import Lab, new_lab_id
+from redis_client import HeldClient
+from test_migration import PORT, check_data, runs_only_on, start_db
+
+
+@pytest.fixture
+def lab(tmp_path):
+    lab = Lab(tmp_path / "state", new_lab_id())
+    lab.cm("lab", "up", "--hosts", "2")
+    try:
+        yield lab
+    finally:
+        lab.cm("lab", "down", check=False)
+
+
+def _block_syn_to_source() -> str:
+    # on the destination, drop new TCP connections to the source's tunnel address: the
+    # page server (and the reachability probe) become unreachable, the tunnel itself is fine
+    nft = "nsenter --net=/run/netns/$CM_DST_NETNS nft"
+    return (f"{nft} add table ip cmfault && "
+            f"{nft} 'add chain ip cmfault out {{ type filter hook output priority 0; }}' && "
+            f"{nft} add rule ip cmfault out ip daddr $CM_SRC_OVERLAY 'tcp flags & (syn|ack) == syn' drop")
+
+
+def _break_images(lab: Lab) -> str:
+    return f"rm -f {lab.state_dir}/hosts/$CM_DST/migrations/db/images/core-*.img"
+
+
+CASES = {
+    "destination agent killed before restore": ("restore", lambda lab: "kill -9 $CM_DST_AGENT_PID"),
+    "restore fails on the destination": ("restore", _break_images),
+    "page server unreachable (found by the probe)": ("prepare", lambda lab: _block_syn_to_source()),
+    "page server unreachable (after the probe)": ("restore", lambda lab: _block_syn_to_source()),
+}
+
+
+def _destination_is_clean(lab: Lab, service_ip: str) -> None:
+    h2 = lab.state_dir / "hosts" / "h2"
+    assert not (h2 / "containers" / "db").exists()
+    assert not (h2 / "migrations" / "db").exists()
+    assert f"{lab.lab_id}-c-h2-db" not in lab.netns()
+    assert not lab.processes(f"{h2}/migrations/db")           # no lazy-pages daemon
+    rules = subprocess.run(["ip", "-n", f"{lab.lab_id}-h2", "rule"], capture_output=True, text=True).stdout
+    assert service_ip not in rules
+    nft = subprocess.run(["ip", "netns", "exec", f"{lab.lab_id}-h2", "nft", "list", "ruleset"],
+                         capture_output=True, text=True).stdout
+    assert service_ip not in nft
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_failure_before_resume_rolls_back(lab, tmp_path, case):
+    phase, command = CASES[case]
+    start_db(lab)
+    service_ip = lab.ps()[0]["service_ip"]
+    client = HeldClient(lab.public_address("h1"), PORT).start()
+    report = tmp_path / "report.json"
+    try:
+        client.wait_answers(30)
+        env = dict(lab.env, CLOUDMIG_FAULT_HOOKS=f"{phase}={command(lab)}")
+        from lab import cloudmig
+        res = cloudmig("migrate", "db", "--to", "h2", "--report", str(report), env=env, check=False,
+                       timeout=600)
+        before = client.answers
+        client.wait_answers(before + 30)
+    finally:
+        client.stop()
+    assert res.returncode != 0, res.stdout
+    assert "Error:" in res.stderr and "Traceback" not in res.stderr
+    data = json.loads(report.read_text())
+    assert data["ok"] is False and data["rolled_back"] is True and data["error"]
+    client.assert_healthy()
+    assert client.answers >= before + 30, "the client got no answers after the rollback"
+    runs_only_on(lab, "h1")
+    check_data(lab.public_address("h1"))
+    _destination_is_clean(lab, service_ip)
+    # and the container can still be migrated afterwards
+    if "agent killed" in case:
+        lab.cm("migrate", "db", "--to", "h2", timeout=600)
+        runs_only_on(lab, "h2")
