@@ -28,3 +28,20 @@ def test_no_generic_top_level_packages():
 def test_public_surface_is_explicit():
     for name in cloudmig.__all__:
         assert hasattr(cloudmig, name)
+
+
+def test_every_package_is_listed_in_pyproject():
+    """A package missing from [tool.setuptools] packages works in an editable install and
+    is silently absent from a real one."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = set()
+    for folder, prefix in (("cloudmig", "cloudmig"), ("providers", "cloudmig.providers"),
+                           ("network", "cloudmig.network")):
+        for init in (root / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(root / folder).parts
+            found.add(".".join((prefix, *rel)))
+    assert found == listed
