@@ -128,6 +128,9 @@ class MigrationOps:
         start = time.monotonic()
         # silence the container before CRIU freezes it: see cloudmig.network.lock
         self.net.lock_container(name)
+        # frozen before CRIU starts: CRIU then leaves the freezing to us (and the cgroup
+        # frozen after a --leave-running dump: a rollback thaws it with `runc resume`)
+        self.runtime.freeze(name)
         if mode == "postcopy":
             dump = checkpoint.LazyCheckpoint.start(self.runtime, name, images, work, address, port)
             self._dumps[name] = dump
