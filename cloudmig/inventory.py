@@ -58,6 +58,7 @@ class ContainerRecord(BaseModel):
     command: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     ports: list[PortMapping] = Field(default_factory=list)
+    memory_limit_bytes: int | None = None   # cgroup limit; travels with the container
     state: str = "running"
     forwards: list[ForwardRecord] = Field(default_factory=list)
     created_at: float = 0.0

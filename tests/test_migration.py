@@ -29,8 +29,12 @@ def lab(tmp_path):
         lab.cm("lab", "down", check=False)
 
 
+MEMORY_LIMIT_MIB = 2048
+
+
 def start_db(lab: Lab, host: str = "h1") -> None:
-    lab.cm("run", host, "db", "--publish", f"{PORT}:6379", "--", *REDIS)
+    lab.cm("run", host, "db", "--publish", f"{PORT}:6379", "--memory-mib", str(MEMORY_LIMIT_MIB),
+           "--", *REDIS)
     sock, f = connect(lab.public_address(host), PORT)
     with sock:
         assert resp(f, "DEBUG", "POPULATE", str(KEYS), "key", str(VALUE_BYTES)) == "OK"
@@ -88,6 +92,12 @@ def test_migrate_keeps_the_connection_and_the_data(lab, tmp_path, mode):
         assert report["dumped_pages"] > 50_000
         assert report["images_bytes"] > 300 * 2**20
     runs_only_on(lab, "h2")
+    # what came along: output written before the move (the log lives in the writable layer)
+    # and the cgroup memory limit
+    assert "Ready to accept connections" in lab.cm("logs", "db").stdout
+    limit = Path(f"/sys/fs/cgroup/memory/cloudmig/{lab.lab_id}-h2/db/memory.limit_in_bytes")
+    if limit.exists():  # cgroup v1 (these machines)
+        assert int(limit.read_text()) == MEMORY_LIMIT_MIB * 2**20
     check_data(lab.public_address("h1"))    # through the forward
     check_data(lab.public_address("h2"))    # at the new home
     [row] = lab.ps()

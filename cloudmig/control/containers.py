@@ -89,6 +89,7 @@ def run(*, host: str, name: str, image: str, command: list[str], publish: list[s
         service_ip = str(addressing.service_ip(used_ips))
         record = ContainerRecord(name=name, host=host, service_ip=service_ip, image=image,
                                  command=command, env=env_map, ports=ports, state="creating",
+                                 memory_limit_bytes=memory_limit_bytes,
                                  created_at=time.time())
         data.containers[name] = record  # reserves the name, IP and ports
     try:

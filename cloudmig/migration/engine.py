@@ -144,7 +144,7 @@ class Migration:
                 dst.call("tunnel.warm", ifname=self.dst_if, peer_address=self.src_addr)
                 self._dst_touched = True
                 dst.call("mig.dst_prepare", name=self.name, image=c.image, command=c.command,
-                         env=c.env, service_ip=c.service_ip)
+                         env=c.env, service_ip=c.service_ip, memory_limit_bytes=c.memory_limit_bytes)
                 # the page server's port, proven reachable from the destination before the freeze
                 self.ps_port = src.call("mig.free_port", address=self.src_addr)
                 src.call("mig.probe_listen", address=self.src_addr, port=self.ps_port)
