@@ -91,6 +91,21 @@ class Lab:
                 out.append(f"{pid}: {cmd}")
         return out
 
+    def processes_in_netns(self, netns: str) -> list[str]:
+        """Command lines of the processes living in network namespace ``netns``."""
+        try:
+            target = os.stat(NETNS_DIR / netns).st_ino
+        except FileNotFoundError:
+            return []
+        out = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if os.stat(f"/proc/{pid}/ns/net").st_ino == target:
+                    out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                continue
+        return out
+
     def leftovers(self, needle: str | None = None) -> dict:
         left = {"netns": self.netns(), "links": self.links(), "mounts": self.mounts(),
                 "cgroups": self.cgroups(), "agents": self.processes(),

@@ -63,7 +63,8 @@ def runs_only_on(lab: Lab, host: str) -> None:
         assert has == (h == host), f"bundle of db on {h}: {has}"
     netns = [n for n in lab.netns() if n.endswith("-db")]
     assert netns == [f"{lab.lab_id}-c-{host}-db"]
-    assert len(lab.processes("redis-server *:6379")) == 1
+    procs = [p for h in ("h1", "h2", "h3") for p in lab.processes_in_netns(f"{lab.lab_id}-c-{h}-db")]
+    assert len(procs) == 1 and "redis-server" in procs[0], procs
 
 
 @pytest.mark.parametrize("mode", ["postcopy", "stopcopy"])

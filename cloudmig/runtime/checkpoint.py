@@ -39,6 +39,30 @@ CRIU_LOG_LEVEL = "4"                 # the lazy-pages log at level 4 lets us cou
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
+KDAT_DIR = Path("/run/criu")         # CRIU's RUNDIR as scripts/bootstrap-host builds it
+TMPFS_MAGIC = 0x01021994
+
+
+def ensure_kdat_cache() -> bool:
+    """Keep a tmpfs on KDAT_DIR so CRIU can cache its kernel probe (bootstrap-host mounts it;
+    this puts it back after a reboot). False if it could not."""
+    try:
+        KDAT_DIR.mkdir(parents=True, exist_ok=True)
+        if _fs_type(KDAT_DIR) == TMPFS_MAGIC:
+            return True
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "cloudmig-criu",
+                        str(KDAT_DIR)], check=True, capture_output=True)
+        return True
+    except (OSError, subprocess.CalledProcessError) as exc:
+        log.warning("no tmpfs for CRIU's kernel-feature cache on %s: %s", KDAT_DIR, exc)
+        return False
+
+
+def _fs_type(path: Path) -> int:
+    out = subprocess.run(["stat", "-f", "-c", "%t", str(path)], capture_output=True, text=True)
+    return int(out.stdout.strip() or "0", 16)
+
+
 def criu_path() -> str:
     criu = paths.criu_binary()
     if not criu:
@@ -210,7 +234,7 @@ class LazyPagesDaemon:
                 proc.kill()
                 raise errors.LazyPagesError(
                     f"The lazy-pages daemon did not start: {_tail(work / 'lazy-pages.log')}")
-            time.sleep(0.01)
+            time.sleep(0.001)
         return cls(proc, work)
 
     def stats(self) -> dict:
