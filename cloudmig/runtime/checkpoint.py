@@ -218,6 +218,7 @@ class LazyPagesDaemon:
 
     def __init__(self, proc: subprocess.Popen, work: Path) -> None:
         self.proc, self.work = proc, work
+        self._log_offset = self._total = self._faulted = self._copied = self._copied_live = 0
 
     @classmethod
     def start(cls, images: Path, work: Path, address: str, port: int) -> "LazyPagesDaemon":
@@ -238,22 +239,31 @@ class LazyPagesDaemon:
         return cls(proc, work)
 
     def stats(self) -> dict:
-        """Pages the daemon had to move, those it moved on faults, and in all."""
-        total = faulted = copied = 0
+        """Pages the daemon had to move, those it moved on faults, and in all. Reads only
+        what the log gained since the last call (progress is asked for every 0.2 s)."""
         log_path = self.work / "lazy-pages.log"
         if log_path.exists():
-            with open(log_path, errors="replace") as fh:
-                for line in fh:
-                    if "#PF at" in line:
-                        faulted += 1
-                    elif "pages to be handled by UFFD" in line:
-                        m = re.search(r"Found (\d+) pages", line)
-                        total += int(m.group(1)) if m else 0
-                    elif "UFFD transferred pages" in line:
-                        m = re.search(r"\((\d+)/(\d+)\)", line)
-                        copied += int(m.group(1)) if m else 0
-        faulted = min(faulted, copied) if copied else faulted
-        return {"lazy_pages": total, "copied_pages": copied, "faulted_pages": faulted,
+            with open(log_path, "rb") as fh:
+                fh.seek(self._log_offset)
+                chunk = fh.read()
+            end = chunk.rfind(b"\n") + 1          # whole lines only
+            self._log_offset += end
+            for line in chunk[:end].decode(errors="replace").splitlines():
+                if "uffd_copy:" in line:       # one UFFDIO_COPY: "uffd_copy: 0xADDR/BYTES"
+                    m = re.search(r"uffd_copy: 0x[0-9a-f]+/(\d+)", line)
+                    self._copied_live += int(m.group(1)) // PAGE_SIZE if m else 0
+                elif "#PF at" in line:
+                    self._faulted += 1
+                elif "pages to be handled by UFFD" in line:
+                    m = re.search(r"Found (\d+) pages", line)
+                    self._total += int(m.group(1)) if m else 0
+                elif "UFFD transferred pages" in line:
+                    m = re.search(r"\((\d+)/(\d+)\)", line)
+                    self._copied += int(m.group(1)) if m else 0
+        # the summary line ("transferred pages (x/y)") comes only at the end
+        copied = self._copied or self._copied_live
+        faulted = min(self._faulted, copied)
+        return {"lazy_pages": self._total, "copied_pages": copied, "faulted_pages": faulted,
                 "pushed_pages": max(copied - faulted, 0)}
 
     def wait_connected(self, address: str, port: int, timeout_s: float = LAZY_CONNECT_TIMEOUT_S) -> None:
