@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -11,6 +12,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 
 VENV_BIN = Path(sys.executable).parent
@@ -153,3 +156,23 @@ def connect(address: str, port: int, timeout_s: float = 10, attempts: int = 50):
             last = exc
             time.sleep(0.1)
     raise AssertionError(f"cannot connect to {address}:{port}: {last}")
+
+
+@contextlib.contextmanager
+def running_lab(base: Path, hosts: int):
+    """A lab of ``hosts`` hosts of this test's own, removed afterwards even on failure."""
+    lab = Lab(base / "state", new_lab_id())
+    try:
+        lab.cm("lab", "up", "--hosts", str(hosts))
+        yield lab
+    finally:
+        lab.cm("lab", "down", check=False)
+
+
+def lab_fixture(hosts: int):
+    """A pytest fixture named like the variable it is assigned to: ``lab = lab_fixture(3)``."""
+    @pytest.fixture
+    def lab(tmp_path):
+        with running_lab(tmp_path, hosts) as running:
+            yield running
+    return lab

@@ -10,17 +10,10 @@ import pytest
 from cloudmig import errors
 from cloudmig.agent import protocol
 from cloudmig.agent.client import AgentClient, UnixTransport
-from lab import Lab, new_lab_id
+from lab import Lab, lab_fixture
 
 
-@pytest.fixture
-def lab(tmp_path):
-    lab = Lab(tmp_path / "state", new_lab_id())
-    lab.cm("lab", "up", "--hosts", "1")
-    try:
-        yield lab
-    finally:
-        lab.cm("lab", "down", check=False)
+lab = lab_fixture(1)
 
 
 def _raw(sock_path: str, message: dict) -> dict:

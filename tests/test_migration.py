@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import Lab, connect, new_lab_id, resp
+from lab import Lab, connect, lab_fixture, resp
 from redis_client import HeldClient
 
 PORT = 16379
@@ -19,14 +19,7 @@ REDIS = ["redis-server", "--port", "6379", "--protected-mode", "no", "--save", "
          "--appendonly", "no", "--enable-debug-command", "yes"]
 
 
-@pytest.fixture
-def lab(tmp_path):
-    lab = Lab(tmp_path / "state", new_lab_id())
-    lab.cm("lab", "up", "--hosts", "3")
-    try:
-        yield lab
-    finally:
-        lab.cm("lab", "down", check=False)
+lab = lab_fixture(3)
 
 
 MEMORY_LIMIT_MIB = 2048

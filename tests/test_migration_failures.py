@@ -11,19 +11,12 @@ import subprocess
 
 import pytest
 
-from lab import Lab, new_lab_id
+from lab import Lab, cloudmig, lab_fixture
 from redis_client import HeldClient
 from test_migration import PORT, check_data, runs_only_on, start_db
 
 
-@pytest.fixture
-def lab(tmp_path):
-    lab = Lab(tmp_path / "state", new_lab_id())
-    lab.cm("lab", "up", "--hosts", "2")
-    try:
-        yield lab
-    finally:
-        lab.cm("lab", "down", check=False)
+lab = lab_fixture(2)
 
 
 def _block_syn_to_source() -> str:
@@ -70,7 +63,6 @@ def test_failure_before_resume_rolls_back(lab, tmp_path, case):
     try:
         client.wait_answers(30)
         env = dict(lab.env, CLOUDMIG_FAULT_HOOKS=f"{phase}={command(lab)}")
-        from lab import cloudmig
         res = cloudmig("migrate", "db", "--to", "h2", "--report", str(report), env=env, check=False,
                        timeout=600)
         before = client.answers

@@ -6,21 +6,13 @@ import json
 import os
 from pathlib import Path
 
-import pytest
 
-from lab import Lab, new_lab_id
+from lab import Lab, lab_fixture
 
 WG_RUN = Path("/var/run/wireguard")
 
 
-@pytest.fixture
-def lab(tmp_path):
-    lab = Lab(tmp_path / "state", new_lab_id())
-    lab.cm("lab", "up", "--hosts", "3")
-    try:
-        yield lab
-    finally:
-        lab.cm("lab", "down", check=False)
+lab = lab_fixture(3)
 
 
 def _wg_state(lab: Lab) -> dict:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import subprocess
 import time
 from typing import Any, Callable
@@ -247,7 +246,6 @@ class Migration:
                 f.call("net.route_service", service_ip=self.container.service_ip, ifname=f_if)
 
     def _record_move(self) -> None:
-        c = self.container
         with self.inv.transaction() as data:
             rec = data.containers[self.name]
             forwards = {f.host: f for f in rec.forwards if f.host != self.dst_name}

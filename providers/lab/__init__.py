@@ -11,9 +11,7 @@ agent (``cloudmig agent serve`` under ``nsenter --net``) on a root-only unix soc
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
