@@ -82,3 +82,28 @@ def test_failure_before_resume_rolls_back(lab, tmp_path, case):
     if "agent killed" in case:
         lab.cm("migrate", "db", "--to", "h2", timeout=600)
         runs_only_on(lab, "h2")
+
+
+def test_failed_move_back_to_a_forwarder_keeps_its_forward(lab, tmp_path):
+    """h1 -> h2 succeeds (h1 forwards); h2 -> h1 then fails before the resume: h1 must go on
+    forwarding its clients to h2, which keeps the container."""
+    start_db(lab)
+    client = HeldClient(lab.public_address("h1"), PORT).start()
+    try:
+        client.wait_answers(20)
+        lab.cm("migrate", "db", "--to", "h2", timeout=600)
+        before = client.answers
+        client.wait_answers(before + 20)
+        env = dict(lab.env, CLOUDMIG_FAULT_HOOKS="restore=" + _break_images(lab).replace("$CM_DST", "h1"))
+        res = cloudmig("migrate", "db", "--to", "h1", env=env, check=False, timeout=600)
+        before = client.answers
+        client.wait_answers(before + 30)
+    finally:
+        client.stop()
+    assert res.returncode != 0 and "rolling back" in res.stdout
+    client.assert_healthy()
+    assert client.answers >= before + 30
+    runs_only_on(lab, "h2")
+    check_data(lab.public_address("h1"))
+    [row] = lab.ps()
+    assert f"{lab.public_address('h1')}:{PORT}/tcp (forwarded)" in row["endpoints"]

@@ -211,7 +211,8 @@ class MigrationOps:
                     service_ip: str, memory_limit_bytes: int | None = None) -> dict:
         if self.runtime.bundle(name).root.exists():
             raise errors.PreflightError(f"Container {name} already exists on the destination.")
-        netns_path = self.net.create_container_netns(name, service_ip)
+        # a host the container lived on before keeps forwarding to it until the switch
+        netns_path = self.net.create_container_netns(name, service_ip, keep_route=True)
         # silent until the controller switches the network over: a restored copy that is
         # rolled back must never have said anything to a client
         self.net.lock_container(name)
@@ -225,7 +226,8 @@ class MigrationOps:
         self._images(name).mkdir(parents=True)
         return {"netns": netns_path}
 
-    def dst_go_live(self, name: str) -> None:
+    def dst_go_live(self, name: str, service_ip: str) -> None:
+        self.net.route_service(service_ip, container=name)
         self.net.unlock_container(name)
 
     def dst_receive(self, name: str, what: str, bind_address: str) -> dict:
@@ -282,8 +284,9 @@ class MigrationOps:
         checkpoint.kill_processes_mentioning(str(self._mig_dir(name)))
         for key in [k for k in self._receivers if k[0] == name]:
             self._receivers.pop(key).cancel()
+        # (nothing was published here yet: that happens at the switch; published rules of
+        # this container on this host are those of a forwarder, and stay)
         self.runtime.remove(name)
-        self.net.unpublish(owner=name)
         self.net.delete_container_netns(name)
         self.net.remove_return_via(service_ip)
         self.net.unpin_replies(service_ip)

@@ -34,9 +34,25 @@ class HostNet:
     def container_veth(self, name: str) -> str:
         return routing.host_veth_name(self.container_netns(name))
 
-    def create_container_netns(self, name: str, service_ip: str) -> str:
+    def create_container_netns(self, name: str, service_ip: str, keep_route: bool = False) -> str:
+        """The container's namespace with its service IP. With ``keep_route``, a route this
+        host already has for the service IP (into a tunnel: it forwards to the container's
+        current home) stays until the caller switches it to the new namespace."""
+        previous = self._route_ifname(service_ip) if keep_route else None
         routing.create_container_netns(HOST_NETNS, self.container_netns(name), service_ip)
+        if previous and previous != self.container_veth(name):
+            routing.route_service(HOST_NETNS, service_ip, previous)
         return self.container_netns_path(name)
+
+    @staticmethod
+    def _route_ifname(service_ip: str) -> str | None:
+        with IPRoute() as ipr:
+            for route in ipr.get_routes(family=2, table=254):   # a dump: no lookup
+                if (route.get_attr("RTA_DST") == service_ip and route.get("dst_len") == 32
+                        and route.get_attr("RTA_OIF")):
+                    links = ipr.get_links(route.get_attr("RTA_OIF"))
+                    return links[0].get_attr("IFLA_IFNAME") if links else None
+        return None
 
     def set_uplink(self, name: str, up: bool) -> None:
         """Bring the host side of the container's veth up or down."""

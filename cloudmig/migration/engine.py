@@ -214,7 +214,7 @@ class Migration:
         with self._phase("switch"):
             with self._agent(self.src_name) as src, self._agent(self.dst_name) as dst:
                 # clients of the source's public address now reach the destination
-                dst.call("mig.dst_go_live", name=self.name)
+                dst.call("mig.dst_go_live", name=self.name, service_ip=c.service_ip)
                 src.call("net.route_service", service_ip=c.service_ip, ifname=self.src_if)
                 if self.mode == "postcopy":
                     src.call("mig.src_isolate", name=self.name)
