@@ -18,7 +18,7 @@ def run(host: str = typer.Argument(..., help="Host to run on (see `cloudmig host
         publish: list[str] = typer.Option([], "--publish", "-p", help="PORT[:CONTAINER_PORT][/udp] on the host's public address."),
         env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE for the container."),
         memory: int = typer.Option(None, "--memory-mib", help="Memory limit (cgroup), MiB.")) -> None:
-    """Run a container on HOST: cloudmig run HOST NAME [options] -- CMD [ARGS...]"""
+    """Run a container on HOST: cloudmig run HOST NAME (options) -- CMD ARGS..."""
     rec = containers.run(host=host, name=name, image=image, command=list(command or []),
                          publish=publish, env=env,
                          memory_limit_bytes=memory * 1024 * 1024 if memory else None)
