@@ -14,6 +14,7 @@ are reported loudly and the source is never cleaned up before the last page.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import subprocess
@@ -183,6 +184,18 @@ class Migration:
         dst.call("mig.dst_receive_wait", name=self.name, what=what)
         return int(sent["bytes"])
 
+    def _timed(self, key: str, fn: Callable[[], Any]) -> Any:
+        t = time.monotonic()
+        try:
+            return fn()
+        finally:
+            self.report.freeze_breakdown_ms[key] = (time.monotonic() - t) * 1000
+
+    def _with_agents(self, fn: Callable[[Any, Any], Any]) -> Any:
+        """Run ``fn(src, dst)`` on connections of its own (for work done in parallel)."""
+        with self._agent(self.src_name) as src, self._agent(self.dst_name) as dst:
+            return fn(src, dst)
+
     def _freeze_and_move(self) -> None:
         breakdown = self.report.freeze_breakdown_ms
         with self._agent(self.src_name) as src, self._agent(self.dst_name) as dst:
@@ -192,15 +205,18 @@ class Migration:
                 dump = src.call("mig.src_checkpoint", name=self.name, mode=self.mode,
                                 address=self.src_addr, port=self.ps_port)
                 breakdown["dump"] = ph.ms
-                t = time.monotonic()
-                self._pin_connections(src, dst)
-                breakdown["pins"] = (time.monotonic() - t) * 1000
-            with self._phase("sync") as ph:
-                self.report.fs_bytes += self._send(src, dst, "upper", "mig.src_final_sync")
-                breakdown["fs_sync"] = ph.ms
-                t = time.monotonic()
-                self.report.images_bytes = self._send(src, dst, "images", "mig.src_send_images")
-                breakdown["images"] = (time.monotonic() - t) * 1000
+            with self._phase("sync"):
+                # three independent moves, each on its own connections: the pins of the
+                # connections, the writable layer's last changes, and CRIU's images
+                with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+                    pins = pool.submit(self._timed, "pins", lambda: self._with_agents(self._pin_connections))
+                    fs = pool.submit(self._timed, "fs_sync", lambda: self._with_agents(
+                        lambda s, d: self._send(s, d, "upper", "mig.src_final_sync")))
+                    images = pool.submit(self._timed, "images", lambda: self._with_agents(
+                        lambda s, d: self._send(s, d, "images", "mig.src_send_images")))
+                    pins.result()
+                    self.report.fs_bytes += fs.result()
+                    self.report.images_bytes = images.result()
             with self._phase("restore") as ph:
                 dst.call("mig.dst_restore", name=self.name, mode=self.mode,
                          page_server=self.src_addr, port=self.ps_port)
