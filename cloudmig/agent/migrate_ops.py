@@ -197,9 +197,8 @@ class MigrationOps:
 
     def src_finish(self, name: str, service_ip: str) -> None:
         """The container lives elsewhere now: remove it here, but keep its published ports,
-        which forward to it. A reply path this host had for it as a destination goes: replies
+        which forward to it. The reply pins this host had for it as a destination go: replies
         that come back here now belong to this host's own forwarded clients."""
-        self.net.remove_return_via(service_ip)
         self.net.unpin_replies(service_ip)
         self.runtime.remove(name)
         self.net.delete_container_netns(name)
@@ -288,7 +287,6 @@ class MigrationOps:
         # this container on this host are those of a forwarder, and stay)
         self.runtime.remove(name)
         self.net.delete_container_netns(name)
-        self.net.remove_return_via(service_ip)
         self.net.unpin_replies(service_ip)
         rt.unmount_under(self._mig_dir(name))      # CRIU's cgroup yard, if a restore was killed
         shutil.rmtree(self._mig_dir(name), ignore_errors=True)

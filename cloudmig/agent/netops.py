@@ -132,8 +132,3 @@ class HostNet:
         """Send SERVICE_IP into tunnel ``ifname``, or back to ``container``'s own veth."""
         routing.route_service(HOST_NETNS, service_ip, ifname or self.container_veth(container or ""))
 
-    def return_via(self, service_ip: str, ifname: str) -> int:
-        return routing.return_via(HOST_NETNS, service_ip, ifname)
-
-    def remove_return_via(self, service_ip: str) -> bool:
-        return routing.remove_return_via(HOST_NETNS, service_ip)

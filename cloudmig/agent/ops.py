@@ -45,8 +45,6 @@ class Host:
             "net.unpublish": self.net.unpublish,
             "net.forwards": self.net.forwards,
             "net.route_service": self.net.route_service,
-            "net.return_via": self.net.return_via,
-            "net.remove_return_via": self.net.remove_return_via,
             "net.track_tunnel": self.net.track_tunnel,
             "net.connections": self.net.connections,
             "net.pin_replies": self.net.pin_replies,

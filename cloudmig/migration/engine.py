@@ -41,14 +41,13 @@ def _no_event(kind: str, **data: Any) -> None:
     pass
 
 
-def _run_fault_hook(phase: str, env: dict[str, str]) -> None:
-    """Failure injection for tests: run the shell command given for ``phase`` (if any)."""
-    spec = os.environ.get(FAULT_HOOKS_ENV, "")
-    for item in filter(None, spec.split(";;")):
+def _fault_hook(phase: str) -> str | None:
+    """Failure injection for tests: the shell command given for ``phase``, if any."""
+    for item in filter(None, os.environ.get(FAULT_HOOKS_ENV, "").split(";;")):
         name, _, command = item.partition("=")
         if name.strip() == phase:
-            log.warning("fault hook before %s: %s", phase, command)
-            subprocess.run(["sh", "-c", command], env={**os.environ, **env}, check=False)
+            return command
+    return None
 
 
 class Migration:
@@ -66,7 +65,10 @@ class Migration:
 
     # ------------------------------------------------------------------ helpers
     def _phase(self, name: str):
-        _run_fault_hook(name, self._hook_env())
+        command = _fault_hook(name)
+        if command is not None:
+            log.warning("fault hook before %s: %s", name, command)
+            subprocess.run(["sh", "-c", command], env={**os.environ, **self._hook_env()}, check=False)
         return self.report.phase(name, lambda n, s: self.on_event("phase", name=n, state=s))
 
     def _hook_env(self) -> dict[str, str]:

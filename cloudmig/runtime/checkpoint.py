@@ -71,8 +71,9 @@ def criu_path() -> str:
     return criu
 
 
-def _runc_global(runtime: rt.Runtime) -> list[str]:
-    return ["--root", str(runtime.runc_root), "--criu", criu_path()]
+def _runc_criu(runtime: rt.Runtime, *args: str) -> list[str]:
+    """``runc --root ... --criu <our criu> ARGS``."""
+    return runtime.runc_argv("--criu", criu_path(), *args)
 
 
 def _tail(path: Path, lines: int = 3) -> str:
@@ -164,10 +165,10 @@ class LazyCheckpoint:
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)
         r, w = os.pipe()
-        argv = ["runc", *_runc_global(runtime), "checkpoint", "--lazy-pages", "--leave-running",
-                "--page-server", f"{address}:{port}", "--status-fd", str(w), "--tcp-established",
-                "--image-path", str(images), "--work-path", str(work), name]
-        argv[0] = paths.tool("runc") or "runc"
+        argv = _runc_criu(runtime, "checkpoint", "--lazy-pages", "--leave-running",
+                          "--page-server", f"{address}:{port}", "--status-fd", str(w),
+                          "--tcp-established", "--image-path", str(images), "--work-path", str(work),
+                          name)
         with open(work / "runc.log", "wb") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                     pass_fds=(w,))
@@ -291,9 +292,8 @@ def restore(runtime: rt.Runtime, name: str, images: Path, work: Path,
     within LAZY_CONNECT_TIMEOUT_S of the start, or the restore is abandoned (a daemon that
     cannot fetch pages would leave the restored copy hanging on its first fault)."""
     b = runtime.bundle(name)
-    argv = [paths.tool("runc") or "runc", *_runc_global(runtime), "restore", "--detach",
-            "--tcp-established", "--image-path", str(images), "--work-path", str(work),
-            "--bundle", str(b.root)]
+    argv = _runc_criu(runtime, "restore", "--detach", "--tcp-established", "--image-path",
+                      str(images), "--work-path", str(work), "--bundle", str(b.root))
     if lazy is not None:
         argv.append("--lazy-pages")
     argv.append(name)

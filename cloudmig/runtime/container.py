@@ -121,13 +121,17 @@ class Runtime:
     def bundle(self, name: str) -> Bundle:
         return Bundle(self.containers_dir / name)
 
-    def runc(self, *args: str, check: bool = True, timeout: float = RUNC_TIMEOUT_S,
-             what: str = "") -> subprocess.CompletedProcess:
+    def runc_argv(self, *args: str) -> list[str]:
+        """``runc --root <this host's runc state> ARGS`` (for callers that run it themselves)."""
         runc = paths.tool("runc")
         if not runc:
             raise errors.HostSetupError("runc is not installed on this host.",
                                         hint="Run `cloudmig doctor` there.")
-        return _run([runc, "--root", str(self.runc_root), *args], check=check, timeout=timeout,
+        return [runc, "--root", str(self.runc_root), *args]
+
+    def runc(self, *args: str, check: bool = True, timeout: float = RUNC_TIMEOUT_S,
+             what: str = "") -> subprocess.CompletedProcess:
+        return _run(self.runc_argv(*args), check=check, timeout=timeout,
                     what=what or f"runc {args[0]}")
 
     def cgroups_path(self, name: str) -> str:
