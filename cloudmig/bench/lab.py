@@ -6,7 +6,7 @@
 Inside the block ``CLOUDMIG_STATE_DIR`` and ``CLOUDMIG_LAB_ID`` point at the bench's lab, so
 cloudmig's own modules (inventory, providers, migration engine) act on it; the previous
 values come back afterwards. SIGTERM is turned into KeyboardInterrupt for the duration, so
-``kill`` cleans up like Ctrl-C does.
+``kill`` cleans up like Ctrl-C does (in this process only: see ``cloudmig.signals``).
 """
 
 from __future__ import annotations
@@ -18,13 +18,11 @@ import signal
 from pathlib import Path
 from typing import Iterator
 
+from cloudmig import signals
+
 log = logging.getLogger(__name__)
 
 ENV_KEYS = ("CLOUDMIG_STATE_DIR", "CLOUDMIG_LAB_ID")
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @contextlib.contextmanager
@@ -49,8 +47,7 @@ def own_lab(state_dir: Path, lab_id: str, *, hosts: int = 2, wan_rate: str | Non
     from cloudmig.providers.lab.topology import parse_rate
 
     rate_bps = parse_rate(wan_rate) if wan_rate else None
-    old_term = signal.signal(signal.SIGTERM, _interrupt)
-    try:
+    with signals.sigterm_interrupts():
         with _environment(state_dir, lab_id):
             provider = LabProvider()
             try:
@@ -64,8 +61,6 @@ def own_lab(state_dir: Path, lab_id: str, *, hosts: int = 2, wan_rate: str | Non
                     LabProvider().down(progress=progress)
                 finally:
                     signal.signal(signal.SIGINT, old_int)
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
 
 
 def host_dir(host: str) -> Path:

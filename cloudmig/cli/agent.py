@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket as socketlib
 import sys
 import threading
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from cloudmig import errors, log
+from cloudmig import errors, log, signals
 from cloudmig.cli._app import app
 
 RELAY_CHUNK_BYTES = 64 * 1024
@@ -57,17 +56,7 @@ def serve(host: str = _HOST, host_dir: Path = _DIR, token_file: Path = _TOKEN,
     """Serve the controller on a root-only unix socket."""
     log.setup(verbose=bool(os.environ.get("CLOUDMIG_AGENT_DEBUG")))
     srv = _server(host, host_dir, token_file, cgroup_parent, netns_prefix)
-    main_pid = os.getpid()
-
-    def _on_sigterm(*_: object) -> None:
-        # pyroute2 forks helper children (to open sockets in other namespaces) and stops them
-        # with SIGTERM; they inherit this handler, and must die at once rather than unwind
-        # through our code (which would run its cleanups and close the controller's channel).
-        if os.getpid() != main_pid:
-            os._exit(0)
-        sys.exit(0)  # unwinds serve_unix, which removes the socket
-
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signals.on_sigterm(lambda: sys.exit(0))   # unwinds serve_unix, which removes the socket
     srv.serve_unix(str(socket))
 
 
