@@ -223,10 +223,29 @@ def check_pipe_max_size() -> Check:
                  f"sysctl -w fs.pipe-max-size={PIPE_MAX_SIZE_NEEDED} (the bootstrap does this).")
 
 
+CONNTRACK_BUCKETS_FILE = Path("/proc/sys/net/netfilter/nf_conntrack_buckets")
+CONNTRACK_BUCKETS_MAX = 16384   # as scripts/bootstrap-host sets it
+
+
+def check_conntrack_buckets(path: Path = CONNTRACK_BUCKETS_FILE) -> Check:
+    """CRIU walks the machine-wide conntrack hash twice inside every dump's freeze."""
+    try:
+        buckets = int(path.read_text())
+    except (OSError, ValueError):
+        return Check("conntrack-buckets", PASS, "no conntrack hash (nothing for CRIU to walk)")
+    if buckets <= CONNTRACK_BUCKETS_MAX:
+        return Check("conntrack-buckets", PASS, f"nf_conntrack_buckets = {buckets}")
+    return Check("conntrack-buckets", WARN,
+                 f"nf_conntrack_buckets = {buckets}: CRIU's two walks of it add ~{buckets * 2 // 30000} ms "
+                 "to every freeze",
+                 f"sysctl -w net.netfilter.nf_conntrack_buckets={CONNTRACK_BUCKETS_MAX} "
+                 "(the bootstrap does this).")
+
+
 def run_checks() -> list[Check]:
     checks = [check_kernel(), check_userfaultfd(), check_checkpoint_restore(), check_namespaces(),
               check_tun()]
     checks += check_criu()
     checks += [check_pycriu(), check_runc(), check_cgroups(), check_wireguard(), check_nftables(),
-               check_pipe_max_size()]
+               check_pipe_max_size(), check_conntrack_buckets()]
     return checks

@@ -10,6 +10,7 @@ import pytest
 from lab import cloudmig
 
 PIPE_MAX = Path("/proc/sys/fs/pipe-max-size")
+CT_BUCKETS = Path("/proc/sys/net/netfilter/nf_conntrack_buckets")
 
 
 def _checks(res):
@@ -23,7 +24,7 @@ def test_doctor_passes_after_bootstrap():
     assert data["ok"] is True
     for name in ("userfaultfd", "checkpoint-restore", "namespaces", "tun", "criu", "criu-check",
                  "lazy-pages", "tcp-repair", "runc", "cgroups", "wireguard", "nftables",
-                 "pipe-max-size"):
+                 "pipe-max-size", "conntrack-buckets"):
         assert checks[name]["status"] == "pass", checks[name]
     # this kernel has no soft-dirty tracking: reported, not required
     assert checks["soft-dirty"]["required"] is False
@@ -76,3 +77,17 @@ def test_low_pipe_max_size_is_a_failure():
     assert checks["pipe-max-size"]["status"] == "fail"
     assert "sysctl -w fs.pipe-max-size" in checks["pipe-max-size"]["hint"]
     assert PIPE_MAX.read_text().strip() == before
+
+
+def test_a_big_conntrack_hash_is_a_warning_not_a_failure():
+    before = CT_BUCKETS.read_text().strip()
+    try:
+        CT_BUCKETS.write_text("262144")
+        res = cloudmig("doctor", "--json", check=False)
+    finally:
+        CT_BUCKETS.write_text(before)
+    assert res.returncode == 0
+    _, checks = _checks(res)
+    assert checks["conntrack-buckets"]["status"] == "warn"
+    assert "nf_conntrack_buckets=16384" in checks["conntrack-buckets"]["hint"]
+    assert CT_BUCKETS.read_text().strip() == before

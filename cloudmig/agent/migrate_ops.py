@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from cloudmig import errors
+from cloudmig.timing import Steps
 from cloudmig.runtime import checkpoint, transfer
 from cloudmig.runtime import container as rt
 
@@ -125,23 +126,26 @@ class MigrationOps:
 
     def src_checkpoint(self, name: str, mode: str, address: str = "", port: int = 0) -> dict:
         images, work = self._images(name), self._work(name, "src")
-        start = time.monotonic()
+        steps = Steps()
         # silence the container before CRIU freezes it: see cloudmig.network.lock
-        self.net.lock_container(name)
+        with steps("lock"):
+            self.net.lock_container(name)
         # frozen before CRIU starts: CRIU then leaves the freezing to us (and the cgroup
         # frozen after a --leave-running dump: a rollback thaws it with `runc resume`)
-        self.runtime.freeze(name)
-        if mode == "postcopy":
-            dump = checkpoint.LazyCheckpoint.start(self.runtime, name, images, work, address, port)
-            self._dumps[name] = dump
-            try:
-                dump.wait_ready()
-            except BaseException:
-                self._dumps.pop(name, None)
-                raise
-        else:
-            checkpoint.full_checkpoint(self.runtime, name, images, work)
-        return {"dump_ms": (time.monotonic() - start) * 1000, "images_bytes": checkpoint.dir_bytes(images)}
+        with steps("cgroup_freeze"):
+            self.runtime.freeze(name)
+        with steps("criu"):
+            if mode == "postcopy":
+                dump = checkpoint.LazyCheckpoint.start(self.runtime, name, images, work, address, port)
+                self._dumps[name] = dump
+                try:
+                    dump.wait_ready()
+                except BaseException:
+                    self._dumps.pop(name, None)
+                    raise
+            else:
+                checkpoint.full_checkpoint(self.runtime, name, images, work)
+        return {"dump_ms": steps.total_ms, "steps_ms": steps.ms, "images_bytes": checkpoint.dir_bytes(images)}
 
     def src_final_sync(self, name: str, address: str, port: int, token: str) -> dict:
         upper = self.runtime.bundle(name).upper
@@ -240,20 +244,24 @@ class MigrationOps:
         return {"bytes": rx.wait()}
 
     def dst_restore(self, name: str, mode: str, page_server: str = "", port: int = 0) -> dict:
-        self.runtime.mount(name)
         images, work = self._images(name), self._work(name, "dst")
+        steps = Steps()
+        with steps("mount"):
+            self.runtime.mount(name)
         work.mkdir(parents=True, exist_ok=True)
-        start = time.monotonic()
         if mode == "postcopy":
-            daemon = checkpoint.LazyPagesDaemon.start(images, work, page_server, port)
+            with steps("lazy_daemon"):
+                daemon = checkpoint.LazyPagesDaemon.start(images, work, page_server, port)
             self._lazy[name] = daemon
             # without its page server the restored copy would fault forever (or read zeros
             # once the daemon gave up): the restore proves the daemon connected
-            pid = checkpoint.restore(self.runtime, name, images, work, lazy=daemon,
-                                     page_server=(page_server, port))
+            with steps("criu"):
+                pid = checkpoint.restore(self.runtime, name, images, work, lazy=daemon,
+                                         page_server=(page_server, port), steps=steps)
         else:
-            pid = checkpoint.restore(self.runtime, name, images, work)
-        return {"pid": pid, "restore_ms": (time.monotonic() - start) * 1000}
+            with steps("criu"):
+                pid = checkpoint.restore(self.runtime, name, images, work)
+        return {"pid": pid, "restore_ms": steps.total_ms, "steps_ms": steps.ms}
 
     def dst_lazy_progress(self, name: str) -> dict:
         daemon = self._lazy.get(name)

@@ -85,6 +85,7 @@ class _Recorder:
         self.events.append({"t": time.time(), "kind": kind, **keep})
         if kind == "phase" and data.get("state") == "end" and data.get("name") == "restore":
             self._copy_logs(self.dst, "work-dst")
+            self._list_images(self.dst)
         if kind == "phase" and data.get("state") == "start" and data.get("name") == "cleanup":
             self._copy_logs(self.src, "work-src")
 
@@ -95,6 +96,17 @@ class _Recorder:
         for path in src.glob("*.log"):
             self.log_dir.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, self.log_dir / f"{work}-{path.name}")
+
+
+    def _list_images(self, host: str) -> None:
+        """What CRIU's images were made of (the part of the freeze that crosses the network)."""
+        if self.log_dir is None:
+            return
+        images = lab.host_dir(host) / "migrations" / self.name / "images"
+        sizes = sorted(((p.stat().st_size, p.name) for p in images.iterdir() if p.is_file()),
+                       reverse=True) if images.is_dir() else []
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        (self.log_dir / "images.txt").write_text("".join(f"{n:>10} {name}\n" for n, name in sizes))
 
 
 def _phase(report: dict, name: str) -> dict | None:

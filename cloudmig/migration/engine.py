@@ -207,6 +207,7 @@ class Migration:
                 dump = src.call("mig.src_checkpoint", name=self.name, mode=self.mode,
                                 address=self.src_addr, port=self.ps_port)
                 breakdown["dump"] = ph.ms
+                breakdown.update({f"dump.{k}": v for k, v in dump.get("steps_ms", {}).items()})
             with self._phase("sync"):
                 # three independent moves, each on its own connections: the pins of the
                 # connections, the writable layer's last changes, and CRIU's images
@@ -220,9 +221,10 @@ class Migration:
                     self.report.fs_bytes += fs.result()
                     self.report.images_bytes = images.result()
             with self._phase("restore") as ph:
-                dst.call("mig.dst_restore", name=self.name, mode=self.mode,
-                         page_server=self.src_addr, port=self.ps_port)
+                restored = dst.call("mig.dst_restore", name=self.name, mode=self.mode,
+                                    page_server=self.src_addr, port=self.ps_port)
                 breakdown["restore"] = ph.ms
+                breakdown.update({f"restore.{k}": v for k, v in restored.get("steps_ms", {}).items()})
             self._resumed = True
             self.report.freeze_ms = (time.monotonic() - t_freeze) * 1000
             self.on_event("resumed", freeze_ms=self.report.freeze_ms, dump=dump)

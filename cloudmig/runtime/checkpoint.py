@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cloudmig import errors, paths
 from cloudmig.runtime import container as rt
+from cloudmig.timing import Steps
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +288,8 @@ class LazyPagesDaemon:
 
 
 def restore(runtime: rt.Runtime, name: str, images: Path, work: Path,
-            lazy: "LazyPagesDaemon | None" = None, page_server: tuple[str, int] | None = None) -> int:
+            lazy: "LazyPagesDaemon | None" = None, page_server: tuple[str, int] | None = None,
+            steps: Steps | None = None) -> int:
     """``runc restore``; with ``lazy``, the lazy-pages daemon must reach the page server
     within LAZY_CONNECT_TIMEOUT_S of the start, or the restore is abandoned (a daemon that
     cannot fetch pages would leave the restored copy hanging on its first fault)."""
@@ -324,7 +326,9 @@ def restore(runtime: rt.Runtime, name: str, images: Path, work: Path,
             hint=f"See {work}/restore.log on the destination host.")
     if lazy is not None and page_server is not None and not connected:
         lazy.wait_connected(*page_server)
-    st = runtime.state(name)
+    steps = steps or Steps()
+    with steps("runc_state"):
+        st = runtime.state(name)
     if st["status"] != "running":
         raise errors.RestoreError(f"The restored container is {st['status']}, not running.")
     return int(st["pid"])
