@@ -257,7 +257,7 @@ class MigrationOps:
             # once the daemon gave up): the restore proves the daemon connected
             with steps("criu"):
                 pid = checkpoint.restore(self.runtime, name, images, work, lazy=daemon,
-                                         page_server=(page_server, port), steps=steps)
+                                         page_server=(page_server, port))
         else:
             with steps("criu"):
                 pid = checkpoint.restore(self.runtime, name, images, work)

@@ -15,7 +15,7 @@ def run(host: str = typer.Argument(..., help="Host to run on (see `cloudmig host
         command: list[str] = typer.Argument(None, help="Command and arguments, after `--`."),
         image: str = typer.Option("host", "--image", help="`host` (this machine's root, read-only), "
                                   "a rootfs dir/tarball, an OCI layout or a `docker save` tarball."),
-        publish: list[str] = typer.Option([], "--publish", "-p", help="PORT[:CONTAINER_PORT][/udp] on the host's public address."),
+        publish: list[str] = typer.Option([], "--publish", "-p", help="PORT\\[:CONTAINER_PORT]\\[/udp] on the host's public address."),
         env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE for the container."),
         memory: int = typer.Option(None, "--memory-mib", help="Memory limit (cgroup), MiB.")) -> None:
     """Run a container on HOST: cloudmig run HOST NAME (options) -- CMD ARGS..."""
