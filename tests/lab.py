@@ -96,6 +96,10 @@ class Lab:
 
     def processes_in_netns(self, netns: str) -> list[str]:
         """Command lines of the processes living in network namespace ``netns``."""
+        return [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                for pid in self.pids_in_netns(netns)]
+
+    def pids_in_netns(self, netns: str) -> list[int]:
         try:
             target = os.stat(NETNS_DIR / netns).st_ino
         except FileNotFoundError:
@@ -104,7 +108,7 @@ class Lab:
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
                 if os.stat(f"/proc/{pid}/ns/net").st_ino == target:
-                    out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+                    out.append(int(pid))
             except OSError:
                 continue
         return out

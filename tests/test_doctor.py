@@ -24,7 +24,7 @@ def test_doctor_passes_after_bootstrap():
     assert data["ok"] is True
     for name in ("userfaultfd", "checkpoint-restore", "namespaces", "tun", "criu", "criu-check",
                  "lazy-pages", "tcp-repair", "runc", "cgroups", "wireguard", "nftables",
-                 "pipe-max-size", "conntrack-buckets"):
+                 "pipe-max-size", "conntrack-buckets", "cgroup-favordynmods"):
         assert checks[name]["status"] == "pass", checks[name]
     # this kernel has no soft-dirty tracking: reported, not required
     assert checks["soft-dirty"]["required"] is False

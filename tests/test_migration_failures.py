@@ -7,6 +7,8 @@ boundary through CLOUDMIG_FAULT_HOOKS (see cloudmig/migration/engine.py)."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 
 import pytest
@@ -33,6 +35,9 @@ def _break_images(lab: Lab) -> str:
 
 
 CASES = {
+    # at the freeze, the destination's runc restore is armed and its receivers listen: a
+    # restarted agent must find and remove them
+    "destination agent killed before the freeze": ("freeze", lambda lab: "kill -9 $CM_DST_AGENT_PID"),
     "destination agent killed before restore": ("restore", lambda lab: "kill -9 $CM_DST_AGENT_PID"),
     "restore fails on the destination": ("restore", _break_images),
     "page server unreachable (found by the probe)": ("prepare", lambda lab: _block_syn_to_source()),
@@ -78,6 +83,10 @@ def test_failure_before_resume_rolls_back(lab, tmp_path, case):
     runs_only_on(lab, "h1")
     check_data(lab.public_address("h1"))
     _destination_is_clean(lab, service_ip)
+    # the dump was armed before the freeze: its gate is gone, CRIU's options a file again
+    conf = lab.state_dir / "hosts" / "h1" / "containers" / "db" / "criu.conf"
+    assert stat.S_ISREG(os.lstat(conf).st_mode) and "network-lock skip" in conf.read_text()
+    assert not lab.processes("criu swrk"), lab.processes("criu swrk")
     # and the container can still be migrated afterwards
     if "agent killed" in case:
         lab.cm("migrate", "db", "--to", "h2", timeout=600)

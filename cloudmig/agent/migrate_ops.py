@@ -12,6 +12,7 @@ layer's manifest, open receivers) lives in this object, i.e. in the agent proces
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import logging
 import shutil
 import socket
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from cloudmig import errors
 from cloudmig.timing import Steps
-from cloudmig.runtime import checkpoint, transfer
+from cloudmig.runtime import checkpoint, gate, transfer
 from cloudmig.runtime import container as rt
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class MigrationOps:
         self.net = net
         self._manifests: dict[str, dict] = {}
         self._dumps: dict[str, checkpoint.LazyCheckpoint] = {}
+        self._restores: dict[str, checkpoint.Restore] = {}     # armed before the freeze
         self._lazy: dict[str, checkpoint.LazyPagesDaemon] = {}
         self._receivers: dict[tuple[str, str], transfer.Receiver] = {}
         self._probes: dict[str, socket.socket] = {}
@@ -42,9 +44,9 @@ class MigrationOps:
     def handlers(self) -> dict:
         return {f"mig.{n}": getattr(self, n) for n in (
             "cpuinfo_dump", "cpuinfo_check", "memory", "free_port", "probe_listen", "probe_connect",
-            "probe_close", "src_presync", "src_checkpoint", "src_final_sync", "src_send_images",
+            "probe_close", "src_presync", "src_dump_arm", "src_dump_disarm", "src_checkpoint", "src_final_sync", "src_send_images",
             "src_isolate", "src_wait_dump", "src_rollback", "src_finish", "dst_prepare",
-            "dst_go_live", "dst_receive", "dst_receive_wait", "dst_restore", "dst_lazy_progress", "dst_wait_lazy",
+            "dst_restore_arm", "dst_go_live", "dst_receive", "dst_receive_wait", "dst_restore", "dst_lazy_progress", "dst_wait_lazy",
             "dst_abort")}
 
     # ------------------------------------------------------------------ paths
@@ -124,28 +126,76 @@ class MigrationOps:
         sent = transfer.send(upper, address, port, token)
         return {"bytes": sent}
 
-    def src_checkpoint(self, name: str, mode: str, address: str = "", port: int = 0) -> dict:
+    def src_dump_arm(self, name: str, mode: str, address: str = "", port: int = 0) -> dict:
+        """Before the freeze: start the post-copy dump's runc and CRIU, which wait at their
+        gate (cloudmig.runtime.gate) until ``src_checkpoint``. Returns the container's stdio
+        paths, which the destination's runc needs before its CRIU starts."""
+        descriptors = self.runtime.external_descriptors(name)
+        if mode == "postcopy":
+            self._call_off_dump(name)
+            self._dumps[name] = checkpoint.LazyCheckpoint.start(
+                self.runtime, name, self._images(name), self._work(name, "src"), address, port, gated=True)
+        return {"descriptors": descriptors}
+
+    def src_dump_disarm(self, name: str) -> None:
+        """The migration failed before its freeze: call off the armed dump."""
+        if name in self._dumps:
+            self._call_off_dump(name)
+        else:   # armed by an agent that died since (see _forget_orphan_dump)
+            self._forget_orphan_dump(name)
+        gate.settle(self.runtime.bundle(name).criu_conf)
+
+    def _forget_orphan_dump(self, name: str) -> None:
+        """A dump this agent does not know was started by a previous agent. If that agent died
+        while the dump was armed, CRIU read an empty configuration and dumped with runc's own
+        options, and holds the container frozen for a page client that never comes: kill
+        its runc and criu (one process group); the caller thaws the container."""
+        checkpoint.kill_groups_mentioning(str(self._work(name, "src")))
+
+    def _call_off_dump(self, name: str) -> None:
+        dump = self._dumps.pop(name, None)
+        if dump is not None and dump.armed:
+            dump.abort()
+        elif dump is not None:
+            self._dumps[name] = dump
+
+    def src_checkpoint(self, name: str, mode: str, address: str = "", port: int = 0,
+                       service_ip: str = "") -> dict:
+        """Lock, freeze and dump the container; with ``service_ip``, also list its TCP
+        connections (while CRIU works: they cannot change once the container is locked)."""
         images, work = self._images(name), self._work(name, "src")
         steps = Steps()
         # silence the container before CRIU freezes it: see cloudmig.network.lock
         with steps("lock"):
             self.net.lock_container(name)
+        listing = None
+        if service_ip:
+            listing = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+            connections = listing.submit(self.net.connections, service_ip)
+            listing.shutdown(wait=False)
         # frozen before CRIU starts: CRIU then leaves the freezing to us (and the cgroup
         # frozen after a --leave-running dump: a rollback thaws it with `runc resume`)
         with steps("cgroup_freeze"):
             self.runtime.freeze(name)
         with steps("criu"):
             if mode == "postcopy":
-                dump = checkpoint.LazyCheckpoint.start(self.runtime, name, images, work, address, port)
-                self._dumps[name] = dump
+                dump = self._dumps.get(name)
+                if dump is None or not dump.armed:
+                    dump = checkpoint.LazyCheckpoint.start(self.runtime, name, images, work, address, port)
+                    self._dumps[name] = dump
                 try:
+                    dump.go()
                     dump.wait_ready()
                 except BaseException:
                     self._dumps.pop(name, None)
                     raise
             else:
                 checkpoint.full_checkpoint(self.runtime, name, images, work)
-        return {"dump_ms": steps.total_ms, "steps_ms": steps.ms, "images_bytes": checkpoint.dir_bytes(images)}
+        result = {"dump_ms": steps.total_ms, "steps_ms": steps.ms,
+                  "images_bytes": checkpoint.dir_bytes(images)}
+        if listing is not None:
+            result["connections"] = connections.result()
+        return result
 
     def src_final_sync(self, name: str, address: str, port: int, token: str) -> dict:
         upper = self.runtime.bundle(name).upper
@@ -155,7 +205,7 @@ class MigrationOps:
         return {"bytes": sent, "files": len(only), "deleted": len(delete)}
 
     def src_send_images(self, name: str, address: str, port: int, token: str) -> dict:
-        return {"bytes": transfer.send(self._images(name), address, port, token)}
+        return {"bytes": transfer.send_files(self._images(name), address, port, token)}
 
     def src_isolate(self, name: str) -> None:
         """Cut the source copy's uplink: when CRIU ends the lazy dump it resumes the (now
@@ -175,7 +225,14 @@ class MigrationOps:
 
     def src_rollback(self, name: str, mode: str, service_ip: str) -> dict:
         """Resume the container here after a failed migration, as it was."""
+        known = name in self._dumps
         dump = self._dumps.pop(name, None)
+        if dump is not None and dump.armed:      # never let go: the container was not touched
+            dump.abort()
+            dump = None
+        if not known:
+            self._forget_orphan_dump(name)
+        gate.settle(self.runtime.bundle(name).criu_conf)
         if dump is not None:
             if dump.proc.poll() is None:
                 checkpoint.abort_page_server(dump.address, dump.port)
@@ -243,25 +300,48 @@ class MigrationOps:
         rx = self._receivers.pop((name, what))
         return {"bytes": rx.wait()}
 
+    def dst_restore_arm(self, name: str, mode: str, descriptors: list[str]) -> dict:
+        """Before the freeze: start runc restore, which sets up and waits at its gate."""
+        self._call_off_restore(name)
+        self._restores[name] = checkpoint.Restore.start(
+            self.runtime, name, self._images(name), self._work(name, "dst"),
+            lazy_pages=mode == "postcopy", gated=True, descriptors=descriptors)
+        return {}
+
+    def _call_off_restore(self, name: str) -> None:
+        r = self._restores.pop(name, None)
+        if r is not None:
+            r.abort()
+
     def dst_restore(self, name: str, mode: str, page_server: str = "", port: int = 0) -> dict:
         images, work = self._images(name), self._work(name, "dst")
         steps = Steps()
+        with steps("receive"):          # transfers into receivers opened before the freeze
+            for key in [k for k in self._receivers if k[0] == name]:
+                self._receivers.pop(key).wait()
+        work.mkdir(parents=True, exist_ok=True)
+        daemon = None
+        if mode == "postcopy":    # it starts while the rootfs is mounted
+            daemon = checkpoint.LazyPagesDaemon.spawn(images, work, page_server, port)
+            self._lazy[name] = daemon
         with steps("mount"):
             self.runtime.mount(name)
-        work.mkdir(parents=True, exist_ok=True)
-        if mode == "postcopy":
+        if daemon is not None:
             with steps("lazy_daemon"):
-                daemon = checkpoint.LazyPagesDaemon.start(images, work, page_server, port)
-            self._lazy[name] = daemon
-            # without its page server the restored copy would fault forever (or read zeros
-            # once the daemon gave up): the restore proves the daemon connected
-            with steps("criu"):
-                pid = checkpoint.restore(self.runtime, name, images, work, lazy=daemon,
-                                         page_server=(page_server, port))
-        else:
-            with steps("criu"):
-                pid = checkpoint.restore(self.runtime, name, images, work)
-        return {"pid": pid, "restore_ms": steps.total_ms, "steps_ms": steps.ms}
+                daemon.wait_listening()
+        armed = self._restores.pop(name, None)
+        try:
+            r = armed or checkpoint.Restore.start(self.runtime, name, images, work,
+                                                  lazy_pages=daemon is not None)
+            r.go(steps)
+            # without its page server the restored copy would fault forever (or read
+            # zeros once the daemon gave up): the restore proves the daemon connected
+            pid = r.finish(daemon, (page_server, port) if daemon else None, steps)
+        except BaseException:
+            if armed is not None:
+                armed.abort()
+            raise
+        return {"pid": pid, "restore_ms": steps.total_ms, "steps_ms": steps.ms, "gated": armed is not None}
 
     def dst_lazy_progress(self, name: str) -> dict:
         daemon = self._lazy.get(name)
@@ -284,11 +364,15 @@ class MigrationOps:
 
     def dst_abort(self, name: str, service_ip: str) -> None:
         """Undo everything an incoming migration made here."""
+        self._call_off_restore(name)
+        gate.settle(self.runtime.bundle(name).criu_conf)
         daemon = self._lazy.pop(name, None)
         if daemon is not None:
             daemon.kill()
-        # a previous agent's daemon (this agent may have been restarted to clean up)
-        checkpoint.kill_processes_mentioning(str(self._mig_dir(name)))
+        # a previous agent's daemon and armed restore (runc with its criu: one process group;
+        # this agent may have been restarted to clean up)
+        checkpoint.kill_groups_mentioning(str(self._mig_dir(name)))
+        checkpoint.remove_runc_leftovers(self.runtime, name)
         for key in [k for k in self._receivers if k[0] == name]:
             self._receivers.pop(key).cancel()
         # (nothing was published here yet: that happens at the switch; published rules of

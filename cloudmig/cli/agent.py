@@ -37,6 +37,7 @@ def _server(host: str, host_dir: Path, token_file: Path, cgroup_parent: str,
     host_dir.mkdir(parents=True, exist_ok=True)
     from cloudmig.runtime import checkpoint
     checkpoint.ensure_kdat_cache()
+    checkpoint.ensure_favordynmods()
     handlers = ops.Host(host=host, host_dir=host_dir, cgroup_parent=cgroup_parent,
                         netns_prefix=netns_prefix).handlers()
     return server.AgentServer(token=token, handlers=handlers)

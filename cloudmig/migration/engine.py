@@ -15,6 +15,7 @@ are reported loudly and the source is never cleaned up before the last page.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
 import subprocess
@@ -41,6 +42,10 @@ def _no_event(kind: str, **data: Any) -> None:
     pass
 
 
+def _pin_key(pin: dict) -> tuple:
+    return (pin["client_ip"], pin["client_port"], pin["service_port"], pin["tunnel_ifname"])
+
+
 def _fault_hook(phase: str) -> str | None:
     """Failure injection for tests: the shell command given for ``phase``, if any."""
     for item in filter(None, os.environ.get(FAULT_HOOKS_ENV, "").split(";;")):
@@ -61,6 +66,8 @@ class Migration:
         self.report = Report(container=name, source=self.src_name, destination=destination, mode=mode)
         self._resumed = False
         self._dumped = False
+        self._armed = False
+        self._pinned: set[tuple] = set()
         self._dst_touched = False
 
     # ------------------------------------------------------------------ helpers
@@ -158,13 +165,26 @@ class Migration:
                 # reply paths on the destination: connections that come in through a tunnel
                 # are answered through it (restored ones are pinned at the freeze)
                 dst.call("net.track_tunnel", ifname=self.dst_if)
+                # runc and CRIU start on both sides now and wait at their gates, and the
+                # destination listens for the freeze's transfers: none of it inside the freeze
+                self._armed = True
+                armed = src.call("mig.src_dump_arm", name=self.name, mode=self.mode,
+                                 address=self.src_addr, port=self.ps_port)
+                dst.call("mig.dst_restore_arm", name=self.name, mode=self.mode,
+                         descriptors=armed["descriptors"])
+                self.receivers = {what: dst.call("mig.dst_receive", name=self.name, what=what,
+                                                 bind_address=self.dst_addr)
+                                  for what in ("upper", "images")}
             self.dst_if_by_host = {self.src_name: self.dst_if}
             self._prepare_forwarders()
+            # the connections of now, pinned before the freeze; the freeze pins only those
+            # that came since (the source lists them while CRIU dumps)
+            with self._agent(self.src_name) as src, self._agent(self.dst_name) as dst:
+                self._pin(dst, self._pins(src.call("net.connections", service_ip=c.service_ip)))
 
-    def _pin_connections(self, src, dst) -> None:
+    def _pins(self, connections: list[dict]) -> list[dict]:
         """Each TCP connection the container carries goes on answering through the host whose
         NAT it belongs to: the source itself, or the forwarder whose tunnel it came in by."""
-        c = self.container
         peer_of_iface = {}
         for t in self.inv.read().tunnels.values():
             if t.a == self.src_name:
@@ -172,18 +192,31 @@ class Migration:
             elif t.b == self.src_name:
                 peer_of_iface[t.iface_b] = t.a
         pins = []
-        for conn in src.call("net.connections", service_ip=c.service_ip):
+        for conn in connections:
             owner = peer_of_iface.get(conn["via_tunnel"] or "", self.src_name)
             pins.append({"client_ip": conn["client_ip"], "client_port": conn["client_port"],
                          "service_port": conn["service_port"],
                          "tunnel_ifname": self.dst_if_by_host.get(owner, self.dst_if)})
-        if pins:
-            dst.call("net.pin_replies", service_ip=c.service_ip, connections=pins)
+        return pins
+
+    def _pin(self, dst, pins: list[dict]) -> None:
+        """Pin on the destination what is not pinned there yet (pins are inert until the
+        switch: nothing reaches the service IP there before it)."""
+        new = [p for p in pins if _pin_key(p) not in self._pinned]
+        if new:
+            dst.call("net.pin_replies", service_ip=self.container.service_ip, connections=new)
+            self._pinned.update(_pin_key(p) for p in new)
 
     def _send(self, src, dst, what: str, op: str) -> int:
         rx = dst.call("mig.dst_receive", name=self.name, what=what, bind_address=self.dst_addr)
         sent = src.call(op, name=self.name, address=self.dst_addr, port=rx["port"], token=rx["token"])
         dst.call("mig.dst_receive_wait", name=self.name, what=what)
+        return int(sent["bytes"])
+
+    def _push(self, src, what: str, op: str) -> int:
+        """Send into the receiver the destination opened before the freeze."""
+        rx = self.receivers[what]
+        sent = src.call(op, name=self.name, address=self.dst_addr, port=rx["port"], token=rx["token"])
         return int(sent["bytes"])
 
     def _timed(self, key: str, fn: Callable[[], Any]) -> Any:
@@ -193,49 +226,58 @@ class Migration:
         finally:
             self.report.freeze_breakdown_ms[key] = (time.monotonic() - t) * 1000
 
-    def _with_agents(self, fn: Callable[[Any, Any], Any]) -> Any:
-        """Run ``fn(src, dst)`` on connections of its own (for work done in parallel)."""
-        with self._agent(self.src_name) as src, self._agent(self.dst_name) as dst:
-            return fn(src, dst)
-
     def _freeze_and_move(self) -> None:
         breakdown = self.report.freeze_breakdown_ms
-        with self._agent(self.src_name) as src, self._agent(self.dst_name) as dst:
+        with contextlib.ExitStack() as stack:
+            # every agent connection the freeze uses is opened before it (over SSH each one
+            # is a new session): the main pair, one per transfer, and a pair for the pins
+            src, dst, src_fs, src_images, pins_dst = (
+                stack.enter_context(self._agent(h)) for h in (
+                    self.src_name, self.dst_name, self.src_name, self.src_name, self.dst_name))
             t_freeze = time.monotonic()
             with self._phase("freeze") as ph:
                 self._dumped = True
                 dump = src.call("mig.src_checkpoint", name=self.name, mode=self.mode,
-                                address=self.src_addr, port=self.ps_port)
+                                address=self.src_addr, port=self.ps_port,
+                                service_ip=self.container.service_ip)
                 breakdown["dump"] = ph.ms
                 breakdown.update({f"dump.{k}": v for k, v in dump.get("steps_ms", {}).items()})
-            with self._phase("sync"):
-                # three independent moves, each on its own connections: the pins of the
-                # connections, the writable layer's last changes, and CRIU's images
-                with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
-                    pins = pool.submit(self._timed, "pins", lambda: self._with_agents(self._pin_connections))
-                    fs = pool.submit(self._timed, "fs_sync", lambda: self._with_agents(
-                        lambda s, d: self._send(s, d, "upper", "mig.src_final_sync")))
-                    images = pool.submit(self._timed, "images", lambda: self._with_agents(
-                        lambda s, d: self._send(s, d, "images", "mig.src_send_images")))
-                    pins.result()
+            # three independent moves, each on its own connections: the writable layer's last
+            # changes and CRIU's images (into receivers the destination opened before the
+            # freeze; its restore waits for them), and the pins of connections that came
+            # since the prepare, which only need to be in place before the switch
+            with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+                pins = pool.submit(self._timed, "pins",
+                                   lambda: self._pin(pins_dst, self._pins(dump["connections"])))
+                with self._phase("sync"):
+                    fs = pool.submit(self._timed, "fs_sync", lambda: self._push(src_fs, "upper", "mig.src_final_sync"))
+                    images = pool.submit(self._timed, "images",
+                                         lambda: self._push(src_images, "images", "mig.src_send_images"))
                     self.report.fs_bytes += fs.result()
                     self.report.images_bytes = images.result()
-            with self._phase("restore") as ph:
-                restored = dst.call("mig.dst_restore", name=self.name, mode=self.mode,
-                                    page_server=self.src_addr, port=self.ps_port)
-                breakdown["restore"] = ph.ms
-                breakdown.update({f"restore.{k}": v for k, v in restored.get("steps_ms", {}).items()})
+                with self._phase("restore") as ph:
+                    restored = dst.call("mig.dst_restore", name=self.name, mode=self.mode,
+                                        page_server=self.src_addr, port=self.ps_port)
+                    breakdown["restore"] = ph.ms
+                    breakdown["restore.agent"] = restored.get("restore_ms", 0.0)
+                    breakdown.update({f"restore.{k}": v for k, v in restored.get("steps_ms", {}).items()})
+                t_resumed = time.monotonic()
+                pins.result()
             self._resumed = True
-            self.report.freeze_ms = (time.monotonic() - t_freeze) * 1000
+            self.report.freeze_ms = (t_resumed - t_freeze) * 1000
             self.on_event("resumed", freeze_ms=self.report.freeze_ms, dump=dump)
 
     def _switch(self) -> None:
         c = self.container
         with self._phase("switch"):
             with self._agent(self.src_name) as src, self._agent(self.dst_name) as dst:
-                # clients of the source's public address now reach the destination
-                dst.call("mig.dst_go_live", name=self.name, service_ip=c.service_ip)
-                src.call("net.route_service", service_ip=c.service_ip, ifname=self.src_if)
+                # clients of the source's public address now reach the destination: both
+                # hosts switch at once (a packet that beats the destination's unlock is
+                # dropped and retransmitted, as during the freeze)
+                with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+                    live = pool.submit(dst.call, "mig.dst_go_live", name=self.name, service_ip=c.service_ip)
+                    src.call("net.route_service", service_ip=c.service_ip, ifname=self.src_if)
+                    live.result()
                 if self.mode == "postcopy":
                     src.call("mig.src_isolate", name=self.name)
                 data = self.inv.read()
@@ -324,6 +366,12 @@ class Migration:
         self.on_event("rollback", reason=str(cause))
         self.report.rolled_back = True
         problems = []
+        if self._armed and not self._dumped:
+            try:
+                with self._agent(self.src_name) as src:
+                    src.call("mig.src_dump_disarm", name=self.name)
+            except errors.CloudmigError as exc:
+                problems.append(f"calling off the dump on {self.src_name} failed: {exc}")
         if self._dumped:
             try:
                 with self._agent(self.src_name) as src:

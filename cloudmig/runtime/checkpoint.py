@@ -14,6 +14,7 @@ keeps its TCP connections silent until a restore (here or there) unlocks them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -21,11 +22,14 @@ import select
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 from cloudmig import errors, paths
 from cloudmig.runtime import container as rt
+from cloudmig.runtime import gate
+from cloudmig.timing import Steps
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,29 @@ def ensure_kdat_cache() -> bool:
     except (OSError, subprocess.CalledProcessError) as exc:
         log.warning("no tmpfs for CRIU's kernel-feature cache on %s: %s", KDAT_DIR, exc)
         return False
+
+
+def cgroup2_mount(mountinfo: str = "/proc/self/mountinfo") -> tuple[str, bool] | None:
+    """(mount point, has favordynmods) of the first cgroup2 hierarchy, or None."""
+    with open(mountinfo) as fh:
+        for line in fh:
+            fields = line.split()
+            sep = fields.index("-")
+            if fields[sep + 1] == "cgroup2":
+                return fields[4], "favordynmods" in fields[sep + 3].split(",")
+    return None
+
+
+def ensure_favordynmods() -> bool:
+    """Cheap cgroup moves for CRIU's restore (see scripts/bootstrap-host, step cgroups); the
+    bootstrap remounts, this puts it back after a reboot. False if it could not."""
+    found = cgroup2_mount()
+    if found is None or found[1]:
+        return found is not None
+    res = subprocess.run(["mount", "-o", "remount,favordynmods", found[0]], capture_output=True, text=True)
+    if res.returncode != 0:
+        log.warning("cgroup2 on %s cannot take favordynmods: %s", found[0], res.stderr.strip())
+    return res.returncode == 0
 
 
 def _fs_type(path: Path) -> int:
@@ -111,14 +138,21 @@ def tcp_established(address: str, port: int) -> bool:
         return False
 
 
-def kill_processes_mentioning(text: str) -> None:
+def kill_groups_mentioning(text: str) -> None:
+    """Kill every process whose command line mentions ``text``, with its process group when
+    it leads one (a runc started in its own session takes its criu along)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                if text.encode() in fh.read():
-                    os.kill(int(entry), 9)
+                if text.encode() not in fh.read():
+                    continue
+            pid = int(entry)
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, 9)
+            else:
+                os.kill(pid, 9)
         except OSError:
             pass
 
@@ -157,23 +191,61 @@ class LazyCheckpoint:
                  address: str, port: int) -> None:
         self.proc, self._status_r = proc, status_r
         self.images, self.work, self.address, self.port = images, work, address, port
+        self.gate: gate.ConfigGate | None = None
 
     @classmethod
     def start(cls, runtime: rt.Runtime, name: str, images: Path, work: Path, address: str,
-              port: int) -> "LazyCheckpoint":
+              port: int, gated: bool = False) -> "LazyCheckpoint":
+        """With ``gated``, runc and CRIU start now but CRIU waits for ``go()`` before it
+        touches the container (see cloudmig.runtime.gate): call it inside the freeze."""
         for d in (images, work):
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)
+        conf_gate = gate.ConfigGate(runtime.bundle(name).criu_conf)
+        if gated:
+            conf_gate.arm()
+        else:
+            gate.settle(conf_gate.conf)
         r, w = os.pipe()
         argv = _runc_criu(runtime, "checkpoint", "--lazy-pages", "--leave-running",
                           "--page-server", f"{address}:{port}", "--status-fd", str(w),
                           "--tcp-established", "--image-path", str(images), "--work-path", str(work),
                           name)
         with open(work / "runc.log", "wb") as out:
+            # own process group: an armed dump that is called off is killed with its criu
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                    pass_fds=(w,))
+                                    pass_fds=(w,), start_new_session=True)
         os.close(w)
-        return cls(proc, r, images, work, address, port)
+        ck = cls(proc, r, images, work, address, port)
+        if gated:
+            ck.gate = conf_gate
+            try:
+                conf_gate.wait_reader(proc, "checkpoint", work / "runc.log")
+            except BaseException:
+                ck.abort()
+                raise
+        return ck
+
+    def go(self) -> None:
+        """Let an armed dump's CRIU go on (the container must be frozen by now)."""
+        if self.gate is not None:
+            self.gate.release()
+            self.gate = None
+
+    @property
+    def armed(self) -> bool:
+        return self.gate is not None
+
+    def abort(self) -> None:
+        """Call off a dump: its runc and CRIU are killed (an armed one has not touched the
+        container yet), and the container's CRIU config is a file again."""
+        _kill_group(self.proc)
+        if self._status_r >= 0:
+            os.close(self._status_r)
+            self._status_r = -1
+        if self.gate is not None:
+            self.gate.settle()
+            self.gate = None
 
     def wait_ready(self, timeout_s: float = PAGE_SERVER_READY_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
@@ -195,6 +267,7 @@ class LazyCheckpoint:
                         hint=f"See {self.work}/dump.log on the source host.")
         finally:
             os.close(self._status_r)
+            self._status_r = -1
 
     def wait(self, timeout_s: float | None = None) -> int:
         return self.proc.wait(timeout=timeout_s)
@@ -223,21 +296,31 @@ class LazyPagesDaemon:
 
     @classmethod
     def start(cls, images: Path, work: Path, address: str, port: int) -> "LazyPagesDaemon":
+        daemon = cls.spawn(images, work, address, port)
+        daemon.wait_listening()
+        return daemon
+
+    @classmethod
+    def spawn(cls, images: Path, work: Path, address: str, port: int) -> "LazyPagesDaemon":
+        """Start the daemon; ``wait_listening`` before a restore needs it (other work in between)."""
         work.mkdir(parents=True, exist_ok=True)
+        (work / "lazy-pages.socket").unlink(missing_ok=True)
         argv = [criu_path(), "lazy-pages", "--page-server", "--address", address, "--port", str(port),
                 "--images-dir", str(images), "--work-dir", str(work), "-v" + CRIU_LOG_LEVEL,
                 "-o", "lazy-pages.log"]
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        sock = work / "lazy-pages.socket"
+        return cls(proc, work)
+
+    def wait_listening(self) -> None:
+        sock = self.work / "lazy-pages.socket"
         deadline = time.monotonic() + LAZY_DAEMON_START_S
         while not sock.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
                 raise errors.LazyPagesError(
-                    f"The lazy-pages daemon did not start: {_tail(work / 'lazy-pages.log')}")
+                    f"The lazy-pages daemon did not start: {_tail(self.work / 'lazy-pages.log')}")
             time.sleep(0.001)
-        return cls(proc, work)
 
     def stats(self) -> dict:
         """Pages the daemon had to move, those it moved on faults, and in all. Reads only
@@ -286,56 +369,167 @@ class LazyPagesDaemon:
             self.proc.wait()
 
 
+class Restore:
+    """``runc restore``, in two steps: ``start`` (with ``gated``, long before the freeze: runc
+    does its set-up and CRIU waits, see cloudmig.runtime.gate) and ``go`` + ``finish``
+    inside the freeze, once the images and the root file system are in place.
+
+    With ``lazy``, the lazy-pages daemon must reach the page server within
+    LAZY_CONNECT_TIMEOUT_S of ``go``, or the restore is abandoned (a daemon that cannot
+    fetch pages would leave the restored copy hanging on its first fault)."""
+
+    def __init__(self, runtime: rt.Runtime, name: str, work: Path, proc: subprocess.Popen,
+                 pid_file: Path, conf_gate: "gate.ConfigGate | None") -> None:
+        self.runtime, self.name, self.work, self.proc = runtime, name, work, proc
+        self.pid_file, self.gate = pid_file, conf_gate
+        self.gated = conf_gate is not None
+        self.unbinding: threading.Thread | None = None
+        self.criu_root = runtime.runc_root / name / "criu-root"   # where runc binds the rootfs
+        self.started = time.monotonic()
+
+    @classmethod
+    def start(cls, runtime: rt.Runtime, name: str, images: Path, work: Path, *, lazy_pages: bool,
+              gated: bool = False, descriptors: list[str] | None = None) -> "Restore":
+        b = runtime.bundle(name)
+        work.mkdir(parents=True, exist_ok=True)
+        images.mkdir(parents=True, exist_ok=True)
+        if descriptors is not None:
+            # runc reads the container's stdio paths before it starts CRIU; the rest of the
+            # images may come later (a gated restore starts before the dump)
+            (images / "descriptors.json").write_text(json.dumps(descriptors))
+        conf_gate = gate.ConfigGate(b.criu_conf) if gated else None
+        if conf_gate is not None:
+            conf_gate.arm()
+        else:
+            gate.settle(b.criu_conf)
+        pid_file = work / "restored.pid"
+        pid_file.unlink(missing_ok=True)
+        argv = _runc_criu(runtime, "restore", "--detach", "--tcp-established", "--image-path",
+                          str(images), "--work-path", str(work), "--bundle", str(b.root),
+                          "--pid-file", str(pid_file))
+        if lazy_pages:
+            argv.append("--lazy-pages")
+        argv.append(name)
+        with open(work / "runc-restore.log", "wb") as out:
+            # own process group: an abandoned restore is killed with its criu
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                    start_new_session=True)
+        r = cls(runtime, name, work, proc, pid_file, conf_gate)
+        if conf_gate is not None:
+            try:
+                conf_gate.wait_reader(proc, "restore", work / "runc-restore.log")
+                # runc's bind of the (still unmounted) rootfs on criu-root exists now; made
+                # private, nothing mounted on it later propagates anywhere
+                rt.make_private(r.criu_root)
+            except BaseException:
+                r.abort()
+                raise
+        return r
+
+    @property
+    def armed(self) -> bool:
+        return self.gate is not None
+
+    def go(self, steps: Steps | None = None) -> None:
+        """Let CRIU restore now: the images are complete and the rootfs is mounted."""
+        steps = steps or Steps()
+        if self.gate is not None:
+            # runc bound the rootfs directory on criu-root when it started, before the
+            # rootfs was mounted: put the mounted rootfs on top, where CRIU will look
+            with steps("bind_rootfs"):
+                rt.bind_mount(self.runtime.bundle(self.name).rootfs, self.criu_root)
+            self.gate.release()
+            self.gate = None
+        self.started = time.monotonic()
+
+    def finish(self, lazy: "LazyPagesDaemon | None" = None,
+               page_server: tuple[str, int] | None = None, steps: Steps | None = None) -> int:
+        steps = steps or Steps()
+        ok = False
+        try:
+            with steps("runc_restore"):
+                pid = self._finish(lazy, page_server)
+            ok = True
+            return pid
+        finally:
+            if self.gated:
+                # runc detached only the top one of the two mounts on criu-root; the other
+                # goes after the resume (it holds nothing the container uses)
+                if ok:
+                    self.unbinding = threading.Thread(target=rt.unmount_private, args=(self.criu_root,),
+                                                      name=f"unbind-{self.name}", daemon=True)
+                    self.unbinding.start()
+                else:
+                    rt.unmount_private(self.criu_root)
+
+    def _finish(self, lazy: "LazyPagesDaemon | None", page_server: tuple[str, int] | None) -> int:
+        proc, work = self.proc, self.work
+        connected = lazy is None
+        while proc.poll() is None:
+            if not connected and lazy is not None and page_server is not None:
+                connected = tcp_established(*page_server)
+                if not connected and (lazy.proc.poll() is not None
+                                      or time.monotonic() - self.started > LAZY_CONNECT_TIMEOUT_S):
+                    lazy.kill()          # unblocks CRIU, which then fails the restore
+                    _wait_or_kill(proc, RESTORE_ABORT_S)
+                    raise errors.LazyPagesError(
+                        f"The lazy-pages daemon could not reach the page server {page_server[0]}:"
+                        f"{page_server[1]}: {_tail(work / 'lazy-pages.log') or 'no connection'}.",
+                        hint="Check the tunnel between the hosts (`cloudmig tunnel status`).")
+            if time.monotonic() - self.started > RESTORE_TIMEOUT_S:
+                _wait_or_kill(proc, 0)
+                raise errors.RestoreError(f"The restore did not finish within {RESTORE_TIMEOUT_S} s.")
+            time.sleep(0.002)
+        if proc.returncode != 0:
+            raise errors.RestoreError(
+                f"CRIU could not restore the container: {_tail(work / 'restore.log') or _tail(work / 'runc-restore.log')}",
+                hint=f"See {work}/restore.log on the destination host.")
+        if lazy is not None and page_server is not None and not connected:
+            lazy.wait_connected(*page_server)
+        # runc wrote the restored init's pid; reading it costs nothing, a `runc state` ~10 ms
+        try:
+            pid = int(self.pid_file.read_text())
+        except (OSError, ValueError):
+            pid = 0
+        if not pid or not _alive(pid):
+            st = self.runtime.state(self.name)
+            raise errors.RestoreError(f"The restored container is {st['status']}, not running.")
+        return pid
+
+    def abort(self) -> None:
+        """Call off a restore that has not been let go, or kill one that hangs."""
+        _kill_group(self.proc)
+        if self.gate is not None:
+            self.gate.settle()
+            self.gate = None
+        if self.gated:
+            remove_runc_leftovers(self.runtime, self.name)
+
+
+def remove_runc_leftovers(runtime: rt.Runtime, name: str) -> None:
+    """What a killed ``runc restore`` leaves: its bind on criu-root and its state directory
+    (without which the next restore of this name would find "a container with that ID")."""
+    state_dir = runtime.runc_root / name
+    rt.unmount_private(state_dir / "criu-root")
+    if state_dir.is_dir() and not (state_dir / "state.json").exists():
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
 def restore(runtime: rt.Runtime, name: str, images: Path, work: Path,
             lazy: "LazyPagesDaemon | None" = None, page_server: tuple[str, int] | None = None) -> int:
-    """``runc restore``; with ``lazy``, the lazy-pages daemon must reach the page server
-    within LAZY_CONNECT_TIMEOUT_S of the start, or the restore is abandoned (a daemon that
-    cannot fetch pages would leave the restored copy hanging on its first fault)."""
-    b = runtime.bundle(name)
-    pid_file = work / "restored.pid"
-    pid_file.unlink(missing_ok=True)
-    argv = _runc_criu(runtime, "restore", "--detach", "--tcp-established", "--image-path",
-                      str(images), "--work-path", str(work), "--bundle", str(b.root),
-                      "--pid-file", str(pid_file))
-    if lazy is not None:
-        argv.append("--lazy-pages")
-    argv.append(name)
-    start = time.monotonic()
-    with open(work / "runc-restore.log", "wb") as out:
-        # own process group: an abandoned restore is killed with its criu
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True)
-    connected = lazy is None
-    while proc.poll() is None:
-        if not connected and lazy is not None and page_server is not None:
-            connected = tcp_established(*page_server)
-            if not connected and (lazy.proc.poll() is not None
-                                  or time.monotonic() - start > LAZY_CONNECT_TIMEOUT_S):
-                lazy.kill()          # unblocks CRIU, which then fails the restore
-                _wait_or_kill(proc, RESTORE_ABORT_S)
-                raise errors.LazyPagesError(
-                    f"The lazy-pages daemon could not reach the page server {page_server[0]}:"
-                    f"{page_server[1]}: {_tail(work / 'lazy-pages.log') or 'no connection'}.",
-                    hint="Check the tunnel between the hosts (`cloudmig tunnel status`).")
-        if time.monotonic() - start > RESTORE_TIMEOUT_S:
-            _wait_or_kill(proc, 0)
-            raise errors.RestoreError(f"The restore did not finish within {RESTORE_TIMEOUT_S} s.")
-        time.sleep(0.002)
-    if proc.returncode != 0:
-        raise errors.RestoreError(
-            f"CRIU could not restore the container: {_tail(work / 'restore.log') or _tail(work / 'runc-restore.log')}",
-            hint=f"See {work}/restore.log on the destination host.")
-    if lazy is not None and page_server is not None and not connected:
-        lazy.wait_connected(*page_server)
-    # runc wrote the restored init's pid; reading it costs nothing, a `runc state` ~10 ms
-    try:
-        pid = int(pid_file.read_text())
-    except (OSError, ValueError):
-        pid = 0
-    if not pid or not _alive(pid):
-        st = runtime.state(name)
-        raise errors.RestoreError(f"The restored container is {st['status']}, not running.")
-    return pid
+    """``runc restore`` at once (rollbacks, stop-and-copy without a gate)."""
+    r = Restore.start(runtime, name, images, work, lazy_pages=lazy is not None)
+    r.go()
+    return r.finish(lazy, page_server)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass
+    proc.wait()
 
 
 def _alive(pid: int) -> bool:

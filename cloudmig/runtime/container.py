@@ -40,6 +40,8 @@ class Bundle:
         self.rootfs = root / "rootfs"
         self.config = root / "config.json"
         self.meta = root / "meta.json"
+        self.criu_conf = root / "criu.conf"     # CRIU's options (the org.criu.config annotation)
+        self.masked_empty = root / "masked"     # what masked directories show after a restore
 
     @property
     def name(self) -> str:
@@ -70,6 +72,65 @@ def mount_overlay(lowerdirs: list[str], bundle: Bundle) -> None:
     opts = f"lowerdir={':'.join(lowerdirs)},upperdir={bundle.upper},workdir={bundle.work}"
     _run(["mount", "-t", "overlay", "overlay", "-o", opts, str(bundle.rootfs)],
          what="mounting the container's overlayfs root")
+
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def cgroup_yard(mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """CGROUP_ROOT if its mounts are laid out as CRIU's cgroup yard is (one directory per
+    v1 hierarchy named by its controllers, or by its name= for named ones, and cgroup2 on
+    ``unified``: Debian's hybrid layout), else None (CRIU then mounts a yard itself)."""
+    found = False
+    with open(mountinfo) as fh:
+        for line in fh:
+            fields = line.split()
+            sep = fields.index("-")
+            fstype, mountpoint, super_opts = fields[sep + 1], fields[4], fields[sep + 3]
+            if fstype not in ("cgroup", "cgroup2"):
+                continue
+            parent, _, leaf = mountpoint.rpartition("/")
+            if parent != CGROUP_ROOT:
+                return None
+            if fstype == "cgroup2":
+                if leaf != "unified":
+                    return None
+            else:
+                opts = super_opts.split(",")
+                named = [o[len("name="):] for o in opts if o.startswith("name=")]
+                controllers = [o for o in opts if o in _V1_CONTROLLERS]
+                if leaf != (named[0] if named else ",".join(controllers)):
+                    return None
+            found = True
+    return CGROUP_ROOT if found else None
+
+
+_V1_CONTROLLERS = {"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "blkio",
+                   "perf_event", "net_prio", "hugetlb", "pids", "rdma", "misc"}
+
+
+def bind_mount(source: Path, target: Path) -> None:
+    """Bind ``source`` on ``target``, privately: on hosts whose mounts are shared (systemd's
+    default) neither this bind nor its later unmount may reach the peers, among them the
+    container's own rootfs mount. Make what is already on ``target`` private first."""
+    _run(["mount", "--bind", "--make-private", str(source), str(target)],
+         what=f"bind-mounting {source} on {target}")
+
+
+def make_private(path: Path) -> None:
+    if is_mounted(path):
+        _run(["mount", "--make-rprivate", str(path)], what=f"making {path} private")
+
+
+def unmount_private(path: Path) -> None:
+    """Unmount everything stacked on ``path``, none of it propagating anywhere."""
+    for _ in range(8):
+        if not is_mounted(path):
+            return
+        make_private(path)
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+    if is_mounted(path):
+        raise errors.ContainerError(f"Cannot unmount {path}.")
 
 
 def unmount(path: Path) -> None:
@@ -152,11 +213,12 @@ class Runtime:
         b.root.mkdir()
         try:
             lowerdirs = images.resolve(image, self.layer_store)
-            (b.root / "criu.conf").write_text(spec.CRIU_CONFIG)
+            b.masked_empty.mkdir(mode=0o555, exist_ok=True)
+            b.criu_conf.write_text(spec.criu_config(str(b.masked_empty), cgroup_yard()))
             config = spec.runtime_config(name=name, rootfs=str(b.rootfs), command=command, env=env,
                                          netns_path=netns_path, cgroups_path=self.cgroups_path(name),
                                          memory_limit_bytes=memory_limit_bytes,
-                                         criu_config=str(b.root / "criu.conf"))
+                                         criu_config=str(b.criu_conf))
             b.config.write_text(json.dumps(config, indent=2))
             b.meta.write_text(json.dumps({"image": image, "lowerdirs": lowerdirs,
                                           "command": command, "env": env}))
@@ -199,6 +261,14 @@ class Runtime:
                     f"Container {name!r} exited right after it started."
                     + (f" Its output ends with: {log_tail.strip()}" if log_tail.strip() else ""))
         return int(self.state(name)["pid"])
+
+    def external_descriptors(self, name: str) -> list[str]:
+        """The paths runc recorded for the container's stdio (its descriptors.json at a dump)."""
+        try:
+            state = json.loads((self.runc_root / name / "state.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise errors.ContainerError(f"Container {name} has no runc state here ({exc}).") from exc
+        return list(state.get("external_descriptors") or [])
 
     def state(self, name: str) -> dict:
         res = self.runc("state", name, check=False)
