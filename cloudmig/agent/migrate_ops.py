@@ -316,21 +316,24 @@ class MigrationOps:
     def dst_restore(self, name: str, mode: str, page_server: str = "", port: int = 0) -> dict:
         images, work = self._images(name), self._work(name, "dst")
         steps = Steps()
-        with steps("receive"):          # transfers into receivers opened before the freeze
-            for key in [k for k in self._receivers if k[0] == name]:
-                self._receivers.pop(key).wait()
-        work.mkdir(parents=True, exist_ok=True)
-        daemon = None
-        if mode == "postcopy":    # it starts while the rootfs is mounted
-            daemon = checkpoint.LazyPagesDaemon.spawn(images, work, page_server, port)
-            self._lazy[name] = daemon
-        with steps("mount"):
-            self.runtime.mount(name)
-        if daemon is not None:
-            with steps("lazy_daemon"):
-                daemon.wait_listening()
         armed = self._restores.pop(name, None)
         try:
+            # (the transfers went into receivers opened before the freeze)
+            with steps("receive"):
+                self._wait_receiver(name, "upper")
+                self._wait_receiver(name, "images")
+            work.mkdir(parents=True, exist_ok=True)
+            daemon = None
+            if mode == "postcopy":    # it starts while the rootfs is mounted
+                daemon = checkpoint.LazyPagesDaemon.spawn(images, work, page_server, port)
+                self._lazy[name] = daemon
+            with steps("mount"):
+                self.runtime.mount(name)
+                if armed is not None:
+                    armed.bind_rootfs()
+            if daemon is not None:
+                with steps("lazy_daemon"):
+                    daemon.wait_listening()
             r = armed or checkpoint.Restore.start(self.runtime, name, images, work,
                                                   lazy_pages=daemon is not None)
             r.go(steps)
@@ -342,6 +345,11 @@ class MigrationOps:
                 armed.abort()
             raise
         return {"pid": pid, "restore_ms": steps.total_ms, "steps_ms": steps.ms, "gated": armed is not None}
+
+    def _wait_receiver(self, name: str, what: str) -> None:
+        rx = self._receivers.pop((name, what), None)
+        if rx is not None:
+            rx.wait()
 
     def dst_lazy_progress(self, name: str) -> dict:
         daemon = self._lazy.get(name)

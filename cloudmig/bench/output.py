@@ -1,7 +1,11 @@
-"""The sweep's results as a JSON file and a rich table.
+"""The sweep's results as a JSON file, a rich table and a markdown summary.
 
     output.write_json(results, checks, Path("bench-results/results.json"), machine=output.machine())
     console.print(output.table(results))
+    Path("bench-results/results.md").write_text(output.markdown(json.loads(path.read_text())))
+
+``markdown`` works from the JSON alone (``python -m cloudmig.bench.output results.json``), so a
+saved sweep can be summarised again later.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import datetime
 import json
 import os
 import platform
+import statistics
+import sys
 from pathlib import Path
 
 from rich.markup import escape
@@ -64,3 +70,71 @@ def table(results) -> Table:
 def checks_lines(checks) -> list[str]:
     word = {True: "[green]PASS[/]", False: "[red]FAIL[/]", None: "[dim]SKIP[/]"}
     return [f"{word[c.ok]} {escape(c.name)}: {escape(c.detail)}" for c in checks]
+
+
+def _median(rows: list[dict], get) -> float | None:
+    values = [v for v in (get(r) for r in rows) if v is not None]
+    return statistics.median(values) if values else None
+
+
+def markdown(data: dict) -> str:
+    """Medians over the repetitions of each (WAN, size, write rate, mode), the targets as the
+    bench checked them, and where and when the numbers came from."""
+    m, cfg = data["machine"], data.get("config", {})
+    groups: dict[tuple, list[dict]] = {}
+    for r in data["runs"]:
+        groups.setdefault((r["wan_rate"] or "-", r["memory_mib"], r["dirty_mibps"], r["mode"]), []).append(r)
+    order = {mode: i for i, mode in enumerate(("postcopy", "stopcopy", "cold"))}
+    lines = [f"Measured {m['date']} on `{m['hostname']}`: {m['cpus']} CPUs ({m['cpu']}), "
+             f"{m['memory_gib']} GiB, kernel {m['kernel']}; medians of {cfg.get('repetitions', 1)} "
+             "repetition(s).", "",
+             "| WAN | MiB | dirty MiB/s | mode | freeze ms | client wait ms | total ms | moved MiB "
+             "| faulted / pushed | req/s before / lazy | state |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted(groups, key=lambda k: (k[0] != "-", k[0], k[1], k[2], order.get(k[3], 9))):
+        wan, mib, dirty, mode = key
+        rows = [r for r in groups[key] if r["ok"]]
+        if not rows:
+            lines.append(f"| {wan} | {mib} | {dirty:g} | {mode} | failed | | | | | | "
+                         f"{(groups[key][0].get('error') or '')[:60]} |")
+            continue
+        rep = lambda name: _median(rows, lambda r: (r.get("report") or {}).get(name))   # noqa: E731
+        pages = (f"{rep('faulted_pages'):.0f} / {rep('pushed_pages'):.0f}" if mode == "postcopy" else "-")
+        states = sorted({r["state"] for r in rows})
+        lines.append(
+            f"| {wan} | {mib} | {dirty:g} | {mode} | {_f(_median(rows, lambda r: r['freeze_ms']))} "
+            f"| {_f(_median(rows, lambda r: r['client_longest_wait_ms']))} "
+            f"| {_f(_median(rows, lambda r: r['total_ms']))} "
+            f"| {_f(_median(rows, lambda r: r['bytes_moved'] / MIB), '{:.1f}')} | {pages} "
+            f"| {_f(_median(rows, lambda r: r['rate_before_rps']))} / "
+            f"{_f(_median(rows, lambda r: r['rate_lazy_rps']))} "
+            f"| {'/'.join(states)} ({len(rows)}/{len(groups[key])}) |")
+    lines += ["", "Post-copy freeze profile (medians, ms; `dump.*` and `restore.*` are steps inside "
+              "`dump` and `restore`, measured by the agents; `pins` overlaps the restore):", ""]
+    lines += _profile(groups)
+    lines += ["", "Targets, as the bench checked them:", ""]
+    word = {True: "PASS", False: "FAIL", None: "SKIP"}
+    lines += [f"- {word[t['ok']]} {t['name']}: {t['detail']}" for t in data.get("targets", [])]
+    return "\n".join(lines) + "\n"
+
+
+PROFILE_KEYS = ("dump", "dump.lock", "dump.criu", "fs_sync", "images", "restore", "restore.mount",
+                "restore.lazy_daemon", "restore.runc_restore", "pins")
+
+
+def _profile(groups: dict[tuple, list[dict]]) -> list[str]:
+    lines = ["| WAN | MiB | dirty | " + " | ".join(PROFILE_KEYS) + " | freeze |",
+             "|---|---|---|" + "---|" * (len(PROFILE_KEYS) + 1)]
+    for (wan, mib, dirty, mode), runs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "-", kv[0])):
+        rows = [r for r in runs if r["ok"] and mode == "postcopy"]
+        if not rows:
+            continue
+        cells = [_f(_median(rows, lambda r, k=k: (r["report"].get("freeze_breakdown_ms") or {}).get(k)))
+                 for k in PROFILE_KEYS]
+        lines.append(f"| {wan} | {mib} | {dirty:g} | " + " | ".join(cells)
+                     + f" | {_f(_median(rows, lambda r: r['freeze_ms']))} |")
+    return lines
+
+
+if __name__ == "__main__":
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())), end="")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -91,6 +92,7 @@ def bench(sizes: str = typer.Option("64,256,1024", "--sizes", help=f"Memory size
     checks = targets.check(results)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
     path = output.write_json(results, checks, out / "results.json", machine=output.machine(), config=config)
+    (out / "results.md").write_text(output.markdown(json.loads(path.read_text())))
     console.print(output.table(results), width=160, crop=False)
     for line in output.checks_lines(checks):
         console.print(line)

@@ -383,6 +383,7 @@ class Restore:
         self.runtime, self.name, self.work, self.proc = runtime, name, work, proc
         self.pid_file, self.gate = pid_file, conf_gate
         self.gated = conf_gate is not None
+        self._bound = False
         self.unbinding: threading.Thread | None = None
         self.criu_root = runtime.runc_root / name / "criu-root"   # where runc binds the rootfs
         self.started = time.monotonic()
@@ -430,14 +431,20 @@ class Restore:
     def armed(self) -> bool:
         return self.gate is not None
 
+    def bind_rootfs(self) -> None:
+        """runc bound the rootfs directory on criu-root when it started, before the rootfs was
+        mounted: put the mounted rootfs on top, where CRIU will look (once the rootfs is
+        mounted; the images may still be on their way)."""
+        if self.gate is not None and not self._bound:
+            rt.bind_mount(self.runtime.bundle(self.name).rootfs, self.criu_root)
+            self._bound = True
+
     def go(self, steps: Steps | None = None) -> None:
         """Let CRIU restore now: the images are complete and the rootfs is mounted."""
         steps = steps or Steps()
         if self.gate is not None:
-            # runc bound the rootfs directory on criu-root when it started, before the
-            # rootfs was mounted: put the mounted rootfs on top, where CRIU will look
             with steps("bind_rootfs"):
-                rt.bind_mount(self.runtime.bundle(self.name).rootfs, self.criu_root)
+                self.bind_rootfs()
             self.gate.release()
             self.gate = None
         self.started = time.monotonic()

@@ -218,7 +218,8 @@ class Runtime:
             config = spec.runtime_config(name=name, rootfs=str(b.rootfs), command=command, env=env,
                                          netns_path=netns_path, cgroups_path=self.cgroups_path(name),
                                          memory_limit_bytes=memory_limit_bytes,
-                                         criu_config=str(b.criu_conf))
+                                         criu_config=str(b.criu_conf),
+                                         masked_empty_dir=str(b.masked_empty))
             b.config.write_text(json.dumps(config, indent=2))
             b.meta.write_text(json.dumps({"image": image, "lowerdirs": lowerdirs,
                                           "command": command, "env": env}))

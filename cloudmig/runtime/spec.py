@@ -35,10 +35,16 @@ def wrapped_command(command: list[str]) -> list[str]:
 # mount that holds nothing. Declared external here, CRIU skips it at the dump and, at the
 # restore, binds the bundle's own empty directory there instead (read-only, still empty,
 # after any number of moves: tests/test_migration.py). Both directions live in one file
-# because a restored container is dumped again later with the same file. /sys/firmware
-# stays a tmpfs: under the read-only /sys, CRIU rebuilt the bind read-write after a second
-# move (measured), which would unmask it.
+# because a restored container is dumped again later with the same file. /sys/firmware is
+# masked by a read-only bind of that directory from the start (runc_config), not by a tmpfs:
+# runc hands its bind mounts to CRIU as external itself. (Mapped from a tmpfs the way
+# /proc/acpi is, CRIU rebuilt it read-write after a second move, under the read-only /sys;
+# runc refuses binds inside /proc, hence the two ways.)
+MASKED_PATHS = ("/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
+                "/proc/scsi")
 MASKED_DIRS = ("/proc/acpi",)
+BIND_MASKED_DIRS = ("/sys/firmware",)
 CRIU_CONFIG_ANNOTATION = "org.criu.config"
 
 
@@ -58,7 +64,8 @@ def criu_config(masked_empty_dir: str, cgroup_yard: str | None = None) -> str:
 
 def runtime_config(*, name: str, rootfs: str, command: list[str], env: dict[str, str],
                    netns_path: str, cgroups_path: str, cwd: str = "/",
-                   memory_limit_bytes: int | None = None, criu_config: str | None = None) -> dict:
+                   memory_limit_bytes: int | None = None, criu_config: str | None = None,
+                   masked_empty_dir: str | None = None) -> dict:
     full_env = {"PATH": DEFAULT_PATH, "HOME": "/root", "HOSTNAME": name}
     full_env.update(env)
     resources: dict = {"devices": [{"allow": False, "access": "rwm"}]}
@@ -90,15 +97,17 @@ def runtime_config(*, name: str, rootfs: str, command: list[str], env: dict[str,
              "options": ["nosuid", "noexec", "nodev"]},
             {"destination": "/sys", "type": "sysfs", "source": "sysfs",
              "options": ["nosuid", "noexec", "nodev", "ro"]},
+            *({"destination": path, "type": "bind", "source": masked_empty_dir,
+               "options": ["rbind", "ro", "nosuid", "noexec", "nodev"]}
+              for path in (BIND_MASKED_DIRS if masked_empty_dir else ())),
         ],
         "linux": {
             "cgroupsPath": cgroups_path,
             "resources": resources,
             "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
                            {"type": "network", "path": netns_path}],
-            "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
-                            "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
-                            "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+            "maskedPaths": [p for p in MASKED_PATHS
+                            if not (masked_empty_dir and p in BIND_MASKED_DIRS)],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
                               "/proc/sysrq-trigger"],
         },
