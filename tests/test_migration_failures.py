@@ -42,6 +42,10 @@ CASES = {
     "restore fails on the destination": ("restore", _break_images),
     "page server unreachable (found by the probe)": ("prepare", lambda lab: _block_syn_to_source()),
     "page server unreachable (after the probe)": ("restore", lambda lab: _block_syn_to_source()),
+    # CRIU refuses its options after cloudmig froze the container: it must be thawed
+    "stop-and-copy dump fails on the source": (
+        "freeze", lambda lab: f"echo no-such-option >> {lab.state_dir}/hosts/$CM_SRC/containers/db/criu.conf",
+        "stopcopy"),
 }
 
 
@@ -60,7 +64,8 @@ def _destination_is_clean(lab: Lab, service_ip: str) -> None:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_failure_before_resume_rolls_back(lab, tmp_path, case):
-    phase, command = CASES[case]
+    phase, command, *rest = CASES[case]
+    mode = rest[0] if rest else "postcopy"
     start_db(lab)
     service_ip = lab.ps()[0]["service_ip"]
     client = HeldClient(lab.public_address("h1"), PORT).start()
@@ -68,8 +73,8 @@ def test_failure_before_resume_rolls_back(lab, tmp_path, case):
     try:
         client.wait_answers(30)
         env = dict(lab.env, CLOUDMIG_FAULT_HOOKS=f"{phase}={command(lab)}")
-        res = cloudmig("migrate", "db", "--to", "h2", "--report", str(report), env=env, check=False,
-                       timeout=600)
+        res = cloudmig("migrate", "db", "--to", "h2", "--mode", mode, "--report", str(report), env=env,
+                       check=False, timeout=600)
         before = client.answers
         client.wait_answers(before + 30)
     finally:

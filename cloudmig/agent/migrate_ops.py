@@ -241,12 +241,13 @@ class MigrationOps:
             except subprocess.TimeoutExpired:
                 dump.proc.kill()
         state = self.runtime.state(name)["status"]
-        if state != "running" and mode == "stopcopy" and self._images(name).exists():
+        if state == "paused":            # frozen by us; the dump failed or left it so
+            self.runtime.runc("resume", name)
+        elif state != "running" and mode == "stopcopy" and self._images(name).exists():
+            # a full dump ended the container: bring it back from its images
             work = self._work(name, "rollback")
             work.mkdir(parents=True, exist_ok=True)
             checkpoint.restore(self.runtime, name, self._images(name), work)
-        elif state == "paused":
-            self.runtime.runc("resume", name)
         self.net.unlock_container(name)
         self.net.set_uplink(name, up=True)
         self.net.route_service(service_ip, container=name)

@@ -113,13 +113,13 @@ def _phase(report: dict, name: str) -> dict | None:
     return next((p for p in report.get("phases", []) if p["name"] == name), None)
 
 
-def run_one(cfg: Config, addresses: dict[str, str], script: Path, *, mode: str, memory_mib: int,
+def run_one(cfg: Config, addresses: dict[str, str], *, mode: str, memory_mib: int,
             dirty_mibps: float, wan_rate: str | None, rep: int, index: int) -> RunResult:
     res = RunResult(mode=mode, memory_mib=memory_mib, dirty_mibps=dirty_mibps, wan_rate=wan_rate, rep=rep)
     name = f"bench{index}"
     publish = [f"{cfg.host_port}:{CONTAINER_PORT}"]
     inv = Inventory()
-    cmd = workload.command(script, port=CONTAINER_PORT, memory_mib=memory_mib, dirty_mibps=dirty_mibps)
+    cmd = workload.command(port=CONTAINER_PORT, memory_mib=memory_mib, dirty_mibps=dirty_mibps)
     containers.run(host="h1", name=name, image="host", command=cmd, publish=publish, env=[], inv=inv)
     held = None
     try:
@@ -184,13 +184,12 @@ def sweep(cfg: Config, progress: Callable[[str], None] = lambda line: None) -> l
         progress(f"lab {cfg.lab_id} up (WAN {wan_rate or 'unshaped'})")
         with lab.own_lab(cfg.state_dir, cfg.lab_id, hosts=2, wan_rate=wan_rate,
                          progress=lambda line: progress("  " + line)) as addresses:
-            script = workload.install(cfg.state_dir / "bench")
             for memory_mib in cfg.sizes_mib:
                 for dirty in cfg.dirty_mibps:
                     for rep in range(cfg.repetitions):
                         for mode in cfg.modes:
                             index += 1
-                            r = run_one(cfg, addresses, script, mode=mode, memory_mib=memory_mib,
+                            r = run_one(cfg, addresses, mode=mode, memory_mib=memory_mib,
                                         dirty_mibps=dirty, wan_rate=wan_rate, rep=rep, index=index)
                             results.append(r)
                             progress(_summary(r))

@@ -1,7 +1,6 @@
 """The benchmark's container: a TCP server holding N MiB of checksummable memory.
 
-    path = workload.install(state_dir)          # the script, where the `host` image sees it
-    command = workload.command(path, port=7000, memory_mib=256, dirty_mibps=50)
+    command = workload.command(port=7000, memory_mib=256, dirty_mibps=50)   # python3 -c SCRIPT ...
 
 The server fills ``memory_mib`` MiB with a pattern that depends only on the page number and a
 random ``seed`` chosen at start (a fresh start = a new seed: that is how a client tells "state
@@ -13,16 +12,16 @@ write to a page that has not arrived faults it in), and answers one line per req
     REQ PAGE      -> "counter crc32(page)"   (counter += 1: continuity across a migration)
     VERIFY        -> "bad_pages"             (every page compared with its pattern)
 
-The script is stdlib-only and runs under the machine's own python3.
+The script is stdlib-only and runs under the machine's own python3 (the `host` image). It is
+passed on the command line: a file under the bench's directory is not visible in the
+container when that directory is on another mount than / (a tmpfs /tmp, as on Debian 13).
 """
 
 from __future__ import annotations
 
 import zlib
-from pathlib import Path
 
 PAGE = 4096
-SCRIPT_NAME = "bench-workload.py"
 
 
 def page_pattern(seed: int, page: int) -> bytes:
@@ -91,15 +90,5 @@ while True:
 '''
 
 
-def install(directory: Path) -> Path:
-    """Write the server script into ``directory`` (it must be readable inside the container:
-    with the `host` image, any path of this machine is)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / SCRIPT_NAME
-    path.write_text(SCRIPT)
-    path.chmod(0o644)
-    return path
-
-
-def command(script: Path, *, port: int, memory_mib: int, dirty_mibps: float) -> list[str]:
-    return ["python3", "-u", str(script), str(port), str(memory_mib), str(dirty_mibps)]
+def command(*, port: int, memory_mib: int, dirty_mibps: float) -> list[str]:
+    return ["python3", "-u", "-c", SCRIPT, str(port), str(memory_mib), str(dirty_mibps)]
