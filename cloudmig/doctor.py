@@ -245,7 +245,7 @@ def check_conntrack_buckets(path: Path = CONNTRACK_BUCKETS_FILE) -> Check:
 def check_favordynmods() -> Check:
     """CRIU's restore moves tasks into cgroups inside the freeze; without favordynmods each
     move waits for an RCU grace period."""
-    from cloudmig.runtime.checkpoint import cgroup2_mount
+    from cloudmig.runtime.container import cgroup2_mount
     found = cgroup2_mount()
     if found is None:
         return Check("cgroup-favordynmods", PASS, "no cgroup2 hierarchy (nothing to tune)")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from cloudmig.providers.lab.cleanup import pids_in_netns
+
 
 VENV_BIN = Path(sys.executable).parent
 CLOUDMIG = str(VENV_BIN / "cloudmig")
@@ -96,22 +98,17 @@ class Lab:
 
     def processes_in_netns(self, netns: str) -> list[str]:
         """Command lines of the processes living in network namespace ``netns``."""
-        return [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                for pid in self.pids_in_netns(netns)]
-
-    def pids_in_netns(self, netns: str) -> list[int]:
-        try:
-            target = os.stat(NETNS_DIR / netns).st_ino
-        except FileNotFoundError:
-            return []
         out = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
+        for pid in self.pids_in_netns(netns):
             try:
-                if os.stat(f"/proc/{pid}/ns/net").st_ino == target:
-                    out.append(int(pid))
-            except OSError:
+                out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:      # it ended meanwhile
                 continue
         return out
+
+    @staticmethod
+    def pids_in_netns(netns: str) -> list[int]:
+        return pids_in_netns(netns)     # /proc's view, as the lab's own clean-up reads it
 
     def leftovers(self, needle: str | None = None) -> dict:
         left = {"netns": self.netns(), "links": self.links(), "mounts": self.mounts(),

@@ -65,13 +65,18 @@ def test_missing_wireguard_is_a_failure():
     assert "wireguard-go" in checks["wireguard"]["hint"]
 
 
-def test_low_pipe_max_size_is_a_failure():
-    before = PIPE_MAX.read_text().strip()
+def _doctor_with(setting: Path, value: str):
+    """`cloudmig doctor --json` with a kernel setting changed for the run; restored after."""
+    before = setting.read_text().strip()
     try:
-        PIPE_MAX.write_text("1048576")
-        res = cloudmig("doctor", "--json", check=False)
+        setting.write_text(value)
+        return cloudmig("doctor", "--json", check=False), before
     finally:
-        PIPE_MAX.write_text(before)
+        setting.write_text(before)
+
+
+def test_low_pipe_max_size_is_a_failure():
+    res, before = _doctor_with(PIPE_MAX, "1048576")
     assert res.returncode == 1
     _, checks = _checks(res)
     assert checks["pipe-max-size"]["status"] == "fail"
@@ -80,12 +85,7 @@ def test_low_pipe_max_size_is_a_failure():
 
 
 def test_a_big_conntrack_hash_is_a_warning_not_a_failure():
-    before = CT_BUCKETS.read_text().strip()
-    try:
-        CT_BUCKETS.write_text("262144")
-        res = cloudmig("doctor", "--json", check=False)
-    finally:
-        CT_BUCKETS.write_text(before)
+    res, before = _doctor_with(CT_BUCKETS, "262144")
     assert res.returncode == 0
     _, checks = _checks(res)
     assert checks["conntrack-buckets"]["status"] == "warn"

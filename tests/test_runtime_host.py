@@ -3,8 +3,7 @@ reuse (instead of mounting its own inside the freeze) and the cgroup2 hierarchy'
 
 from __future__ import annotations
 
-from cloudmig.runtime import checkpoint
-from cloudmig.runtime.container import cgroup_yard
+from cloudmig.runtime.container import cgroup2_mount, cgroup_yard
 
 HYBRID = """\
 30 24 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec - tmpfs tmpfs rw,mode=755
@@ -43,11 +42,11 @@ def test_the_yard_is_the_hosts_own_mounts_only_when_laid_out_as_criu_names_them(
 def test_the_cgroup2_hierarchy_and_its_favordynmods(tmp_path):
     f = tmp_path / "mountinfo"
     f.write_text(HYBRID)
-    assert checkpoint.cgroup2_mount(str(f)) == ("/sys/fs/cgroup/unified", True)
+    assert cgroup2_mount(str(f)) == ("/sys/fs/cgroup/unified", True)
     f.write_text(PURE_V2)
-    assert checkpoint.cgroup2_mount(str(f)) == ("/sys/fs/cgroup", False)
+    assert cgroup2_mount(str(f)) == ("/sys/fs/cgroup", False)
     f.write_text(COMOUNTED.splitlines()[0] + "\n")
-    assert checkpoint.cgroup2_mount(str(f)) is None
+    assert cgroup2_mount(str(f)) is None
 
 
 def test_the_config_gate_holds_a_reader_until_released(tmp_path):

@@ -153,11 +153,11 @@ class MigrationOps:
         checkpoint.kill_groups_mentioning(str(self._work(name, "src")))
 
     def _call_off_dump(self, name: str) -> None:
-        dump = self._dumps.pop(name, None)
+        """Abort the dump of ``name`` if it is armed (one that runs is left alone)."""
+        dump = self._dumps.get(name)
         if dump is not None and dump.armed:
+            del self._dumps[name]
             dump.abort()
-        elif dump is not None:
-            self._dumps[name] = dump
 
     def src_checkpoint(self, name: str, mode: str, address: str = "", port: int = 0,
                        service_ip: str = "") -> dict:
@@ -345,7 +345,7 @@ class MigrationOps:
             if armed is not None:
                 armed.abort()
             raise
-        return {"pid": pid, "restore_ms": steps.total_ms, "steps_ms": steps.ms, "gated": armed is not None}
+        return {"pid": pid, "restore_ms": steps.total_ms, "steps_ms": steps.ms}
 
     def _wait_receiver(self, name: str, what: str) -> None:
         rx = self._receivers.pop((name, what), None)
@@ -380,8 +380,8 @@ class MigrationOps:
             daemon.kill()
         # a previous agent's daemon and armed restore (runc with its criu: one process group;
         # this agent may have been restarted to clean up)
+        # (runtime.remove below also takes what such a runc left: its criu-root, its state)
         checkpoint.kill_groups_mentioning(str(self._mig_dir(name)))
-        checkpoint.remove_runc_leftovers(self.runtime, name)
         for key in [k for k in self._receivers if k[0] == name]:
             self._receivers.pop(key).cancel()
         # (nothing was published here yet: that happens at the switch; published rules of

@@ -97,7 +97,6 @@ class _Recorder:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, self.log_dir / f"{work}-{path.name}")
 
-
     def _list_images(self, host: str) -> None:
         """What CRIU's images were made of (the part of the freeze that crosses the network)."""
         if self.log_dir is None:

@@ -62,21 +62,10 @@ def ensure_kdat_cache() -> bool:
         return False
 
 
-def cgroup2_mount(mountinfo: str = "/proc/self/mountinfo") -> tuple[str, bool] | None:
-    """(mount point, has favordynmods) of the first cgroup2 hierarchy, or None."""
-    with open(mountinfo) as fh:
-        for line in fh:
-            fields = line.split()
-            sep = fields.index("-")
-            if fields[sep + 1] == "cgroup2":
-                return fields[4], "favordynmods" in fields[sep + 3].split(",")
-    return None
-
-
 def ensure_favordynmods() -> bool:
     """Cheap cgroup moves for CRIU's restore (see scripts/bootstrap-host, step cgroups); the
     bootstrap remounts, this puts it back after a reboot. False if it could not."""
-    found = cgroup2_mount()
+    found = rt.cgroup2_mount()
     if found is None or found[1]:
         return found is not None
     res = subprocess.run(["mount", "-o", "remount,favordynmods", found[0]], capture_output=True, text=True)
@@ -101,15 +90,6 @@ def criu_path() -> str:
 def _runc_criu(runtime: rt.Runtime, *args: str) -> list[str]:
     """``runc --root ... --criu <our criu> ARGS``."""
     return runtime.runc_argv("--criu", criu_path(), *args)
-
-
-def _tail(path: Path, lines: int = 3) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    errs = [line for line in text if "Error" in line or "error" in line]
-    return " / ".join((errs or text)[-lines:])
 
 
 def free_port(address: str) -> int:
@@ -239,7 +219,7 @@ class LazyCheckpoint:
     def abort(self) -> None:
         """Call off a dump: its runc and CRIU are killed (an armed one has not touched the
         container yet), and the container's CRIU config is a file again."""
-        _kill_group(self.proc)
+        _wait_or_kill(self.proc, 0)
         if self._status_r >= 0:
             os.close(self._status_r)
             self._status_r = -1
@@ -263,7 +243,7 @@ class LazyCheckpoint:
                     # EOF: runc/criu exited before the page server listened
                     self.proc.wait()
                     raise errors.CheckpointError(
-                        f"CRIU could not dump the container: {_tail(self.work / 'dump.log') or _tail(self.work / 'runc.log')}",
+                        f"CRIU could not dump the container: {rt.log_excerpt(self.work / 'dump.log') or rt.log_excerpt(self.work / 'runc.log')}",
                         hint=f"See {self.work}/dump.log on the source host.")
         finally:
             os.close(self._status_r)
@@ -282,7 +262,7 @@ def full_checkpoint(runtime: rt.Runtime, name: str, images: Path, work: Path) ->
                        check=False, timeout=FULL_DUMP_TIMEOUT_S)
     if res.returncode != 0:
         raise errors.CheckpointError(
-            f"CRIU could not dump the container: {_tail(work / 'dump.log') or res.stderr.strip()}",
+            f"CRIU could not dump the container: {rt.log_excerpt(work / 'dump.log') or res.stderr.strip()}",
             hint=f"See {work}/dump.log on the source host.")
 
 
@@ -293,12 +273,6 @@ class LazyPagesDaemon:
     def __init__(self, proc: subprocess.Popen, work: Path) -> None:
         self.proc, self.work = proc, work
         self._log_offset = self._total = self._faulted = self._copied = self._copied_live = 0
-
-    @classmethod
-    def start(cls, images: Path, work: Path, address: str, port: int) -> "LazyPagesDaemon":
-        daemon = cls.spawn(images, work, address, port)
-        daemon.wait_listening()
-        return daemon
 
     @classmethod
     def spawn(cls, images: Path, work: Path, address: str, port: int) -> "LazyPagesDaemon":
@@ -319,7 +293,7 @@ class LazyPagesDaemon:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.kill()
                 raise errors.LazyPagesError(
-                    f"The lazy-pages daemon did not start: {_tail(self.work / 'lazy-pages.log')}")
+                    f"The lazy-pages daemon did not start: {rt.log_excerpt(self.work / 'lazy-pages.log')}")
             time.sleep(0.001)
 
     def stats(self) -> dict:
@@ -356,7 +330,7 @@ class LazyPagesDaemon:
             if self.proc.poll() is not None:
                 raise errors.LazyPagesError(
                     f"The lazy-pages daemon could not reach the page server {address}:{port}: "
-                    f"{_tail(self.work / 'lazy-pages.log')}")
+                    f"{rt.log_excerpt(self.work / 'lazy-pages.log')}")
             if time.monotonic() > deadline:
                 raise errors.LazyPagesError(
                     f"The lazy-pages daemon did not connect to the page server {address}:{port} "
@@ -384,7 +358,6 @@ class Restore:
         self.pid_file, self.gate = pid_file, conf_gate
         self.gated = conf_gate is not None
         self._bound = False
-        self.unbinding: threading.Thread | None = None
         self.criu_root = runtime.runc_root / name / "criu-root"   # where runc binds the rootfs
         self.started = time.monotonic()
 
@@ -427,10 +400,6 @@ class Restore:
                 raise
         return r
 
-    @property
-    def armed(self) -> bool:
-        return self.gate is not None
-
     def bind_rootfs(self) -> None:
         """runc bound the rootfs directory on criu-root when it started, before the rootfs was
         mounted: put the mounted rootfs on top, where CRIU will look (once the rootfs is
@@ -463,9 +432,8 @@ class Restore:
                 # runc detached only the top one of the two mounts on criu-root; the other
                 # goes after the resume (it holds nothing the container uses)
                 if ok:
-                    self.unbinding = threading.Thread(target=rt.unmount_private, args=(self.criu_root,),
-                                                      name=f"unbind-{self.name}", daemon=True)
-                    self.unbinding.start()
+                    threading.Thread(target=rt.unmount_private, args=(self.criu_root,),
+                                     name=f"unbind-{self.name}", daemon=True).start()
                 else:
                     rt.unmount_private(self.criu_root)
 
@@ -481,7 +449,7 @@ class Restore:
                     _wait_or_kill(proc, RESTORE_ABORT_S)
                     raise errors.LazyPagesError(
                         f"The lazy-pages daemon could not reach the page server {page_server[0]}:"
-                        f"{page_server[1]}: {_tail(work / 'lazy-pages.log') or 'no connection'}.",
+                        f"{page_server[1]}: {rt.log_excerpt(work / 'lazy-pages.log') or 'no connection'}.",
                         hint="Check the tunnel between the hosts (`cloudmig tunnel status`).")
             if time.monotonic() - self.started > RESTORE_TIMEOUT_S:
                 _wait_or_kill(proc, 0)
@@ -489,7 +457,7 @@ class Restore:
             time.sleep(0.002)
         if proc.returncode != 0:
             raise errors.RestoreError(
-                f"CRIU could not restore the container: {_tail(work / 'restore.log') or _tail(work / 'runc-restore.log')}",
+                f"CRIU could not restore the container: {rt.log_excerpt(work / 'restore.log') or rt.log_excerpt(work / 'runc-restore.log')}",
                 hint=f"See {work}/restore.log on the destination host.")
         if lazy is not None and page_server is not None and not connected:
             lazy.wait_connected(*page_server)
@@ -498,14 +466,14 @@ class Restore:
             pid = int(self.pid_file.read_text())
         except (OSError, ValueError):
             pid = 0
-        if not pid or not _alive(pid):
+        if not pid or not rt.process_alive(pid):
             st = self.runtime.state(self.name)
             raise errors.RestoreError(f"The restored container is {st['status']}, not running.")
         return pid
 
     def abort(self) -> None:
         """Call off a restore that has not been let go, or kill one that hangs."""
-        _kill_group(self.proc)
+        _wait_or_kill(self.proc, 0)
         if self.gate is not None:
             self.gate.settle()
             self.gate = None
@@ -528,23 +496,6 @@ def restore(runtime: rt.Runtime, name: str, images: Path, work: Path,
     r = Restore.start(runtime, name, images, work, lazy_pages=lazy is not None)
     r.go()
     return r.finish(lazy, page_server)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, 9)
-        except ProcessLookupError:
-            pass
-    proc.wait()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(") ", 1)[1][0] not in "ZX"
-    except (OSError, IndexError):
-        return False
 
 
 def _wait_or_kill(proc: subprocess.Popen, timeout_s: float) -> None:

@@ -58,10 +58,41 @@ def _run(argv: list[str], *, timeout: float = RUNC_TIMEOUT_S, check: bool = True
     return res
 
 
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+def mounts(mountinfo: str = MOUNTINFO):
+    """(mount point, fs type, superblock options) of each mount, from ``mountinfo`` (whose
+    optional fields before the "-" vary in number)."""
+    with open(mountinfo) as fh:
+        for line in fh:
+            fields = line.split()
+            sep = fields.index("-")
+            yield fields[4], fields[sep + 1], fields[sep + 3].split(",")
+
+
 def is_mounted(path: Path) -> bool:
     target = str(path)
-    with open("/proc/self/mountinfo") as fh:
-        return any(line.split()[4] == target for line in fh)
+    return any(mountpoint == target for mountpoint, _, _ in mounts())
+
+
+def log_excerpt(path: Path, lines: int = 3) -> str:
+    """The last error lines of a log (or its last lines), joined on one line; "" if unreadable."""
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    errs = [line for line in text if "Error" in line or "error" in line]
+    return " / ".join((errs or text)[-lines:])
+
+
+def process_alive(pid: int) -> bool:
+    """Does ``pid`` exist and is it neither a zombie nor dead?"""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(") ", 1)[1][0] not in "ZX"
+    except (OSError, IndexError):
+        return False
 
 
 def mount_overlay(lowerdirs: list[str], bundle: Bundle) -> None:
@@ -77,32 +108,35 @@ def mount_overlay(lowerdirs: list[str], bundle: Bundle) -> None:
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
-def cgroup_yard(mountinfo: str = "/proc/self/mountinfo") -> str | None:
+def cgroup_yard(mountinfo: str = MOUNTINFO) -> str | None:
     """CGROUP_ROOT if its mounts are laid out as CRIU's cgroup yard is (one directory per
     v1 hierarchy named by its controllers, or by its name= for named ones, and cgroup2 on
     ``unified``: Debian's hybrid layout), else None (CRIU then mounts a yard itself)."""
     found = False
-    with open(mountinfo) as fh:
-        for line in fh:
-            fields = line.split()
-            sep = fields.index("-")
-            fstype, mountpoint, super_opts = fields[sep + 1], fields[4], fields[sep + 3]
-            if fstype not in ("cgroup", "cgroup2"):
-                continue
-            parent, _, leaf = mountpoint.rpartition("/")
-            if parent != CGROUP_ROOT:
+    for mountpoint, fstype, opts in mounts(mountinfo):
+        if fstype not in ("cgroup", "cgroup2"):
+            continue
+        parent, _, leaf = mountpoint.rpartition("/")
+        if parent != CGROUP_ROOT:
+            return None
+        if fstype == "cgroup2":
+            if leaf != "unified":
                 return None
-            if fstype == "cgroup2":
-                if leaf != "unified":
-                    return None
-            else:
-                opts = super_opts.split(",")
-                named = [o[len("name="):] for o in opts if o.startswith("name=")]
-                controllers = [o for o in opts if o in _V1_CONTROLLERS]
-                if leaf != (named[0] if named else ",".join(controllers)):
-                    return None
-            found = True
+        else:
+            named = [o[len("name="):] for o in opts if o.startswith("name=")]
+            controllers = [o for o in opts if o in _V1_CONTROLLERS]
+            if leaf != (named[0] if named else ",".join(controllers)):
+                return None
+        found = True
     return CGROUP_ROOT if found else None
+
+
+def cgroup2_mount(mountinfo: str = MOUNTINFO) -> tuple[str, bool] | None:
+    """(mount point, has favordynmods) of the first cgroup2 hierarchy, or None."""
+    for mountpoint, fstype, opts in mounts(mountinfo):
+        if fstype == "cgroup2":
+            return mountpoint, "favordynmods" in opts
+    return None
 
 
 _V1_CONTROLLERS = {"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "blkio",
@@ -147,8 +181,7 @@ def unmount(path: Path) -> None:
 def unmount_under(root: Path) -> None:
     """Unmount everything mounted below ``root``, deepest first (e.g. what a killed CRIU left)."""
     prefix = str(root).rstrip("/") + "/"
-    with open("/proc/self/mountinfo") as fh:
-        targets = {line.split()[4] for line in fh if line.split()[4].startswith(prefix)}
+    targets = {mountpoint for mountpoint, _, _ in mounts() if mountpoint.startswith(prefix)}
     for target in sorted(targets, key=len, reverse=True):
         unmount(Path(target))
 

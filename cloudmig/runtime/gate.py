@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from cloudmig import errors
+from cloudmig.runtime.container import log_excerpt
 
 READER_TIMEOUT_S = 20        # runc start-up until CRIU opens the config (measured: ~50 ms)
 
@@ -44,7 +45,7 @@ class ConfigGate:
         fifo.unlink(missing_ok=True)
         os.mkfifo(fifo, 0o600)
         os.replace(fifo, self.conf)
-        _save_text(self.conf, self.text)
+        _saved(self.conf).write_text(self.text)    # for a later settle by another process
 
     def wait_reader(self, proc: subprocess.Popen, what: str, log: Path,
                     timeout_s: float = READER_TIMEOUT_S) -> None:
@@ -60,7 +61,7 @@ class ConfigGate:
             if proc.poll() is not None:
                 self.settle()
                 raise errors.CheckpointError(
-                    f"runc {what} ended before CRIU started: {_tail(log)}",
+                    f"runc {what} ended before CRIU started: {log_excerpt(log) or 'no output'}",
                     hint=f"See {log}.")
             if time.monotonic() > deadline:
                 self.settle()
@@ -107,16 +108,3 @@ def settle(conf: Path, text: str | None = None) -> None:
 
 def _saved(conf: Path) -> Path:
     return conf.with_name(conf.name + ".saved")
-
-
-def _save_text(conf: Path, text: str) -> None:
-    """Keep the options beside the FIFO, for a later ``settle`` by another process."""
-    _saved(conf).write_text(text)
-
-
-def _tail(path: Path) -> str:
-    try:
-        lines = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return "no log"
-    return " / ".join(lines[-2:]) or "no output"

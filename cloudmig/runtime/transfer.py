@@ -192,6 +192,14 @@ def _open_transfer(address: str, port: int, header: dict) -> socket.socket:
     return sock
 
 
+def _await_ack(sock: socket.socket, src: Path) -> None:
+    """End the stream and wait for the Receiver's "ok" (sent once everything is unpacked)."""
+    sock.shutdown(socket.SHUT_WR)
+    if sock.recv(16) != b"ok\n":
+        raise errors.MigrationError(f"The destination did not confirm the transfer of {src}.",
+                                    hint="See the destination's agent log.")
+
+
 def send(src: Path, address: str, port: int, token: str, *, only: list[str] | None = None,
          delete: list[str] | None = None) -> int:
     """Send ``src`` (or just the paths ``only``) to a Receiver; returns the bytes of file data."""
@@ -216,12 +224,8 @@ def send(src: Path, address: str, port: int, token: str, *, only: list[str] | No
                              stdout=sock.fileno(), stderr=subprocess.PIPE, timeout=TRANSFER_TIMEOUT_S)
         if res.returncode != 0:
             raise errors.MigrationError(f"Packing {src} failed: {res.stderr.decode(errors='replace').strip()}")
-        sock.shutdown(socket.SHUT_WR)
         sock.settimeout(TRANSFER_TIMEOUT_S)
-        ack = sock.recv(16)
-        if ack != b"ok\n":
-            raise errors.MigrationError(f"The destination did not confirm the transfer of {src}.",
-                                        hint="See the destination's agent log.")
+        _await_ack(sock, src)
     return data_bytes
 
 
@@ -243,9 +247,5 @@ def send_files(src: Path, address: str, port: int, token: str) -> int:
                 sent = sock.sendfile(fh, 0, size) if size else 0
             if sent != size:
                 raise errors.MigrationError(f"{src / name} changed while it was sent.")
-        sock.shutdown(socket.SHUT_WR)
-        ack = sock.recv(16)
-        if ack != b"ok\n":
-            raise errors.MigrationError(f"The destination did not confirm the transfer of {src}.",
-                                        hint="See the destination's agent log.")
+        _await_ack(sock, src)
     return total

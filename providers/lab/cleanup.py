@@ -60,17 +60,9 @@ def kill_pids(pids: list[int]) -> None:
         if not alive:
             return
         deadline = time.monotonic() + KILL_GRACE_S
-        while time.monotonic() < deadline and any(_exists(p) for p in alive):
+        while time.monotonic() < deadline and any(rt.process_alive(p) for p in alive):
             time.sleep(0.05)
-        pids = [p for p in alive if _exists(p)]
-
-
-def _exists(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
+        pids = [p for p in alive if rt.process_alive(p)]
 
 
 def remove_netns(ns_name: str) -> None:
