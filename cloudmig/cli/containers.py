@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from cloudmig.cli._app import app, console, print_json
+from cloudmig.cli._app import app, console, err_console, print_json
 from cloudmig.control import containers
 
 
@@ -13,15 +13,17 @@ from cloudmig.control import containers
 def run(host: str = typer.Argument(..., help="Host to run on (see `cloudmig hosts`)."),
         name: str = typer.Argument(..., help="Container name, unique across hosts."),
         command: list[str] = typer.Argument(None, help="Command and arguments, after `--`."),
-        image: str = typer.Option("host", "--image", help="`host` (this machine's root, read-only), "
-                                  "a rootfs dir/tarball, an OCI layout or a `docker save` tarball."),
+        image: str = typer.Option("host", "--image", help="`host` (the host's own root, read-only), "
+                                  "a rootfs dir/tarball, an OCI layout, a `docker save` tarball, or a "
+                                  "registry image REGISTRY/NAME:TAG (pulled here with skopeo)."),
         publish: list[str] = typer.Option([], "--publish", "-p", help="PORT\\[:CONTAINER_PORT]\\[/udp] on the host's public address."),
         env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE for the container."),
         memory: int = typer.Option(None, "--memory-mib", help="Memory limit (cgroup), MiB.")) -> None:
     """Run a container on HOST: cloudmig run HOST NAME (options) -- CMD ARGS..."""
     rec = containers.run(host=host, name=name, image=image, command=list(command or []),
                          publish=publish, env=env,
-                         memory_limit_bytes=memory * 1024 * 1024 if memory else None)
+                         memory_limit_bytes=memory * 1024 * 1024 if memory else None,
+                         progress=lambda msg: err_console.print(msg, markup=False))
     console.print(f"{rec.name} running on {rec.host}, service IP {rec.service_ip}")
 
 

@@ -4,16 +4,23 @@
     containers.remove("web")
 
 Bad input (unknown host, duplicate name, port already published, malformed --publish or
---env) is refused before anything changes; a failure on the host leaves nothing behind.
+--env, an image that cannot be found or pulled) is refused before anything changes; a failure
+on the host leaves nothing behind. The image is resolved here, on the controller, into
+layers (cloudmig.runtime.images); the host is sent those it lacks (cloudmig.control.layers)
+and builds the container from their digests, which the record keeps for migrations.
 """
 
 from __future__ import annotations
 
 import re
+import tempfile
 import time
+from pathlib import Path
 
-from cloudmig import errors
-from cloudmig.control import agents
+from cloudmig import errors, paths
+from cloudmig.agent import dial
+from cloudmig.control import layers as layer_shipping
+from cloudmig.runtime import images
 from cloudmig.inventory import ContainerRecord, Inventory, PortMapping
 from cloudmig.network import addressing
 
@@ -64,7 +71,9 @@ def ports_in_use(data, host: str) -> set[tuple[int, str]]:
 
 
 def run(*, host: str, name: str, image: str, command: list[str], publish: list[str],
-        env: list[str], memory_limit_bytes: int | None = None, inv: Inventory | None = None) -> ContainerRecord:
+        env: list[str], memory_limit_bytes: int | None = None, inv: Inventory | None = None,
+        progress: layer_shipping.Progress | None = None) -> ContainerRecord:
+    """Run a container; ``progress`` hears about layers being sent to the host."""
     inv = inv or Inventory()
     if not NAME_RE.match(name):
         raise errors.ConfigError(f"Container name {name!r} must be 1-31 lowercase letters, digits, "
@@ -93,18 +102,30 @@ def run(*, host: str, name: str, image: str, command: list[str], publish: list[s
                                  created_at=time.time())
         data.containers[name] = record  # reserves the name, IP and ports
     try:
-        with agents.connect(hrec) as agent:
-            agent.call("container.run", name=name, image=image, command=command, env=env_map,
-                       service_ip=service_ip, public_ip=hrec.public_address,
-                       ports=[p.model_dump() for p in ports], memory_limit_bytes=memory_limit_bytes)
+        with tempfile.TemporaryDirectory(prefix="image-", dir=_image_work_root()) as work:
+            found = images.resolve(image, Path(work))    # bad image: nothing on the host yet
+            digests = [layer.digest for layer in found]
+            with dial.connect(hrec) as agent:
+                layer_shipping.ship(agent, host, found, progress)
+                agent.call("container.run", name=name, image=image, command=command, env=env_map,
+                           service_ip=service_ip, public_ip=hrec.public_address,
+                           ports=[p.model_dump() for p in ports], memory_limit_bytes=memory_limit_bytes,
+                           layers=digests)
     except BaseException:
         with inv.transaction() as data:
             data.containers.pop(name, None)
         raise
     with inv.transaction() as data:
         data.containers[name].state = "running"
+        data.containers[name].layers = digests
         record = data.containers[name]
     return record
+
+
+def _image_work_root() -> Path:
+    """Where images are unpacked or pulled on the controller while a `run` sends them: the
+    state directory (on disk: /tmp may be a small tmpfs)."""
+    return paths.ensure_private_dir(paths.state_dir() / "tmp")
 
 
 def states(inv: Inventory | None = None) -> list[dict]:
@@ -114,7 +135,7 @@ def states(inv: Inventory | None = None) -> list[dict]:
     live: dict[str, dict[str, dict]] = {}
     for hname in {c.host for c in data.containers.values()}:
         try:
-            with agents.connect(data.host(hname)) as agent:
+            with dial.connect(data.host(hname)) as agent:
                 live[hname] = {c["name"]: c for c in agent.call("container.list")}
         except errors.CloudmigError:
             live[hname] = {}
@@ -138,7 +159,7 @@ def logs(name: str, inv: Inventory | None = None) -> str:
     inv = inv or Inventory()
     data = inv.read()
     c = data.container(name)
-    with agents.connect(data.host(c.host)) as agent:
+    with dial.connect(data.host(c.host)) as agent:
         return agent.call("container.logs", name=name)
 
 
@@ -146,10 +167,10 @@ def remove(name: str, inv: Inventory | None = None) -> None:
     inv = inv or Inventory()
     data = inv.read()
     c = data.container(name)
-    with agents.connect(data.host(c.host)) as agent:
+    with dial.connect(data.host(c.host)) as agent:
         agent.call("container.remove", name=name)
     for fwd in c.forwards:
-        with agents.connect(data.host(fwd.host)) as agent:
+        with dial.connect(data.host(fwd.host)) as agent:
             agent.call("net.unpublish", owner=name)
     with inv.transaction() as data:
         data.containers.pop(name, None)
