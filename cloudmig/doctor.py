@@ -172,23 +172,14 @@ def check_cgroups() -> Check:
     return Check("cgroups", FAIL, "no usable cgroup hierarchy", "Mount cgroup v2 or v1 controllers.")
 
 
-def wireguard_backend() -> tuple[str, str] | None:
-    """("kernel", detail) or ("wireguard-go", path), or None."""
-    if Path("/sys/module/wireguard").exists():
-        return "kernel", "wireguard kernel module"
-    wg_go = paths.tool("wireguard-go")
-    if wg_go:
-        return "wireguard-go", wg_go
-    return None
-
-
 def check_wireguard() -> Check:
-    backend = wireguard_backend()
+    from cloudmig.network import wireguard      # the network layer decides the backend
+    backend = wireguard.find_backend()
     if backend is None:
         return Check("wireguard", FAIL, "neither the kernel module nor wireguard-go",
                      f"apt-get install wireguard-go, or {BOOTSTRAP_HINT}")
     kind, detail = backend
-    if kind == "wireguard-go":
+    if kind == wireguard.WIREGUARD_GO:
         res = _run([detail, "--version"])
         version = (res.stdout.splitlines() or ["?"])[0]
         return Check("wireguard", PASS, f"userspace: {version} ({detail})")
@@ -245,7 +236,7 @@ def check_conntrack_buckets(path: Path = CONNTRACK_BUCKETS_FILE) -> Check:
 def check_favordynmods() -> Check:
     """CRIU's restore moves tasks into cgroups inside the freeze; without favordynmods each
     move waits for an RCU grace period."""
-    from cloudmig.runtime.container import cgroup2_mount
+    from cloudmig.runtime.mounts import cgroup2_mount
     found = cgroup2_mount()
     if found is None:
         return Check("cgroup-favordynmods", PASS, "no cgroup2 hierarchy (nothing to tune)")

@@ -55,6 +55,7 @@ class ContainerRecord(BaseModel):
     host: str
     service_ip: str
     image: str = "host"
+    layers: list[str] = Field(default_factory=list)   # image layer digests, lowest first ("host": none)
     command: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     ports: list[PortMapping] = Field(default_factory=list)

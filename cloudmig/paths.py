@@ -22,6 +22,12 @@ def state_dir() -> Path:
     return Path(os.environ.get("CLOUDMIG_STATE_DIR", DEFAULT_STATE_DIR))
 
 
+def host_state_dir(name: str) -> Path:
+    """What the controller keeps about host ``name`` (agent token, SSH key, known_hosts):
+    ``state_dir()/hosts/NAME``, removed when the host is destroyed."""
+    return state_dir() / "hosts" / name
+
+
 def ensure_private_dir(path: Path) -> Path:
     """Create ``path`` (and parents) readable by root only."""
     path.mkdir(parents=True, exist_ok=True)

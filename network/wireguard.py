@@ -28,17 +28,18 @@ from pathlib import Path
 
 from pyroute2 import netns as pyroute2_netns
 
-from cloudmig import doctor, errors
+from cloudmig import errors, paths
 from cloudmig.network import _ns, _uapi, _wgkernel, keys
 from cloudmig.network._wgtypes import Peer, PeerStatus, PeerUpdate, TunnelStatus
 
-__all__ = ["Peer", "PeerStatus", "TunnelStatus", "HANDSHAKE_TIMEOUT_S", "backend",
+__all__ = ["Peer", "PeerStatus", "TunnelStatus", "HANDSHAKE_TIMEOUT_S", "backend", "find_backend",
            "interface_name", "up", "down", "is_up", "status", "set_peer", "remove_peer",
            "add_allowed_ip", "remove_allowed_ip", "warm"]
 
 log = logging.getLogger(__name__)
 
 KERNEL, WIREGUARD_GO = "kernel", "wireguard-go"
+KERNEL_MODULE_DIR = Path("/sys/module/wireguard")    # there when the module is loaded
 IFNAME_MAX = 15              # IFNAMSIZ - 1
 # WireGuard retries a lost handshake initiation after REKEY_TIMEOUT (5 s): allow one retry.
 HANDSHAKE_TIMEOUT_S = 12
@@ -49,9 +50,20 @@ WARM_PORT = 9                # discard; the packet only has to enter the tunnel
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
+def find_backend() -> tuple[str, str] | None:
+    """(KERNEL, detail) when the WireGuard module is loaded, else (WIREGUARD_GO, its path),
+    or None when neither is there (`cloudmig doctor` shows the same)."""
+    if KERNEL_MODULE_DIR.exists():
+        return KERNEL, "wireguard kernel module"
+    wg_go = paths.tool("wireguard-go")
+    if wg_go:
+        return WIREGUARD_GO, wg_go
+    return None
+
+
 def backend() -> str:
     """"kernel" when the WireGuard module is loaded, else "wireguard-go" (as `doctor` shows)."""
-    found = doctor.wireguard_backend()
+    found = find_backend()
     if found is None:
         raise errors.NetworkError("Neither the WireGuard kernel module nor wireguard-go is available.",
                                   hint="apt-get install wireguard-go, or run `make bootstrap`.")

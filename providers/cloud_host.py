@@ -28,7 +28,7 @@ from cloudmig.providers.ssh.remote import AgentLayout
 log = logging.getLogger(__name__)
 
 __all__ = ["TAG_HOST", "TAG_MANAGED", "WIREGUARD_PORT", "SSH_PORT", "ownership_tags", "check_name",
-           "parse_options", "flag", "CheckedSpec", "check_spec", "tags_line", "wireguard_port", "check_network_spec", "peer_cidr", "host_dir",
+           "parse_options", "flag", "CheckedSpec", "check_spec", "tags_line", "wireguard_port", "check_network_spec", "peer_cidr",
            "HostAccess", "prepare_access", "user_data_for", "forget_access", "Rollback",
            "reserve", "save", "forget", "forget_host", "mark_running"]
 
@@ -119,10 +119,6 @@ def tags_line(name: str) -> str:
     return "tags on all of it: " + ", ".join(f"{k}={v}" for k, v in ownership_tags(name).items())
 
 
-def host_dir(name: str) -> Path:
-    return paths.state_dir() / "hosts" / name
-
-
 @dataclasses.dataclass(frozen=True)
 class HostAccess:
     """How the controller will reach a cloud host: its SSH key and the agent's token (0600 files)."""
@@ -145,7 +141,7 @@ def prepare_access(spec: HostSpec) -> HostAccess:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    d = paths.ensure_private_dir(host_dir(spec.name))
+    d = paths.ensure_private_dir(paths.host_state_dir(spec.name))
     token_file = d / "agent.token"
     paths.write_secret(token_file, secrets.token_urlsafe(32))
     if spec.ssh_public_key:
@@ -170,7 +166,7 @@ def user_data_for(spec: HostSpec, access: HostAccess) -> str:
 
 
 def forget_access(name: str) -> None:
-    shutil.rmtree(host_dir(name), ignore_errors=True)
+    shutil.rmtree(paths.host_state_dir(name), ignore_errors=True)
 
 
 class Rollback:

@@ -1,8 +1,8 @@
 """Failures before the destination resumes: the container goes on at the source, unchanged,
 its client's connection intact, and nothing of it is left on the destination.
 
-Failures are real (an agent killed, CRIU images broken, packets dropped), injected at a phase
-boundary through CLOUDMIG_FAULT_HOOKS (see cloudmig/migration/engine.py)."""
+Failures are real (an agent killed, CRIU images broken, packets dropped), done by the hosts'
+agents at the engine's named fault points (CLOUDMIG_FAULTS, see cloudmig/migration/faults.py)."""
 
 from __future__ import annotations
 
@@ -21,31 +21,18 @@ from test_migration import PORT, check_data, runs_only_on, start_db
 lab = lab_fixture(2)
 
 
-def _block_syn_to_source() -> str:
-    # on the destination, drop new TCP connections to the source's tunnel address: the
-    # page server (and the reachability probe) become unreachable, the tunnel itself is fine
-    nft = "nsenter --net=/run/netns/$CM_DST_NETNS nft"
-    return (f"{nft} add table ip cmfault && "
-            f"{nft} 'add chain ip cmfault out {{ type filter hook output priority 0; }}' && "
-            f"{nft} add rule ip cmfault out ip daddr $CM_SRC_OVERLAY 'tcp flags & (syn|ack) == syn' drop")
-
-
-def _break_images(lab: Lab) -> str:
-    return f"rm -f {lab.state_dir}/hosts/$CM_DST/migrations/db/images/core-*.img"
-
-
 CASES = {
-    # at the freeze, the destination's runc restore is armed and its receivers listen: a
+    # at the dump, the destination's runc restore is armed and its receivers listen: a
     # restarted agent must find and remove them
-    "destination agent killed before the freeze": ("freeze", lambda lab: "kill -9 $CM_DST_AGENT_PID"),
-    "destination agent killed before restore": ("restore", lambda lab: "kill -9 $CM_DST_AGENT_PID"),
-    "restore fails on the destination": ("restore", _break_images),
-    "page server unreachable (found by the probe)": ("prepare", lambda lab: _block_syn_to_source()),
-    "page server unreachable (after the probe)": ("restore", lambda lab: _block_syn_to_source()),
+    "destination agent killed before the freeze": "before-dump:destination:kill-agent",
+    "destination agent killed before restore": "before-restore:destination:kill-agent",
+    "restore fails on the destination": "before-restore:destination:break-images",
+    # the destination drops new TCP connections to the source's tunnel address: the page
+    # server (and the reachability probe) become unreachable, the tunnel itself is fine
+    "page server unreachable (found by the probe)": "before-prepare:destination:block-tcp-to",
+    "page server unreachable (after the probe)": "before-restore:destination:block-tcp-to",
     # CRIU refuses its options after cloudmig froze the container: it must be thawed
-    "stop-and-copy dump fails on the source": (
-        "freeze", lambda lab: f"echo no-such-option >> {lab.state_dir}/hosts/$CM_SRC/containers/db/criu.conf",
-        "stopcopy"),
+    "stop-and-copy dump fails on the source": ("before-dump:source:break-criu-conf", "stopcopy"),
 }
 
 
@@ -64,15 +51,14 @@ def _destination_is_clean(lab: Lab, service_ip: str) -> None:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_failure_before_resume_rolls_back(lab, tmp_path, case):
-    phase, command, *rest = CASES[case]
-    mode = rest[0] if rest else "postcopy"
+    fault, mode = CASES[case] if isinstance(CASES[case], tuple) else (CASES[case], "postcopy")
     start_db(lab)
     service_ip = lab.ps()[0]["service_ip"]
     client = HeldClient(lab.public_address("h1"), PORT).start()
     report = tmp_path / "report.json"
     try:
         client.wait_answers(30)
-        env = dict(lab.env, CLOUDMIG_FAULT_HOOKS=f"{phase}={command(lab)}")
+        env = dict(lab.env, CLOUDMIG_FAULTS=fault)
         res = cloudmig("migrate", "db", "--to", "h2", "--mode", mode, "--report", str(report), env=env,
                        check=False, timeout=600)
         before = client.answers
@@ -108,7 +94,7 @@ def test_failed_move_back_to_a_forwarder_keeps_its_forward(lab, tmp_path):
         lab.cm("migrate", "db", "--to", "h2", timeout=600)
         before = client.answers
         client.wait_answers(before + 20)
-        env = dict(lab.env, CLOUDMIG_FAULT_HOOKS="restore=" + _break_images(lab).replace("$CM_DST", "h1"))
+        env = dict(lab.env, CLOUDMIG_FAULTS="before-restore:destination:break-images")
         res = cloudmig("migrate", "db", "--to", "h1", env=env, check=False, timeout=600)
         before = client.answers
         client.wait_answers(before + 30)

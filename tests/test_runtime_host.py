@@ -3,7 +3,7 @@ reuse (instead of mounting its own inside the freeze) and the cgroup2 hierarchy'
 
 from __future__ import annotations
 
-from cloudmig.runtime.container import cgroup2_mount, cgroup_yard
+from cloudmig.runtime.mounts import cgroup2_mount, cgroup_yard
 
 HYBRID = """\
 30 24 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec - tmpfs tmpfs rw,mode=755

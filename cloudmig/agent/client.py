@@ -3,7 +3,8 @@
     client = AgentClient(UnixTransport("/var/lib/cloudmig/hosts/h1/agent.sock"), token, host="h1")
     client.call("ping")            # -> {"version": 1, "host": "h1", ...}
 
-Transports only move lines; the client adds ids, the token and error translation. A remote
+Transports only move lines; the client adds ids, the token and error translation, and lets
+several threads call at once over one channel (answers are matched to requests by id). A remote
 cloudmig error comes back as the same class (with the remote traceback attached); anything
 else as errors.RemoteCallError.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import socket
 import subprocess
 import threading
@@ -19,6 +21,8 @@ import typing
 
 from cloudmig import errors
 from cloudmig.agent import protocol
+
+log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10
 DEFAULT_CALL_TIMEOUT_S = 600  # long operations (restore, file sync) answer within this
@@ -33,7 +37,7 @@ class Transport(typing.Protocol):
 class UnixTransport:
     """A root-only unix socket on this machine (lab hosts)."""
 
-    def __init__(self, path: str, timeout_s: float = DEFAULT_CALL_TIMEOUT_S) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(CONNECT_TIMEOUT_S)
@@ -43,7 +47,7 @@ class UnixTransport:
             self._sock.close()
             raise errors.AgentError(f"Cannot reach the agent at {path}: {exc.strerror or exc}.",
                                     hint="Is the host up? `cloudmig hosts` shows its state.") from exc
-        self._sock.settimeout(timeout_s)
+        self._sock.settimeout(None)     # the client's reader waits for answers; calls time out
         self._rfile = self._sock.makefile("rb")
 
     def send_line(self, data: bytes) -> None:
@@ -53,7 +57,10 @@ class UnixTransport:
         return self._rfile.readline(protocol.MAX_MESSAGE_BYTES + 1)
 
     def close(self) -> None:
-        self._rfile.close()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)     # wakes the client's reader
+        except OSError:
+            pass
         self._sock.close()
 
 
@@ -115,40 +122,96 @@ class CommandTransport:
 
 
 class AgentClient:
-    def __init__(self, transport: Transport, token: str, host: str = "?") -> None:
+    """One channel to one agent, shared by every caller: requests carry ids, a reader thread
+    hands each answer to the call that waits for it, so calls from several threads run at
+    once on the same channel (over SSH: one session for the whole migration).
+
+    ``round_trips`` counts the calls made so far (the engine counts those inside the freeze).
+    """
+
+    def __init__(self, transport: Transport, token: str, host: str = "?",
+                 timeout_s: float = DEFAULT_CALL_TIMEOUT_S) -> None:
         self._transport = transport
         self._token = token
         self.host = host
+        self.timeout_s = timeout_s
+        self.round_trips = 0
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._pending: dict[int, _Pending] = {}
+        self._lost: str | None = None       # why the channel ended, once it did
+        self._reader = threading.Thread(target=self._read, name=f"agent-{host}", daemon=True)
+        self._reader.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._lost is None
 
     def call(self, op: str, **args: typing.Any) -> typing.Any:
         req = protocol.Request(id=next(self._ids), op=op, args=args, token=self._token)
-        with self._lock:
+        waiter = _Pending()
+        with self._send_lock:
+            if self._lost is not None:
+                raise self._lost_error(op, self._lost)
+            self._pending[req.id] = waiter
+            self.round_trips += 1
             try:
                 self._transport.send_line(protocol.encode(req.to_wire()))
-                line = self._transport.recv_line()
             except (OSError, socket.timeout) as exc:
-                raise errors.AgentError(f"Lost the agent of host {self.host} during {op}: {exc}.",
-                                        hint="Check that the host and its agent are running.") from exc
-        if not line:
-            raise errors.AgentError(f"The agent of host {self.host} closed the channel during {op}.",
-                                    hint="Check that the host and its agent are running.")
-        resp = protocol.decode_response(line)
-        if resp.id != req.id:
-            raise errors.ProtocolError(f"Agent of {self.host} answered request {resp.id}, expected {req.id}.")
+                self._pending.pop(req.id, None)
+                raise self._lost_error(op, str(exc)) from exc
+        if not waiter.done.wait(self.timeout_s):
+            self._pending.pop(req.id, None)
+            raise errors.AgentError(f"The agent of host {self.host} did not answer {op} within "
+                                    f"{self.timeout_s:.0f} s.", hint="Check the host's load and its agent's log.")
+        if waiter.response is None:
+            raise self._lost_error(op, self._lost or "the channel closed")
+        resp = waiter.response
         if resp.ok:
             return resp.result
         raise _to_exception(resp.error or protocol.RemoteError("AgentError", "no error given"), self.host)
 
+    def _read(self) -> None:
+        why = "the agent closed the channel"
+        try:
+            while True:
+                line = self._transport.recv_line()
+                if not line:
+                    break
+                resp = protocol.decode_response(line)
+                waiter = self._pending.pop(resp.id, None)
+                if waiter is None:
+                    log.warning("agent of %s answered unknown request %s", self.host, resp.id)
+                    continue
+                waiter.response = resp
+                waiter.done.set()
+        except (OSError, ValueError, errors.ProtocolError) as exc:   # ValueError: file closed
+            why = str(exc) or type(exc).__name__
+        with self._send_lock:
+            self._lost = why
+            pending, self._pending = self._pending, {}
+        for waiter in pending.values():
+            waiter.done.set()
+
+    def _lost_error(self, op: str, why: str) -> errors.AgentError:
+        return errors.AgentError(f"Lost the agent of host {self.host} during {op}: {why}.",
+                                 hint="Check that the host and its agent are running.")
+
     def close(self) -> None:
         self._transport.close()
+        self._reader.join(timeout=CONNECT_TIMEOUT_S)
 
     def __enter__(self) -> "AgentClient":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Pending:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.response: protocol.Response | None = None
 
 
 def _to_exception(err: protocol.RemoteError, host: str) -> errors.CloudmigError:

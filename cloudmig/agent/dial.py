@@ -1,6 +1,6 @@
-"""Reach a host's agent, whatever the transport.
+"""Dial a host's agent, whatever the transport: one channel, kept for as long as it is used.
 
-    with agents.connect(inv.host("h1")) as agent:
+    with dial.connect(inv.read().host("h1")) as agent:
         agent.call("ping")
 
 Transports: ``unix`` (the agent's root-only socket on this machine: lab hosts) and ``ssh``
@@ -35,7 +35,7 @@ def read_token(record: HostRecord) -> str:
 
 def known_hosts_file(record: HostRecord) -> str:
     """Where the host's SSH key is pinned (on first contact)."""
-    return record.agent.get("known_hosts") or str(paths.state_dir() / "hosts" / record.name / "known_hosts")
+    return record.agent.get("known_hosts") or str(paths.host_state_dir(record.name) / "known_hosts")
 
 
 def ssh_argv(record: HostRecord, remote: list[str]) -> list[str]:

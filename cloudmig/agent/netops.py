@@ -1,6 +1,6 @@
 """The agent's network operations on its own host (it runs inside the host's namespace).
 
-    net = HostNet(host="h1", netns_prefix="cm-c-h1")
+    net = NetOps(host="h1", netns_prefix="cm-c-h1")
     path = net.create_container_netns("web", "100.96.0.1")   # /run/netns/cm-c-h1-web
     net.publish(owner="web", public_ip=..., host_port=8080, service_ip=..., container_port=80)
 
@@ -19,7 +19,7 @@ from cloudmig.network import keys, lock, pins, proxy, replies, routing, wireguar
 HOST_NETNS = None  # the agent's own namespace
 
 
-class HostNet:
+class NetOps:
     def __init__(self, host: str, netns_prefix: str, host_dir: Path) -> None:
         self.host = host
         self.netns_prefix = netns_prefix

@@ -1,6 +1,6 @@
 """What an agent can do on its host: the operations the controller may call.
 
-    handlers = ops.Host(host="h1", host_dir=Path(...), cgroup_parent="/cloudmig/cm-h1").handlers()
+    handlers = ops.AgentOps(host="h1", host_dir=Path(...), cgroup_parent="/cloudmig/cm-h1").handlers()
     handlers["container.run"](name="web", image="host", command=[...], ...)
 
 Each operation is host-local (runc, CRIU, netlink, files) and returns plain JSON data.
@@ -17,23 +17,28 @@ from typing import Any, Callable
 
 from cloudmig import __version__, doctor, errors
 from cloudmig.agent import protocol
-from cloudmig.runtime import container as rt
-from cloudmig.agent import migrate_ops, netops
+from cloudmig.agent import netops
+from cloudmig.agent import layer_ops
+from cloudmig.agent.migrations import Migrations
+from cloudmig.agent.side import HostContext
+from cloudmig.runtime import runc
 
 log = logging.getLogger(__name__)
 
 
-class Host:
+class AgentOps:
     def __init__(self, host: str, host_dir: Path, cgroup_parent: str, netns_prefix: str) -> None:
         self.host = host
         self.host_dir = host_dir
-        self.runtime = rt.Runtime(host_dir, cgroup_parent)
-        self.net = netops.HostNet(host=host, netns_prefix=netns_prefix, host_dir=host_dir)
-        self.migration = migrate_ops.MigrationOps(self.runtime, self.net)
+        self.runtime = runc.Runtime(host_dir, cgroup_parent)
+        self.layers = layer_ops.LayerOps(self.runtime.layer_store)
+        self.net = netops.NetOps(host=host, netns_prefix=netns_prefix, host_dir=host_dir)
+        self.migrations = Migrations(HostContext(self.runtime, self.net))
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         return {
-            **self.migration.handlers(),
+            **self.layers.handlers(),
+            **self.migrations.handlers(),
             "ping": self.ping,
             "doctor": self.doctor,
             "container.run": self.container_run,
@@ -67,13 +72,14 @@ class Host:
     # ------------------------------------------------------------------ containers
     def container_run(self, name: str, image: str, command: list[str], env: dict[str, str],
                       service_ip: str, public_ip: str, ports: list[dict],
-                      memory_limit_bytes: int | None = None) -> dict:
-        """Network namespace with the service IP, bundle, runc; all undone on failure."""
+                      memory_limit_bytes: int | None = None, layers: list[str] | None = None) -> dict:
+        """Network namespace with the service IP, bundle, runc; all undone on failure.
+        ``layers``: the image's layer digests, bottom first, already in this host's store."""
         made_netns = False
         try:
             netns_path = self.net.create_container_netns(name, service_ip)
             made_netns = True
-            self.runtime.prepare(name, image=image, command=command, env=env,
+            self.runtime.prepare(name, image=image, layers=layers, command=command, env=env,
                                  netns_path=netns_path, memory_limit_bytes=memory_limit_bytes)
             pid = self.runtime.start(name)
             for p in ports:

@@ -13,6 +13,7 @@ eval'd or unpickled; messages of another version are refused.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import typing
 
@@ -56,6 +57,21 @@ class Response:
         else:
             wire["error"] = dataclasses.asdict(self.error) if self.error else None
         return wire
+
+
+def jsonable(value: typing.Any) -> typing.Any:
+    """Typed results (dataclasses, pydantic models, enums) as plain JSON data."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value))
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
 
 
 def encode(message: dict) -> bytes:

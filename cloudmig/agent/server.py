@@ -47,7 +47,7 @@ class AgentServer:
             if handler is None:
                 raise errors.ProtocolError(f"The agent has no operation {req.op!r}.")
             result = handler(**req.args)
-            return protocol.Response(id=rid, ok=True, result=result).to_wire()
+            return protocol.Response(id=rid, ok=True, result=protocol.jsonable(result)).to_wire()
         except Exception as exc:  # every failure goes back to the controller, typed
             if not isinstance(exc, errors.CloudmigError):
                 log.exception("agent operation failed")
@@ -57,12 +57,29 @@ class AgentServer:
 
     # -------------------------------------------------------------- transports
     def serve_stream(self, rfile: typing.BinaryIO, wfile: typing.BinaryIO) -> None:
-        """Serve one connection (a socket's files, or stdin/stdout under SSH) until EOF."""
+        """Serve one connection (a socket's files, or stdin/stdout under SSH) until EOF. Each
+        request runs in a thread of its own and answers when done, so one channel carries
+        concurrent calls (the controller keeps one channel per host); answers carry the id."""
+        write_lock = threading.Lock()
+        running: list[threading.Thread] = []
+
+        def answer(line: bytes) -> None:
+            data = protocol.encode(self.handle_line(line))
+            with write_lock:
+                try:
+                    wfile.write(data)
+                    wfile.flush()
+                except (BrokenPipeError, ConnectionResetError, ValueError):
+                    pass     # the controller went away; its request still ran to the end
+
         for line in iter(lambda: rfile.readline(protocol.MAX_MESSAGE_BYTES + 1), b""):
             if not line.strip():
                 continue
-            wfile.write(protocol.encode(self.handle_line(line)))
-            wfile.flush()
+            t = threading.Thread(target=answer, args=(line,), name="agent-request", daemon=True)
+            t.start()
+            running = [r for r in running if r.is_alive()] + [t]
+        for t in running:
+            t.join()
 
     def serve_unix(self, path: str, ready: threading.Event | None = None) -> None:
         """Serve on a root-only unix socket until shutdown() is called."""

@@ -17,12 +17,14 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from typing import Callable
 
-from cloudmig.bench import lab
 from cloudmig.control import containers
 from cloudmig.inventory import Inventory
+from cloudmig.migration import events
 from cloudmig.migration.report import Report
-from cloudmig.runtime import container as rt
+from cloudmig.providers import lab as lab_hosts
+from cloudmig.runtime import runc as rt
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +34,22 @@ def _tree_bytes(path) -> int:
 
 
 def restart(inv: Inventory, name: str, destination: str, *, publish: list[str],
-            on_event=lambda kind, **data: None) -> Report:
+            on_event: Callable[[events.Event], None] = events.ignore) -> Report:
     c = inv.read().container(name)
     report = Report(container=name, source=c.host, destination=destination, mode="cold")
-    phase = lambda n: report.phase(n, lambda pn, s: on_event("phase", name=pn, state=s))  # noqa: E731
+
+    def changed(phase_name: str, state: str) -> None:
+        on_event(events.PhaseStarted(phase_name) if state == "start"
+                 else events.PhaseEnded(phase_name, report.phases[-1].ms))
+
+    def phase(phase_name: str):
+        return report.phase(phase_name, changed)
     t0 = time.monotonic()
     with phase("stop"):
-        rt.Runtime(lab.host_dir(c.host), cgroup_parent="").stop(name)
+        rt.Runtime(lab_hosts.agent_dir(c.host), cgroup_parent="").stop(name)
     with phase("copy"):
-        upper = rt.Runtime(lab.host_dir(c.host), "").bundle(name).upper
-        staged = lab.host_dir(destination) / "cold" / name
+        upper = rt.Runtime(lab_hosts.agent_dir(c.host), "").bundle(name).upper
+        staged = lab_hosts.agent_dir(destination) / "cold" / name
         shutil.rmtree(staged, ignore_errors=True)
         shutil.copytree(upper, staged, symlinks=True)
         report.fs_bytes = _tree_bytes(staged)

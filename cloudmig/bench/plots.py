@@ -59,7 +59,7 @@ def freeze_vs_memory(results, path: Path) -> Path:
 def timeline(result, path: Path) -> Path:
     plt = _pyplot()
     phases = {p["name"]: p for p in result.report.get("phases", [])}
-    t0 = phases["freeze"]["start"]
+    t0 = phases["dump"]["start"]     # the first phase of the freeze window
     lazy = [e for e in result.timeline if e["kind"] == "lazy"]
     ts = [e["t"] - t0 for e in lazy]
     faulted = [e.get("faulted_pages", 0) for e in lazy]

@@ -9,22 +9,41 @@ and stop-and-copy through cloudmig.migration.engine.Migration in this process, w
 ``on_event`` that timestamps phases and lazy-page progress; cold restart through
 cloudmig.bench.cold), keep the client going for ``AFTER_S``, then verify the memory and
 remove the container. All modes of one size run back to back on the same lab hosts.
+
+The sweep runs in a child process (``python -m cloudmig.bench.runner``) started with the
+bench lab's environment (``lab.process_env``), so that cloudmig's modules act on that lab
+while this process's environment stays as it is. The child sends its progress lines and
+results back as JSON lines on a pipe; Ctrl-C or SIGTERM here interrupts it like Ctrl-C (it
+removes its lab), and it gets SIGINT too if this process dies.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import json
 import logging
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from cloudmig import errors, signals
+from cloudmig import log as cloudmig_log
 from cloudmig.bench import client as bench_client
 from cloudmig.bench import cold, lab, workload
 from cloudmig.control import containers
+from cloudmig.agent.api import Mode
 from cloudmig.inventory import Inventory
+from cloudmig.control.session import Session
+from cloudmig.migration import events
 from cloudmig.migration.engine import Migration
+from cloudmig.providers import lab as lab_hosts
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +53,7 @@ BASELINE_S = 1.0            # client answers before the move (the "before" reque
 AFTER_S = 1.0               # and after it
 READY_TIMEOUT_S = 120       # filling 2 GiB in Python takes a while on a busy machine
 PAGE = 4096
+PR_SET_PDEATHSIG = 1        # prctl(2): the signal this process gets when its parent dies
 
 
 @dataclasses.dataclass
@@ -80,19 +100,30 @@ class _Recorder:
         self.name, self.src, self.dst, self.log_dir = name, src, dst, log_dir
         self.events: list[dict] = []
 
-    def __call__(self, kind: str, **data: Any) -> None:
-        keep = {k: v for k, v in data.items() if isinstance(v, (int, float, str, bool))}
-        self.events.append({"t": time.time(), "kind": kind, **keep})
-        if kind == "phase" and data.get("state") == "end" and data.get("name") == "restore":
+    def __call__(self, event: events.Event) -> None:
+        match event:
+            case events.PhaseStarted(name=name):
+                row = {"kind": "phase", "name": name, "state": "start"}
+            case events.PhaseEnded(name=name, ms=ms):
+                row = {"kind": "phase", "name": name, "state": "end", "ms": ms}
+            case events.LazyMoved(progress=progress):
+                row = {"kind": "lazy", **dataclasses.asdict(progress)}
+            case events.Resumed(freeze_ms=ms):
+                row = {"kind": "resumed", "freeze_ms": ms}
+            case _:
+                row = {"kind": type(event).__name__.lower()}
+        self.events.append({"t": time.time(), **row})
+        phase = (row.get("name"), row.get("state")) if row["kind"] == "phase" else None
+        if phase == ("restore", "end"):
             self._copy_logs(self.dst, "work-dst")
             self._list_images(self.dst)
-        if kind == "phase" and data.get("state") == "start" and data.get("name") == "cleanup":
+        if phase == ("cleanup", "start"):
             self._copy_logs(self.src, "work-src")
 
     def _copy_logs(self, host: str, work: str) -> None:
         if self.log_dir is None:
             return
-        src = lab.host_dir(host) / "migrations" / self.name / work
+        src = lab_hosts.agent_dir(host) / "migrations" / self.name / work
         for path in src.glob("*.log"):
             self.log_dir.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, self.log_dir / f"{work}-{path.name}")
@@ -101,7 +132,7 @@ class _Recorder:
         """What CRIU's images were made of (the part of the freeze that crosses the network)."""
         if self.log_dir is None:
             return
-        images = lab.host_dir(host) / "migrations" / self.name / "images"
+        images = lab_hosts.agent_dir(host) / "migrations" / self.name / "images"
         sizes = sorted(((p.stat().st_size, p.name) for p in images.iterdir() if p.is_file()),
                        reverse=True) if images.is_dir() else []
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +164,8 @@ def run_one(cfg: Config, addresses: dict[str, str], *, mode: str, memory_mib: in
             if mode == "cold":
                 report = cold.restart(inv, name, "h2", publish=publish, on_event=rec)
             else:
-                report = Migration(inv, name, "h2", mode=mode, on_event=rec).run()
+                with Session(inv) as session:
+                    report = Migration(session, name, "h2", mode=Mode(mode), on_event=rec).run()
         finally:
             res.timeline = rec.events
         res.report = report.to_dict()
@@ -175,8 +207,112 @@ def _client_numbers(res: RunResult, held: bench_client.HeldClient) -> None:
 
 
 def sweep(cfg: Config, progress: Callable[[str], None] = lambda line: None) -> list[RunResult]:
-    results: list[RunResult] = []
+    """Every run of ``cfg``, in a child process that works on the bench's own lab."""
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    request = {"config": _config_to_json(cfg), "parent_pid": os.getpid(),
+               "debug": logging.getLogger(cloudmig_log.LOGGER_NAME).isEnabledFor(logging.DEBUG)}
+    read_fd, write_fd = os.pipe()
+    with signals.sigterm_interrupts():
+        try:
+            # its own session: Ctrl-C reaches this process only, which passes it on once
+            proc = subprocess.Popen([sys.executable, "-m", "cloudmig.bench.runner", str(write_fd),
+                                     json.dumps(request)],
+                                    env=lab.process_env(cfg.state_dir, cfg.lab_id), pass_fds=(write_fd,),
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        child = _FromChild(read_fd, progress)
+        try:
+            child.read()
+            code = proc.wait()
+        except BaseException:
+            _interrupt(proc, child)
+            raise
+        finally:
+            child.close()
+    if child.failure is not None:
+        raise _error_from_child(child.failure)
+    if code == 130 and not child.done:
+        raise KeyboardInterrupt
+    if not child.done:
+        raise errors.MigrationError(
+            f"The bench's process ended (exit code {code}) before the sweep did.",
+            hint=f"See its output above. If it left its lab, remove it with CLOUDMIG_STATE_DIR={cfg.state_dir} "
+                 f"CLOUDMIG_LAB_ID={cfg.lab_id} cloudmig lab down")
+    return child.results
+
+
+class _FromChild:
+    """``sweep``'s end of the pipe: progress lines passed on, results and the outcome kept."""
+
+    def __init__(self, fd: int, progress: Callable[[str], None]) -> None:
+        self.fh = os.fdopen(fd, encoding="utf-8")
+        self.progress = progress
+        self.results: list[RunResult] = []
+        self.failure: dict | None = None
+        self.done = False
+
+    def read(self, *, quiet: bool = False) -> None:
+        """Until the child says it is done or ends; ``quiet``: a failing ``progress`` is ignored."""
+        for line in self.fh:
+            message = json.loads(line)
+            if "progress" in message:
+                try:
+                    self.progress(message["progress"])
+                except Exception:
+                    if not quiet:
+                        raise
+            elif "result" in message:
+                self.results.append(RunResult(**message["result"]))
+            elif "error" in message:
+                self.failure = message["error"]
+            elif message.get("done"):
+                self.done = True
+                return
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _interrupt(proc: subprocess.Popen, child: _FromChild) -> None:
+    """Interrupt the child like Ctrl-C and follow it until it has removed its lab; a second
+    Ctrl-C must not leave that clean-up half way (a second SIGTERM leaves it going on alone)."""
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        child.read(quiet=True)
+        proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+
+
+def _error_from_child(failure: dict) -> errors.CloudmigError:
+    cls = errors.by_name(failure.get("type", "")) or errors.CloudmigError
+    try:
+        exc = cls(failure.get("message", ""), hint=failure.get("hint"))
+    except TypeError:
+        exc = errors.CloudmigError(f"{failure.get('type')}: {failure.get('message')}", hint=failure.get("hint"))
+    exc.remote_traceback = failure.get("traceback", "")  # type: ignore[attr-defined]  (--debug shows it)
+    return exc
+
+
+def _config_to_json(cfg: Config) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def _config_from_json(data: dict) -> Config:
+    cfg = Config(**data)
+    cfg.out_dir, cfg.state_dir = Path(cfg.out_dir), Path(cfg.state_dir)
+    return cfg
+
+
+def _sweep_in_lab(cfg: Config, progress: Callable[[str], None],
+                  on_result: Callable[[RunResult], None]) -> None:
+    """The sweep itself, in a process whose environment names the bench's lab."""
     index = 0
     for wan_rate in cfg.wan_rates:
         # the lab shapes its links at creation: one lab per WAN rate
@@ -190,10 +326,9 @@ def sweep(cfg: Config, progress: Callable[[str], None] = lambda line: None) -> l
                             index += 1
                             r = run_one(cfg, addresses, mode=mode, memory_mib=memory_mib,
                                         dirty_mibps=dirty, wan_rate=wan_rate, rep=rep, index=index)
-                            results.append(r)
+                            on_result(r)
                             progress(_summary(r))
         progress(f"lab {cfg.lab_id} removed")
-    return results
 
 
 def _summary(r: RunResult) -> str:
@@ -202,3 +337,64 @@ def _summary(r: RunResult) -> str:
     return (f"{r.mode:<8} {r.memory_mib:>5} MiB dirty {r.dirty_mibps:g} MiB/s WAN {r.wan_rate or '-'}: "
             f"freeze {r.freeze_ms:.0f} ms, longest wait {r.client_longest_wait_ms:.0f} ms, "
             f"total {r.total_ms:.0f} ms, state {r.state}")
+
+
+class _Pipe:
+    """The child's end of the pipe to ``sweep``: one JSON object per line."""
+
+    def __init__(self, fd: int) -> None:
+        self.fh = os.fdopen(fd, "w", encoding="utf-8")
+        self.broken = False
+
+    def send(self, **message: Any) -> None:
+        self.fh.write(json.dumps(message, default=str) + "\n")
+        self.fh.flush()
+
+    def send_if_read(self, **message: Any) -> None:
+        """For progress lines (they also come during the lab's clean-up, which must go on if
+        ``sweep`` is gone) and the last message."""
+        if self.broken:
+            return
+        try:
+            self.send(**message)
+        except OSError:
+            self.broken = True
+            log.warning("the bench's parent process stopped listening; the lab is removed all the same")
+
+    def progress(self, line: str) -> None:
+        self.send_if_read(progress=line)
+
+    def result(self, r: RunResult) -> None:
+        self.send(result=dataclasses.asdict(r))       # no reader: the sweep stops (and cleans up)
+
+
+def _interrupted_when_parent_dies(parent_pid: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG): %s", os.strerror(ctypes.get_errno()))
+    if os.getppid() != parent_pid:          # it died before prctl
+        raise KeyboardInterrupt
+
+
+def _child_main(argv: list[str]) -> int:
+    """``python -m cloudmig.bench.runner FD REQUEST``: the child ``sweep`` starts."""
+    fd, request = int(argv[0]), json.loads(argv[1])
+    cloudmig_log.setup(verbose=request["debug"])
+    # sweep interrupts this process with SIGINT, even if it was started with SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    pipe = _Pipe(fd)
+    try:
+        _interrupted_when_parent_dies(request["parent_pid"])
+        _sweep_in_lab(_config_from_json(request["config"]), pipe.progress, pipe.result)
+    except errors.CloudmigError as exc:
+        pipe.send_if_read(error={"type": type(exc).__name__, "message": exc.message, "hint": exc.hint,
+                                 "traceback": traceback.format_exc()})
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    pipe.send_if_read(done=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

@@ -35,10 +35,10 @@ def _server(host: str, host_dir: Path, token_file: Path, cgroup_parent: str,
         raise errors.ConfigError(f"The agent token file {token_file} must be mode 0600.",
                                  hint=f"chmod 600 {token_file}")
     host_dir.mkdir(parents=True, exist_ok=True)
-    from cloudmig.runtime import checkpoint
-    checkpoint.ensure_kdat_cache()
-    checkpoint.ensure_favordynmods()
-    handlers = ops.Host(host=host, host_dir=host_dir, cgroup_parent=cgroup_parent,
+    from cloudmig.runtime import criu
+    criu.ensure_kdat_cache()
+    criu.ensure_favordynmods()
+    handlers = ops.AgentOps(host=host, host_dir=host_dir, cgroup_parent=cgroup_parent,
                         netns_prefix=netns_prefix).handlers()
     return server.AgentServer(token=token, handlers=handlers)
 

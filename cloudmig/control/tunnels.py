@@ -10,10 +10,11 @@ source address, because replies for clients of forwarded ports come back through
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from cloudmig import errors, paths
-from cloudmig.control import agents
+from cloudmig.agent import dial
 from cloudmig.inventory import Inventory, TunnelRecord, tunnel_key
 from cloudmig.network import addressing, wireguard
 
@@ -40,7 +41,18 @@ def get(a: str, b: str, inv: Inventory | None = None) -> TunnelRecord | None:
     return (inv or Inventory()).read().tunnels.get(tunnel_key(a, b))
 
 
-def up(a: str, b: str, inv: Inventory | None = None, *, exist_ok: bool = False) -> TunnelRecord:
+def _clients(session, *records):
+    """Agent clients for ``records``: the session's own channels (kept open), or new ones
+    closed on exit."""
+    stack = contextlib.ExitStack()
+    if session is not None:
+        return stack, [session.agent(r.name).client for r in records]
+    return stack, [stack.enter_context(dial.connect(r)) for r in records]
+
+
+def up(a: str, b: str, inv: Inventory | None = None, *, exist_ok: bool = False,
+       session=None) -> TunnelRecord:
+    """Bring the tunnel a-b up (``session``: over its channels, see cloudmig.control.session)."""
     inv = inv or Inventory()
     if a == b:
         raise errors.ConfigError(f"A tunnel needs two different hosts; got {a} twice.")
@@ -61,7 +73,8 @@ def up(a: str, b: str, inv: Inventory | None = None, *, exist_ok: bool = False) 
                            created_at=time.time())
         data.tunnels[rec.key] = rec  # reserved; removed again if bringing it up fails
     try:
-        with agents.connect(ha) as ag_a, agents.connect(hb) as ag_b:
+        stack, (ag_a, ag_b) = _clients(session, ha, hb)
+        with stack:
             pub_a = ag_a.call("tunnel.key", ifname=rec.iface_a)
             pub_b = ag_b.call("tunnel.key", ifname=rec.iface_b)
             ag_a.call("tunnel.up", ifname=rec.iface_a, listen_port=rec.port_a,
@@ -86,7 +99,7 @@ def _teardown(inv: Inventory, rec: TunnelRecord) -> None:
         if hrec is None:
             continue
         try:
-            with agents.connect(hrec) as agent:
+            with dial.connect(hrec) as agent:
                 agent.call("tunnel.down", ifname=ifname)
         except errors.AgentError:
             pass  # host gone: its namespace (and interface) went with it
@@ -127,7 +140,7 @@ def status(inv: Inventory | None = None) -> list[dict]:
         sides = []
         for host, ifname in ((rec.a, rec.iface_a), (rec.b, rec.iface_b)):
             try:
-                with agents.connect(data.host(host)) as agent:
+                with dial.connect(data.host(host)) as agent:
                     st = agent.call("tunnel.status", ifname=ifname)
                 peer = (st.get("peers") or [{}])[0]
                 sides.append({"host": host, "interface": ifname, "listen_port": st["listen_port"],

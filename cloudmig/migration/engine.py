@@ -1,31 +1,35 @@
-"""The migration state machine, run by the controller through the two hosts' agents.
+"""The migration: a table of phases walked by a short loop, over agents it is handed.
 
-    report = Migration(inv, "db", "h2", mode="postcopy", on_event=print).run()
+    with Session(Inventory()) as session:
+        report = Migration(session, "db", "h2", Mode.POSTCOPY, on_event=print).run()
 
-Phases (each recorded in the report with its timestamps):
+Each phase of ``PHASES`` names what the source and the destination do, its undo, and the
+state the migration reaches; phases marked ``frozen`` make the freeze window (the report's
+``freeze_ms`` runs from the first one's start to the last one's end). A phase's undo is
+pushed *before* its step runs (undo operations are idempotent and also clean up a step that
+failed half way); once the destination resumed (state RESUMED) the stack is dropped: from
+then on the container lives on the destination and failures are reported, never rolled back.
+docs/design.md shows the same table (``phase_table_markdown``; a test keeps them equal).
 
-    preflight -> prepare -> freeze (dump) -> sync -> restore -> switch -> lazy -> cleanup
-
-Failure semantics: anything that fails before the destination resumed rolls back (the
-container resumes on the source as it was; the destination is cleaned up) and raises. After
-the resume, the container's memory lives on two hosts until every page arrived: errors there
-are reported loudly and the source is never cleaned up before the last page.
+The engine never dials a host or reads the inventory: the session (cloudmig.control.session)
+hands it connected agents, brings tunnels up and records the move.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
+import dataclasses
+import enum
 import logging
-import os
-import subprocess
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from cloudmig import errors
-from cloudmig.control import agents, tunnels
-from cloudmig.inventory import ForwardRecord, Inventory, PortMapping
-from cloudmig.migration import preflight
+from cloudmig.agent.api import Agent, Dumped, Mode, Pin, Receiver
+from cloudmig.control import layers
+from cloudmig.control.session import Session
+from cloudmig.migration import events, preflight
+from cloudmig.migration.faults import Fault, Faults
 from cloudmig.migration.report import Report
 
 log = logging.getLogger(__name__)
@@ -33,374 +37,379 @@ log = logging.getLogger(__name__)
 LAZY_POLL_S = 0.2
 LAZY_STALL_WARN_S = 10          # no page moved for this long: say so (tunnel broken?)
 DUMP_EXIT_TIMEOUT_S = 60        # after the last page, the source's dump ends within this
-FAULT_HOOKS_ENV = "CLOUDMIG_FAULT_HOOKS"   # tests: "phase=shell command;..." run before a phase
-
-Event = Callable[..., None]
+FAULT_KILL_WAIT_S = 5           # a fault that kills an agent: its channel closes within this
 
 
-def _no_event(kind: str, **data: Any) -> None:
-    pass
+class State(enum.Enum):
+    NEW = "new"
+    CHECKED = "checked"          # preflight passed; nothing changed yet
+    PREPARED = "prepared"        # destination made, writable layer pre-synced, pins set
+    ARMED = "armed"              # runc and CRIU wait at their gates on both hosts
+    FROZEN = "frozen"            # the source is frozen and dumped
+    RESUMED = "resumed"          # the destination runs the container: no way back
+    SWITCHED = "switched"        # clients reach the destination
+    DRAINED = "drained"          # every lazy page arrived
+    DONE = "done"
+    ROLLED_BACK = "rolled_back"
 
 
-def _pin_key(pin: dict) -> tuple:
-    return (pin["client_ip"], pin["client_port"], pin["service_port"], pin["tunnel_ifname"])
-
-
-def _fault_hook(phase: str) -> str | None:
-    """Failure injection for tests: the shell command given for ``phase``, if any."""
-    for item in filter(None, os.environ.get(FAULT_HOOKS_ENV, "").split(";;")):
-        name, _, command = item.partition("=")
-        if name.strip() == phase:
-            return command
-    return None
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    name: str
+    source: str                  # what the source host does (agent ops, for the docs)
+    destination: str             # what the destination host does
+    step: Callable[["Migration"], None]
+    reaches: State
+    undo: Callable[["Migration"], None] | None = None
+    undo_text: str = ""
+    frozen: bool = False         # inside the freeze window
+    modes: tuple[Mode, ...] = (Mode.POSTCOPY, Mode.STOPCOPY)
 
 
 class Migration:
-    def __init__(self, inv: Inventory, name: str, destination: str, mode: str = "postcopy",
-                 on_event: Event = _no_event) -> None:
-        self.inv, self.name, self.dst_name, self.mode = inv, name, destination, mode
-        self.on_event = on_event
-        data = inv.read()
-        self.container = data.container(name)
-        self.src_name = self.container.host
-        self.report = Report(container=name, source=self.src_name, destination=destination, mode=mode)
-        self._resumed = False
-        self._dumped = False
-        self._armed = False
-        self._pinned: set[tuple] = set()
-        self._dst_touched = False
+    def __init__(self, session: Session, name: str, destination: str, mode: Mode = Mode.POSTCOPY,
+                 on_event: Callable[[events.Event], None] = events.ignore,
+                 faults: Faults | None = None) -> None:
+        self.session, self.name, self.mode, self.on_event = session, name, Mode(mode), on_event
+        self.container = session.container(name)
+        self.src_name, self.dst_name = self.container.host, destination
+        # an unknown destination is refused here; tunnel addresses are known before the tunnel
+        self.src_addr = session.host(self.src_name).overlay_address or ""
+        self.dst_addr = session.host(destination).overlay_address or ""
+        self.faults = faults if faults is not None else Faults.from_env([p.name for p in PHASES])
+        self.report = Report(container=name, source=self.src_name, destination=destination,
+                             mode=self.mode.value)
+        self.state = State.NEW
+        self._undo: list[Phase] = []
+        # learnt on the way (prepare): tunnel ends, the page server's port
+        self.src_if = self.dst_if = ""
+        self.ps_port = 0
+        self.dst_if_by_host: dict[str, str] = {}     # forwarder host -> its tunnel on dst
+        self.forwarder_ifs: dict[str, str] = {}      # forwarder host -> its tunnel to dst
+        self.receivers: dict[str, Receiver] = {}
+        self._pinned: set[Pin] = set()
+        self._pins: concurrent.futures.Future | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=3)
 
-    # ------------------------------------------------------------------ helpers
-    def _phase(self, name: str):
-        command = _fault_hook(name)
-        if command is not None:
-            log.warning("fault hook before %s: %s", name, command)
-            subprocess.run(["sh", "-c", command], env={**os.environ, **self._hook_env()}, check=False)
-        return self.report.phase(name, lambda n, s: self.on_event("phase", name=n, state=s))
+    # ------------------------------------------------------------------ agents
+    @property
+    def src(self) -> Agent:
+        return self.session.agent(self.src_name)
 
-    def _hook_env(self) -> dict[str, str]:
-        data = self.inv.read()
-        env = {"CM_CONTAINER": self.name, "CM_SRC": self.src_name, "CM_DST": self.dst_name}
-        for role, host in (("SRC", self.src_name), ("DST", self.dst_name)):
-            h = data.hosts.get(host)
-            if h:
-                env[f"CM_{role}_AGENT_PID"] = h.agent.get("pid", "")
-                env[f"CM_{role}_NETNS"] = h.resources.get("netns", "")
-                env[f"CM_{role}_OVERLAY"] = h.overlay_address or ""
-        return env
+    @property
+    def dst(self) -> Agent:
+        return self.session.agent(self.dst_name)
 
-    def _agent(self, host: str):
-        return agents.connect(self.inv.read().host(host))
+    @property
+    def phases(self) -> list[Phase]:
+        return [p for p in PHASES if self.mode in p.modes]
 
-    # ------------------------------------------------------------------ run
+    # ------------------------------------------------------------------ the loop
     def run(self) -> Report:
         t0 = time.monotonic()
+        t_freeze = trips_freeze = 0.0
+        resumed = False
         try:
-            self._preflight()
-            try:
-                self._prepare()
-                self._freeze_and_move()
-            except BaseException as exc:
-                self._rollback(exc)
-                raise
-            self._switch()
-            self._lazy_transfer()
-            self._cleanup_source()
+            for phase in self.phases:
+                self._fire(f"before-{phase.name}")
+                if phase.frozen and not t_freeze:
+                    t_freeze, trips_freeze = time.monotonic(), self.session.round_trips()
+                if phase.undo is not None and not resumed:
+                    self._undo.append(phase)
+                try:
+                    with self.report.phase(phase.name, self._phase_event):
+                        phase.step(self)
+                except BaseException as exc:
+                    if self._undo:
+                        self._rollback(exc)
+                    raise
+                self.state = phase.reaches
+                self.report.state = self.state.value
+                if self.state is State.RESUMED:
+                    resumed = True
+                    self._undo.clear()        # the point of no return
+                    self.report.freeze_ms = (time.monotonic() - t_freeze) * 1000
+                    self.report.control_round_trips_in_freeze = self.session.round_trips() - trips_freeze
+                    self.on_event(events.Resumed(self.report.freeze_ms,
+                                                 self.report.control_round_trips_in_freeze))
+                self._fire(f"after-{phase.name}")
             self.report.ok = True
             return self.report
         except errors.CloudmigError as exc:
             self.report.error = str(exc)
             raise
         finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
             self.report.total_ms = (time.monotonic() - t0) * 1000
 
-    # ------------------------------------------------------------------ phases
+    def _phase_event(self, name: str, state: str) -> None:
+        if state == "start":
+            self.on_event(events.PhaseStarted(name))
+        else:
+            self.on_event(events.PhaseEnded(name, self.report.phases[-1].ms))
+
+    def _fire(self, point: str) -> None:
+        def on_side(fault: Fault) -> None:
+            agent = self.src if fault.side == "source" else self.dst
+            peer = self.dst_addr if fault.side == "source" else self.src_addr
+            args = {"address": peer} if fault.action == "block-tcp-to" else {}
+            if fault.action != "kill-agent":
+                agent.fault(fault.action, self.name, **args)
+                return
+            try:
+                agent.fault(fault.action, self.name, **args)
+            except errors.AgentError as exc:       # it may die before it answers
+                log.warning("fault %s: %s", fault, exc)
+            deadline = time.monotonic() + FAULT_KILL_WAIT_S     # dead before the phase begins
+            while agent.client.alive and time.monotonic() < deadline:
+                time.sleep(0.01)
+        self.faults.fire(point, on_side)
+
+    def _rollback(self, cause: BaseException) -> None:
+        """Before the resume: the container goes on at the source, the destination is cleaned."""
+        self.on_event(events.RollingBack(str(cause)))
+        self.report.rolled_back = True
+        problems = []
+        while self._undo:
+            phase = self._undo.pop()
+            try:
+                phase.undo(self)
+            except errors.CloudmigError as exc:
+                problems.append(f"undoing {phase.name} ({phase.undo_text}) failed: {exc}")
+        self.state = State.ROLLED_BACK
+        self.report.state = self.state.value
+        if problems:
+            log.error("rollback incomplete: %s", "; ".join(problems))
+            self.on_event(events.Warning("rollback incomplete: " + "; ".join(problems)))
+
+    # ------------------------------------------------------------------ before the freeze
     def _preflight(self) -> None:
-        with self._phase("preflight"):
-            if self.dst_name == self.src_name:
-                raise errors.PreflightError(f"Container {self.name} already runs on {self.src_name}.",
-                                            hint="Pick another destination host.")
-            data = self.inv.read()
-            dst = data.host(self.dst_name)
-            if dst.state != "ready":
-                raise errors.PreflightError(f"Host {self.dst_name} is {dst.state}, not ready.")
-            with self._agent(self.src_name) as src, self._agent(self.dst_name) as dsta:
-                src_checks = preflight.check_host(self.src_name, src.call("doctor"), self.mode)
-                preflight.check_mode(self.mode, src_checks)
-                preflight.check_host(self.dst_name, dsta.call("doctor"), self.mode)
-                cpu = dsta.call("mig.cpuinfo_check", image_b64=src.call("mig.cpuinfo_dump"))
-                if not cpu["ok"]:
-                    raise errors.PreflightError(
-                        f"Host {self.dst_name}'s CPU lacks features the container may use: {cpu['detail']}",
-                        hint="Pick a destination with the same or a newer CPU.")
-                src_mem = src.call("mig.memory", name=self.name)
-                dst_mem = dsta.call("mig.memory")
-            preflight.check_memory(self.dst_name, src_mem, dst_mem, self.mode)
-            preflight.check_ports(data, self.container, self.dst_name)
-            self.report.memory_bytes = src_mem["rss"]
+        if self.dst_name == self.src_name:
+            raise errors.PreflightError(f"Container {self.name} already runs on {self.src_name}.",
+                                        hint="Pick another destination host.")
+        dst_rec = self.session.host(self.dst_name)
+        if dst_rec.state != "ready":
+            raise errors.PreflightError(f"Host {self.dst_name} is {dst_rec.state}, not ready.")
+        src, dst = self.src, self.dst
+        preflight.check_host(self.src_name, src.doctor(), self.mode.value)
+        preflight.check_host(self.dst_name, dst.doctor(), self.mode.value)
+        lacks = dst.cpu_lacks(src.cpuinfo())
+        if lacks:
+            raise errors.PreflightError(
+                f"Host {self.dst_name}'s CPU lacks features the container may use: {lacks}",
+                hint="Pick a destination with the same or a newer CPU.")
+        src_mem, dst_mem = src.memory(self.name), dst.memory()
+        preflight.check_memory(self.dst_name, src_mem, dst_mem, self.mode.value)
+        preflight.check_ports(self.session.data, self.container, self.dst_name)
+        self.report.memory_bytes = src_mem.rss
 
     def _prepare(self) -> None:
         c = self.container
-        with self._phase("prepare"):
-            self.tunnel = tunnels.up(self.src_name, self.dst_name, self.inv, exist_ok=True)
-            self.src_if = self.tunnel.iface_a if self.tunnel.a == self.src_name else self.tunnel.iface_b
-            self.dst_if = self.tunnel.iface_b if self.tunnel.a == self.src_name else self.tunnel.iface_a
-            data = self.inv.read()
-            self.src_addr = data.host(self.src_name).overlay_address
-            self.dst_addr = data.host(self.dst_name).overlay_address
-            with self._agent(self.src_name) as src, self._agent(self.dst_name) as dst:
-                src.call("tunnel.warm", ifname=self.src_if, peer_address=self.dst_addr)
-                dst.call("tunnel.warm", ifname=self.dst_if, peer_address=self.src_addr)
-                self._dst_touched = True
-                dst.call("mig.dst_prepare", name=self.name, image=c.image, command=c.command,
-                         env=c.env, service_ip=c.service_ip, memory_limit_bytes=c.memory_limit_bytes)
-                # the page server's port, proven reachable from the destination before the freeze
-                self.ps_port = src.call("mig.free_port", address=self.src_addr)
-                src.call("mig.probe_listen", address=self.src_addr, port=self.ps_port)
-                try:
-                    dst.call("mig.probe_connect", address=self.src_addr, port=self.ps_port)
-                finally:
-                    src.call("mig.probe_close", address=self.src_addr, port=self.ps_port)
-                self.report.fs_bytes += self._send(src, dst, "upper", "mig.src_presync")
-                # reply paths on the destination: connections that come in through a tunnel
-                # are answered through it (restored ones are pinned at the freeze)
-                dst.call("net.track_tunnel", ifname=self.dst_if)
-                # runc and CRIU start on both sides now and wait at their gates, and the
-                # destination listens for the freeze's transfers: none of it inside the freeze
-                self._armed = True
-                armed = src.call("mig.src_dump_arm", name=self.name, mode=self.mode,
-                                 address=self.src_addr, port=self.ps_port)
-                dst.call("mig.dst_restore_arm", name=self.name, mode=self.mode,
-                         descriptors=armed["descriptors"])
-                self.receivers = {what: dst.call("mig.dst_receive", name=self.name, what=what,
-                                                 bind_address=self.dst_addr)
-                                  for what in ("upper", "images")}
-            self.dst_if_by_host = {self.src_name: self.dst_if}
-            self._prepare_forwarders()
-            # the connections of now, pinned before the freeze; the freeze pins only those
-            # that came since (the source lists them while CRIU dumps)
-            with self._agent(self.src_name) as src, self._agent(self.dst_name) as dst:
-                self._pin(dst, self._pins(src.call("net.connections", service_ip=c.service_ip)))
+        t = self.session.tunnel(self.src_name, self.dst_name)
+        forward = t.a == self.src_name
+        self.src_if, self.dst_if = (t.iface_a, t.iface_b) if forward else (t.iface_b, t.iface_a)
+        src, dst = self.src, self.dst
+        src.tunnel.warm(self.src_if, self.dst_addr)
+        dst.tunnel.warm(self.dst_if, self.src_addr)
+        self._send_layers()
+        dst.incoming.prepare(self.name, self.mode, image=c.image, command=c.command, env=c.env,
+                             service_ip=c.service_ip, memory_limit_bytes=c.memory_limit_bytes,
+                             layers=c.layers)
+        # the page server's port, proven reachable from the destination before the freeze
+        self.ps_port = src.probe.free_port(self.src_addr)
+        src.probe.listen(self.src_addr, self.ps_port)
+        try:
+            dst.probe.connect(self.src_addr, self.ps_port)
+        finally:
+            src.probe.close(self.src_addr, self.ps_port)
+        rx = dst.incoming.receive(self.name, "upper", self.dst_addr)
+        self.report.fs_bytes += src.outgoing.presync(self.name, self.mode, rx, self.dst_addr).bytes
+        dst.incoming.receive_wait(self.name, "upper")
+        # reply paths on the destination: connections that come in through a tunnel are
+        # answered through it (restored ones are pinned)
+        dst.net.track_tunnel(self.dst_if)
+        self.dst_if_by_host = {self.src_name: self.dst_if}
+        self._prepare_forwarders()
+        # the connections of now, pinned before the freeze; the freeze pins only those that
+        # came since (the source lists them while CRIU dumps)
+        self._pin(dst, src.net.connections(c.service_ip))
 
-    def _pins(self, connections: list[dict]) -> list[dict]:
-        """Each TCP connection the container carries goes on answering through the host whose
-        NAT it belongs to: the source itself, or the forwarder whose tunnel it came in by."""
-        peer_of_iface = {}
-        for t in self.inv.read().tunnels.values():
-            if t.a == self.src_name:
-                peer_of_iface[t.iface_a] = t.b
-            elif t.b == self.src_name:
-                peer_of_iface[t.iface_b] = t.a
-        pins = []
-        for conn in connections:
-            owner = peer_of_iface.get(conn["via_tunnel"] or "", self.src_name)
-            pins.append({"client_ip": conn["client_ip"], "client_port": conn["client_port"],
-                         "service_port": conn["service_port"],
-                         "tunnel_ifname": self.dst_if_by_host.get(owner, self.dst_if)})
-        return pins
+    def _send_layers(self) -> None:
+        """The image layers the destination lacks, from the source through the tunnel."""
+        self.report.layers_bytes = layers.copy_between(self.src.client, self.dst.client,
+                                                       self.container.layers, self.dst_addr)
 
-    def _pin(self, dst, pins: list[dict]) -> None:
-        """Pin on the destination what is not pinned there yet (pins are inert until the
-        switch: nothing reaches the service IP there before it)."""
-        new = [p for p in pins if _pin_key(p) not in self._pinned]
+    def _prepare_forwarders(self) -> None:
+        """Hosts the container lived on before keep forwarding to it: give each a (warm)
+        tunnel to the new home now, so the switch only changes a route."""
+        for fwd in self.container.forwards:
+            if fwd.host in (self.dst_name, self.src_name):
+                continue
+            t = self.session.tunnel(fwd.host, self.dst_name)
+            f_if, d_if = (t.iface_a, t.iface_b) if t.a == fwd.host else (t.iface_b, t.iface_a)
+            self.dst.net.track_tunnel(d_if)
+            self.forwarder_ifs[fwd.host] = f_if
+            self.dst_if_by_host[fwd.host] = d_if
+
+    def _pin(self, dst: Agent, connections) -> None:
+        """Each TCP connection goes on answering through the host whose NAT it belongs to: the
+        source itself, or the forwarder whose tunnel it came in by. Pinned on the destination
+        where not pinned yet (inert until the switch: nothing reaches the service IP there)."""
+        peers = self.session.tunnel_peers(self.src_name)
+        pins = [Pin(client_ip=conn.client_ip, client_port=conn.client_port, service_port=conn.service_port,
+                    tunnel_ifname=self.dst_if_by_host.get(peers.get(conn.via_tunnel or "", self.src_name),
+                                                          self.dst_if))
+                for conn in connections]
+        new = [p for p in pins if p not in self._pinned]
         if new:
-            dst.call("net.pin_replies", service_ip=self.container.service_ip, connections=new)
-            self._pinned.update(_pin_key(p) for p in new)
+            dst.net.pin_replies(self.container.service_ip, new)
+            self._pinned.update(new)
 
-    def _send(self, src, dst, what: str, op: str) -> int:
-        rx = dst.call("mig.dst_receive", name=self.name, what=what, bind_address=self.dst_addr)
-        sent = src.call(op, name=self.name, address=self.dst_addr, port=rx["port"], token=rx["token"])
-        dst.call("mig.dst_receive_wait", name=self.name, what=what)
-        return int(sent["bytes"])
+    def _arm(self) -> None:
+        """runc and CRIU start on both sides and wait at their gates, and the destination
+        listens for the freeze's transfers: none of it inside the freeze."""
+        descriptors = self.src.outgoing.arm(self.name, self.src_addr, self.ps_port)
+        self.dst.incoming.arm(self.name, descriptors)
+        self.receivers = {what: self.dst.incoming.receive(self.name, what, self.dst_addr)
+                          for what in ("upper", "images")}
 
-    def _push(self, src, what: str, op: str) -> int:
-        """Send into the receiver the destination opened before the freeze."""
-        rx = self.receivers[what]
-        sent = src.call(op, name=self.name, address=self.dst_addr, port=rx["port"], token=rx["token"])
-        return int(sent["bytes"])
+    # ------------------------------------------------------------------ the freeze
+    def _dump(self) -> None:
+        dumped: Dumped = self.src.outgoing.checkpoint(self.name, self.container.service_ip)
+        breakdown = self.report.freeze_breakdown_ms
+        breakdown["dump"] = self.report.phases[-1].ms
+        breakdown.update({f"dump.{k}": v for k, v in dumped.steps_ms.items()})
+        # connections that came since the prepare only need their pins before the switch:
+        # alongside the sync and the restore
+        self._pins = self._pool.submit(self._timed, "pins", lambda: self._pin(self.dst, dumped.connections))
 
-    def _timed(self, key: str, fn: Callable[[], Any]) -> Any:
+    def _sync(self) -> None:
+        """The writable layer's last changes and CRIU's images, at once, into the receivers
+        the destination opened before the freeze (its restore waits for them)."""
+        src, rx = self.src.outgoing, self.receivers
+        fs = self._pool.submit(self._timed, "fs_sync",
+                               lambda: src.final_sync(self.name, rx["upper"], self.dst_addr))
+        images = self._pool.submit(self._timed, "images",
+                                   lambda: src.send_images(self.name, rx["images"], self.dst_addr))
+        self.report.fs_bytes += fs.result().bytes
+        self.report.images_bytes = images.result().bytes
+
+    def _restore(self) -> None:
+        restored = self.dst.incoming.restore(self.name, self.src_addr, self.ps_port)
+        breakdown = self.report.freeze_breakdown_ms
+        breakdown["restore"] = self.report.phases[-1].ms
+        breakdown["restore.agent"] = restored.restore_ms
+        breakdown.update({f"restore.{k}": v for k, v in restored.steps_ms.items()})
+        if self._pins is not None:
+            self._pins.result()
+
+    def _timed(self, key: str, fn: Callable):
         t = time.monotonic()
         try:
             return fn()
         finally:
             self.report.freeze_breakdown_ms[key] = (time.monotonic() - t) * 1000
 
-    def _freeze_and_move(self) -> None:
-        breakdown = self.report.freeze_breakdown_ms
-        with contextlib.ExitStack() as stack:
-            # every agent connection the freeze uses is opened before it (over SSH each one
-            # is a new session): the main pair, one per transfer, and a pair for the pins
-            src, dst, src_fs, src_images, pins_dst = (
-                stack.enter_context(self._agent(h)) for h in (
-                    self.src_name, self.dst_name, self.src_name, self.src_name, self.dst_name))
-            t_freeze = time.monotonic()
-            with self._phase("freeze") as ph:
-                self._dumped = True
-                dump = src.call("mig.src_checkpoint", name=self.name, mode=self.mode,
-                                address=self.src_addr, port=self.ps_port,
-                                service_ip=self.container.service_ip)
-                breakdown["dump"] = ph.ms
-                breakdown.update({f"dump.{k}": v for k, v in dump.get("steps_ms", {}).items()})
-            # three independent moves, each on its own connections: the writable layer's last
-            # changes and CRIU's images (into receivers the destination opened before the
-            # freeze; its restore waits for them), and the pins of connections that came
-            # since the prepare, which only need to be in place before the switch
-            with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
-                pins = pool.submit(self._timed, "pins",
-                                   lambda: self._pin(pins_dst, self._pins(dump["connections"])))
-                with self._phase("sync"):
-                    fs = pool.submit(self._timed, "fs_sync", lambda: self._push(src_fs, "upper", "mig.src_final_sync"))
-                    images = pool.submit(self._timed, "images",
-                                         lambda: self._push(src_images, "images", "mig.src_send_images"))
-                    self.report.fs_bytes += fs.result()
-                    self.report.images_bytes = images.result()
-                with self._phase("restore") as ph:
-                    restored = dst.call("mig.dst_restore", name=self.name, mode=self.mode,
-                                        page_server=self.src_addr, port=self.ps_port)
-                    breakdown["restore"] = ph.ms
-                    breakdown["restore.agent"] = restored.get("restore_ms", 0.0)
-                    breakdown.update({f"restore.{k}": v for k, v in restored.get("steps_ms", {}).items()})
-                t_resumed = time.monotonic()
-                pins.result()
-            self._resumed = True
-            self.report.freeze_ms = (t_resumed - t_freeze) * 1000
-            self.on_event("resumed", freeze_ms=self.report.freeze_ms, dump=dump)
+    # ------------------------------------------------------------------ undo
+    def _abort_destination(self) -> None:
+        self.session.revive(self.dst_name).incoming.abort(self.name, self.container.service_ip)
 
+    def _disarm_source(self) -> None:
+        self.session.revive(self.src_name).outgoing.disarm(self.name)
+
+    def _resume_source(self) -> None:
+        self.session.revive(self.src_name).outgoing.rollback(self.name, self.mode,
+                                                             self.container.service_ip)
+
+    # ------------------------------------------------------------------ after the resume
     def _switch(self) -> None:
-        c = self.container
-        with self._phase("switch"):
-            with self._agent(self.src_name) as src, self._agent(self.dst_name) as dst:
-                # clients of the source's public address now reach the destination: both
-                # hosts switch at once (a packet that beats the destination's unlock is
-                # dropped and retransmitted, as during the freeze)
-                with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-                    live = pool.submit(dst.call, "mig.dst_go_live", name=self.name, service_ip=c.service_ip)
-                    src.call("net.route_service", service_ip=c.service_ip, ifname=self.src_if)
-                    live.result()
-                if self.mode == "postcopy":
-                    src.call("mig.src_isolate", name=self.name)
-                data = self.inv.read()
-                dst_pub = data.host(self.dst_name).public_address
-                for p in c.ports:
-                    dst.call("net.publish", owner=self.name, public_ip=dst_pub, host_port=p.host_port,
-                             service_ip=c.service_ip, container_port=p.container_port, proto=p.proto)
-            self._reroute_forwarders()
-            self._record_move()
-
-    def _prepare_forwarders(self) -> None:
-        """Hosts the container lived on before keep forwarding to it: give each a (warm)
-        tunnel to the new home now, so the switch only changes a route."""
-        self.forwarder_ifs: dict[str, str] = {}
-        for fwd in self.container.forwards:
-            if fwd.host in (self.dst_name, self.src_name):
-                continue
-            t = tunnels.up(fwd.host, self.dst_name, self.inv, exist_ok=True)
-            f_if, d_if = (t.iface_a, t.iface_b) if t.a == fwd.host else (t.iface_b, t.iface_a)
-            with self._agent(self.dst_name) as dst:
-                dst.call("net.track_tunnel", ifname=d_if)
-            self.forwarder_ifs[fwd.host] = f_if
-            self.dst_if_by_host[fwd.host] = d_if
-
-    def _reroute_forwarders(self) -> None:
+        c, src, dst = self.container, self.src, self.dst
+        # clients of the source's public address now reach the destination: both hosts
+        # switch at once (a packet that beats the destination's unlock is dropped and
+        # retransmitted, as during the freeze)
+        live = self._pool.submit(dst.incoming.go_live, self.name, c.service_ip)
+        src.net.route_service(c.service_ip, ifname=self.src_if)
+        live.result()
+        if self.mode.lazy:
+            src.outgoing.isolate(self.name)
+        dst_pub = self.session.host(self.dst_name).public_address or ""
+        for p in c.ports:
+            dst.net.publish(owner=self.name, public_ip=dst_pub, host_port=p.host_port,
+                            service_ip=c.service_ip, container_port=p.container_port, proto=p.proto)
         for host, f_if in self.forwarder_ifs.items():
-            with self._agent(host) as f:
-                f.call("net.route_service", service_ip=self.container.service_ip, ifname=f_if)
+            self.session.agent(host).net.route_service(c.service_ip, ifname=f_if)
+        forwards = self.session.record_move(self.name, self.src_name, self.dst_name)
+        self.on_event(events.Switched(forwards))
 
-    def _record_move(self) -> None:
-        with self.inv.transaction() as data:
-            rec = data.containers[self.name]
-            forwards = {f.host: f for f in rec.forwards if f.host != self.dst_name}
-            if rec.ports:
-                forwards[self.src_name] = ForwardRecord(
-                    host=self.src_name, ports=[PortMapping(**p.model_dump()) for p in rec.ports])
-            rec.forwards = list(forwards.values())
-            rec.host = self.dst_name
-            rec.state = "running"
-        self.on_event("switched", forwards=[f.host for f in self.inv.read().container(self.name).forwards])
+    def _lazy(self) -> None:
+        dst = self.dst
+        t0 = last_change = time.monotonic()
+        last_copied = -1
+        while True:
+            prog = dst.incoming.lazy_progress(self.name)
+            self.on_event(events.LazyMoved(prog, time.monotonic() - t0))
+            if prog.done:
+                break
+            if prog.copied_pages != last_copied:
+                last_copied, last_change = prog.copied_pages, time.monotonic()
+            elif time.monotonic() - last_change > LAZY_STALL_WARN_S:
+                self.on_event(events.Warning(
+                    f"no page arrived for {LAZY_STALL_WARN_S} s; the source keeps serving them "
+                    "until the transfer completes (check `cloudmig tunnel status`)"))
+                last_change = time.monotonic()
+            time.sleep(LAZY_POLL_S)
+        final = dst.incoming.finish(self.name)
+        if final.rc not in (0, None):
+            raise errors.LazyPagesError(
+                f"The lazy-pages daemon on {self.dst_name} exited with {final.rc}; the "
+                f"container's memory may be incomplete. The source {self.src_name} keeps its copy.",
+                hint=f"Inspect the migration directory on {self.dst_name}.")
+        self.report.lazy_pages = final.lazy_pages
+        self.report.faulted_pages = final.faulted_pages
+        self.report.pushed_pages = final.pushed_pages
+        self.report.page_size = final.page_size
 
-    def _lazy_transfer(self) -> None:
-        if self.mode != "postcopy":
-            return
-        with self._phase("lazy"):
-            last_copied, last_change = -1, time.monotonic()
-            with self._agent(self.dst_name) as dst:
-                while True:
-                    prog = dst.call("mig.dst_lazy_progress", name=self.name)
-                    self.on_event("lazy", **prog)
-                    if prog.get("done"):
-                        break
-                    if prog.get("copied_pages", 0) != last_copied:
-                        last_copied, last_change = prog.get("copied_pages", 0), time.monotonic()
-                    elif time.monotonic() - last_change > LAZY_STALL_WARN_S:
-                        self.on_event("warning", message=(
-                            f"no page arrived for {LAZY_STALL_WARN_S} s; the source keeps serving "
-                            "them until the transfer completes (check `cloudmig tunnel status`)"))
-                        last_change = time.monotonic()
-                    time.sleep(LAZY_POLL_S)
-                final = dst.call("mig.dst_wait_lazy", name=self.name)
-            if final.get("rc") not in (0, None):
-                raise errors.LazyPagesError(
-                    f"The lazy-pages daemon on {self.dst_name} exited with {final['rc']}; the "
-                    f"container's memory may be incomplete. The source {self.src_name} keeps its copy.",
-                    hint=f"Inspect the migration directory on {self.dst_name}.")
-            with self._agent(self.src_name) as src:
-                dump = src.call("mig.src_wait_dump", name=self.name, timeout_s=DUMP_EXIT_TIMEOUT_S)
-            self.report.lazy_pages = int(final.get("lazy_pages", 0))
-            self.report.faulted_pages = int(final.get("faulted_pages", 0))
-            self.report.pushed_pages = int(final.get("pushed_pages", 0))
-            stats = dump.get("stats") or {}
-            self.report.dumped_pages = int(stats.get("pages_written", 0))
+    def _cleanup(self) -> None:
+        src = self.src
+        end = src.outgoing.wait_dump(self.name, timeout_s=DUMP_EXIT_TIMEOUT_S if self.mode.lazy else None)
+        self.report.dumped_pages = int(end.stats.get("pages_written", 0))
+        if not self.mode.lazy:
+            self.dst.incoming.finish(self.name)
+        src.outgoing.finish(self.name, self.container.service_ip)
 
-    def _cleanup_source(self) -> None:
-        with self._phase("cleanup"):
-            with self._agent(self.src_name) as src:
-                if self.mode == "stopcopy":
-                    dump = src.call("mig.src_wait_dump", name=self.name)
-                    self.report.dumped_pages = int((dump.get("stats") or {}).get("pages_written", 0))
-                src.call("mig.src_finish", name=self.name, service_ip=self.container.service_ip)
 
-    # ------------------------------------------------------------------ failure
-    def _rollback(self, cause: BaseException) -> None:
-        """Before the resume: the container goes on at the source, the destination is cleaned."""
-        self.on_event("rollback", reason=str(cause))
-        self.report.rolled_back = True
-        problems = []
-        if self._armed and not self._dumped:
-            try:
-                with self._agent(self.src_name) as src:
-                    src.call("mig.src_dump_disarm", name=self.name)
-            except errors.CloudmigError as exc:
-                problems.append(f"calling off the dump on {self.src_name} failed: {exc}")
-        if self._dumped:
-            try:
-                with self._agent(self.src_name) as src:
-                    src.call("mig.src_rollback", name=self.name, mode=self.mode,
-                             service_ip=self.container.service_ip)
-            except errors.CloudmigError as exc:
-                problems.append(f"resuming on {self.src_name} failed: {exc}")
-        if self._dst_touched:
-            try:
-                self._dst_abort()
-            except errors.CloudmigError as exc:
-                problems.append(f"cleaning {self.dst_name} failed: {exc}")
-        if problems:
-            log.error("rollback incomplete: %s", "; ".join(problems))
-            self.on_event("warning", message="rollback incomplete: " + "; ".join(problems))
+PHASES: tuple[Phase, ...] = (
+    Phase("preflight", "doctor, CPU features, memory", "doctor, CPU check, free memory and ports",
+          Migration._preflight, State.CHECKED),
+    Phase("prepare", "tunnel; layers and writable layer sent; connections listed",
+          "tunnel; netns, bundle (locked); receives; reply pins", Migration._prepare, State.PREPARED,
+          undo=Migration._abort_destination, undo_text="incoming.abort: destination cleaned"),
+    Phase("arm", "runc checkpoint + CRIU wait at their gate", "runc restore + CRIU wait; receivers open",
+          Migration._arm, State.ARMED,
+          undo=Migration._disarm_source, undo_text="outgoing.disarm: the armed dump called off"),
+    Phase("dump", "lock, freeze, CRIU dump (page server up)", "pins of new connections",
+          Migration._dump, State.FROZEN, frozen=True,
+          undo=Migration._resume_source, undo_text="outgoing.rollback: thawed or restored, unlocked"),
+    Phase("sync", "writable layer's changes and CRIU images sent", "received",
+          Migration._sync, State.FROZEN, frozen=True),
+    Phase("restore", "serves pages", "mount, lazy-pages daemon, CRIU restore", Migration._restore,
+          State.RESUMED, frozen=True),
+    Phase("switch", "service IP into the tunnel; source copy isolated", "routed, unlocked, ports published",
+          Migration._switch, State.SWITCHED),
+    Phase("lazy", "page server", "faulted and pushed pages until the last", Migration._lazy,
+          State.DRAINED, modes=(Mode.POSTCOPY,)),
+    Phase("cleanup", "dump ends; container removed, ports kept (forwarding)", "migration files removed",
+          Migration._cleanup, State.DONE),
+)
 
-    def _dst_abort(self) -> None:
-        record = self.inv.read().host(self.dst_name)
-        try:
-            client = agents.connect(record)
-        except errors.AgentError:
-            # the destination's agent died: ask its provider to restart it, then clean up
-            from cloudmig import providers
-            provider = providers.load(record.provider)
-            restart = getattr(provider, "restart_agent", None)
-            if restart is None:
-                raise
-            self.on_event("warning", message=f"restarting the agent of {self.dst_name} to clean up")
-            record = restart(record)
-            client = agents.connect(record)
-        with client:
-            client.call("mig.dst_abort", name=self.name, service_ip=self.container.service_ip)
+
+def phase_table_markdown() -> str:
+    """The phase table as docs/design.md shows it."""
+    rows = ["| phase | source | destination | undo (before the resume) | reaches | modes |",
+            "|---|---|---|---|---|---|"]
+    for p in PHASES:
+        modes = "both" if len(p.modes) == 2 else ", ".join(m.value for m in p.modes)
+        name = f"**{p.name}** (frozen)" if p.frozen else f"**{p.name}**"
+        rows.append(f"| {name} | {p.source} | {p.destination} | {p.undo_text or '-'} | "
+                    f"{p.reaches.name} | {modes} |")
+    return "\n".join(rows) + "\n"

@@ -1,11 +1,12 @@
 """Checks before a migration touches anything: refuse with the reason and the fix.
 
-    preflight.check(ctx)     # raises errors.PreflightError
+    preflight.check_memory("h2", src.memory("db"), dst.memory(), "postcopy")   # or PreflightError
 """
 
 from __future__ import annotations
 
 from cloudmig import errors
+from cloudmig.agent.api import Memory
 from cloudmig.control.containers import ports_in_use
 
 MODES = ("postcopy", "stopcopy")
@@ -14,9 +15,11 @@ MEMORY_HEADROOM = 1.2            # the destination needs the container's RSS tim
 MEMORY_FLOOR_BYTES = 64 << 20    # and at least this much on top
 
 
-def check_mode(mode: str, src_checks: dict[str, dict]) -> None:
+def check_mode(mode: str, src_doctor: list[dict]) -> None:
+    """Refuse a mode cloudmig cannot run, saying why (``src_doctor``: the source's checks)."""
     if mode in MODES:
         return
+    src_checks = {c["name"]: c for c in src_doctor}
     if mode in NEEDS_SOFT_DIRTY:
         sd = src_checks.get("soft-dirty", {})
         if sd.get("status") != "pass":
@@ -26,7 +29,7 @@ def check_mode(mode: str, src_checks: dict[str, dict]) -> None:
                 hint="Use --mode postcopy (the default) or stopcopy.")
         raise errors.PreflightError(f"Mode {mode} is not implemented yet.",
                                     hint="Use --mode postcopy (the default) or stopcopy.")
-    raise errors.PreflightError(f"Unknown mode {mode!r}.", hint="Use postcopy or stopcopy.")
+    raise errors.ConfigError(f"--mode {mode!r} is not one of {', '.join(MODES)}.")
 
 
 def check_host(host: str, checks: list[dict], mode: str) -> dict[str, dict]:
@@ -39,16 +42,16 @@ def check_host(host: str, checks: list[dict], mode: str) -> dict[str, dict]:
     return by_name
 
 
-def check_memory(dst: str, src_mem: dict, dst_mem: dict, mode: str) -> None:
-    need = int(src_mem["rss"] * MEMORY_HEADROOM) + MEMORY_FLOOR_BYTES
-    if dst_mem["mem_available"] < need:
+def check_memory(dst: str, src_mem: Memory, dst_mem: Memory, mode: str) -> None:
+    need = int(src_mem.rss * MEMORY_HEADROOM) + MEMORY_FLOOR_BYTES
+    if dst_mem.mem_available < need:
         raise errors.PreflightError(
             f"Host {dst} has {dst_mem['mem_available'] >> 20} MiB available; the container needs "
             f"about {need >> 20} MiB.", hint="Free memory there or pick another destination.")
-    if mode == "stopcopy" and dst_mem["disk_free"] < src_mem["rss"] + MEMORY_FLOOR_BYTES:
+    if mode == "stopcopy" and dst_mem.disk_free < src_mem.rss + MEMORY_FLOOR_BYTES:
         raise errors.PreflightError(
             f"Host {dst} has {dst_mem['disk_free'] >> 20} MiB of free disk; a stop-and-copy "
-            f"image of this container needs about {src_mem['rss'] >> 20} MiB.")
+            f"image of this container needs about {src_mem.rss >> 20} MiB.")
 
 
 def check_ports(data, container, dst: str) -> None:

@@ -36,6 +36,7 @@ class Report:
     ok: bool = False
     error: str | None = None
     rolled_back: bool = False
+    state: str = "new"                  # how far it got (cloudmig.migration.engine.State)
     freeze_ms: float | None = None      # freeze (dump starts) to resume (restore returned)
     total_ms: float | None = None
     memory_bytes: int = 0               # resident memory of the container at preflight
@@ -45,6 +46,9 @@ class Report:
     dumped_pages: int = 0               # pages CRIU wrote into the images (stop-and-copy: all)
     fs_bytes: int = 0                   # writable layer: pre-sync + final sync
     images_bytes: int = 0               # CRIU images sent during the freeze
+    layers_bytes: int = 0               # image layers the destination lacked (prepare)
+    page_size: int = 4096               # the destination's, as its lazy-pages daemon counted
+    control_round_trips_in_freeze: int = 0   # controller -> agent calls inside the freeze
     freeze_breakdown_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     phases: list[PhaseRecord] = dataclasses.field(default_factory=list)
     started_at: float = dataclasses.field(default_factory=time.time)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from cloudmig import errors
-from cloudmig.runtime.container import log_excerpt
+from cloudmig.runtime import criu
 
 READER_TIMEOUT_S = 20        # runc start-up until CRIU opens the config (measured: ~50 ms)
 
@@ -60,9 +60,8 @@ class ConfigGate:
                     raise
             if proc.poll() is not None:
                 self.settle()
-                raise errors.CheckpointError(
-                    f"runc {what} ended before CRIU started: {log_excerpt(log) or 'no output'}",
-                    hint=f"See {log}.")
+                raise criu.failure(errors.CheckpointError, f"runc {what} ended before CRIU started",
+                                   [log], side="this")
             if time.monotonic() > deadline:
                 self.settle()
                 raise errors.CheckpointError(f"CRIU did not start within {timeout_s} s of runc {what}.")

@@ -50,7 +50,7 @@ CRIU_CONFIG_ANNOTATION = "org.criu.config"
 
 def criu_config(masked_empty_dir: str, cgroup_yard: str | None = None) -> str:
     """``cgroup_yard``: the host's cgroup mounts, laid out as CRIU names its controllers
-    (see cloudmig.runtime.container.cgroup_yard); CRIU then mounts no yard of its own. Its
+    (see cloudmig.runtime.mounts.cgroup_yard); CRIU then mounts no yard of its own. Its
     own cgroup2 mount, right after the previous CRIU unmounted one, waited 10-30 ms."""
     lines = ["network-lock skip"]
     if cgroup_yard:

@@ -32,8 +32,11 @@ AGENT_STOP_TIMEOUT_S = 5
 MAX_LAB_HOSTS = 50
 
 
-def host_dir(host: str) -> Path:
-    return paths.state_dir() / "hosts" / host
+def agent_dir(host: str) -> Path:
+    """Where the agent of lab host ``host`` works (its ``--host-dir``: bundles, migrations,
+    mounts). Lab hosts live on this machine, so this is also the directory the controller
+    keeps the host's token, socket and log in: ``paths.host_state_dir(host)``."""
+    return paths.host_state_dir(host)
 
 
 class LabProvider:
@@ -88,7 +91,7 @@ class LabProvider:
         return [f"network namespace {self.topo.host_netns(spec.name)}",
                 f"veth {self.topo.host_veth(spec.name)} on bridge {self.topo.bridge}, "
                 f"public address {self.topo.public_address(idx)}",
-                f"agent on {host_dir(spec.name) / 'agent.sock'}"]
+                f"agent on {paths.host_state_dir(spec.name) / 'agent.sock'}"]
 
     def create_host(self, spec: HostSpec, progress: Progress = _no_progress) -> HostRecord:
         idx = self._index(spec)
@@ -106,7 +109,7 @@ class LabProvider:
         try:
             self.topo.ensure_bridge()
             if self.topo.host_exists(name):  # a leftover of a crashed run
-                cleanup.remove_host(self.topo, name, host_dir(name))
+                cleanup.remove_host(self.topo, name, agent_dir(name))
             rate = int(spec.options["wan_rate_bps"]) if spec.options.get("wan_rate_bps") else None
             self.topo.add_host(name, idx, rate)
             record.agent = self._start_agent(name)
@@ -115,7 +118,7 @@ class LabProvider:
             with self.inv.transaction() as data:
                 data.hosts[name] = record
         except BaseException:
-            cleanup.remove_host(self.topo, name, host_dir(name))
+            cleanup.remove_host(self.topo, name, agent_dir(name))
             with self.inv.transaction() as data:
                 data.hosts.pop(name, None)
             raise
@@ -133,7 +136,7 @@ class LabProvider:
     def destroy_host(self, record: HostRecord, progress: Progress = _no_progress) -> None:
         from cloudmig.control import tunnels  # peers of the host lose their side too
         tunnels.down_all({record.name}, self.inv)
-        cleanup.remove_host(self.topo, record.name, host_dir(record.name))
+        cleanup.remove_host(self.topo, record.name, agent_dir(record.name))
         with self.inv.transaction() as data:
             data.hosts.pop(record.name, None)
             for cname in [c.name for c in data.containers.values() if c.host == record.name]:
@@ -170,13 +173,13 @@ class LabProvider:
         return bool(sock) and self.topo.host_exists(record.name) and probe_unix(sock)
 
     def _start_agent(self, name: str, new_token: bool = True) -> dict[str, str]:
-        d = paths.ensure_private_dir(host_dir(name))
+        d = paths.ensure_private_dir(paths.host_state_dir(name))
         token_file, sock, log_file = d / "agent.token", d / "agent.sock", d / "agent.log"
         if new_token or not token_file.exists():
             paths.write_secret(token_file, secrets.token_urlsafe(32))
         argv = ["nsenter", f"--net=/run/netns/{self.topo.host_netns(name)}",
                 sys.executable, "-m", "cloudmig", "agent", "serve", "--host", name,
-                "--host-dir", str(d), "--token-file", str(token_file), "--socket", str(sock),
+                "--host-dir", str(agent_dir(name)), "--token-file", str(token_file), "--socket", str(sock),
                 "--cgroup-parent", f"/cloudmig/{self.topo.lab}-{name}",
                 "--netns-prefix", f"{self.topo.lab}-c-{name}"]
         with open(log_file, "ab") as logf:

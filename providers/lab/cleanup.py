@@ -22,7 +22,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from cloudmig import paths
 from cloudmig.providers import Progress, _no_progress
 from cloudmig.providers.lab.topology import NETNS_DIR, Topology
-from cloudmig.runtime import container as rt
+from cloudmig.runtime import mounts, procs, runc
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,9 @@ def kill_pids(pids: list[int]) -> None:
         if not alive:
             return
         deadline = time.monotonic() + KILL_GRACE_S
-        while time.monotonic() < deadline and any(rt.process_alive(p) for p in alive):
+        while time.monotonic() < deadline and any(procs.process_alive(p) for p in alive):
             time.sleep(0.05)
-        pids = [p for p in alive if rt.process_alive(p)]
+        pids = [p for p in alive if procs.process_alive(p)]
 
 
 def remove_netns(ns_name: str) -> None:
@@ -71,7 +71,7 @@ def remove_netns(ns_name: str) -> None:
         try:
             netns.remove(ns_name)
         except OSError:
-            rt.unmount(NETNS_DIR / ns_name)
+            mounts.unmount(NETNS_DIR / ns_name)
             (NETNS_DIR / ns_name).unlink(missing_ok=True)
 
 
@@ -102,7 +102,7 @@ def remove_host(topo: Topology, host: str, host_dir: Path) -> None:
             kill_pids([int(pid_file.read_text())])
         except ValueError:
             pass
-    runtime = rt.Runtime(host_dir, f"/cloudmig/{topo.lab}-{host}")
+    runtime = runc.Runtime(host_dir, f"/cloudmig/{topo.lab}-{host}")
     for name in runtime.list():
         runtime.stop(name)
     container_prefix = f"{topo.lab}-c-{host}-"
@@ -110,7 +110,7 @@ def remove_host(topo: Topology, host: str, host_dir: Path) -> None:
         remove_netns(ns)
     kill_pids(pids_in_netns(topo.host_netns(host)))
     # 2. mounts and files of the host
-    rt.unmount_under(host_dir)
+    mounts.unmount_under(host_dir)
     shutil.rmtree(host_dir, ignore_errors=True)
     # 3. wiring and cgroups
     topo.remove_host(host)
@@ -132,7 +132,7 @@ def sweep(topo: Topology, progress: Progress = _no_progress) -> None:
                     pass
     hosts_dir = paths.state_dir() / "hosts"
     if hosts_dir.exists():
-        rt.unmount_under(hosts_dir)
+        mounts.unmount_under(hosts_dir)
         shutil.rmtree(hosts_dir, ignore_errors=True)
     if CGROUP_ROOT.exists():
         for hierarchy in CGROUP_ROOT.iterdir():

@@ -91,7 +91,7 @@ class SshProvider:
         layout = AgentLayout(host=spec.name, root=opts.get("remote_dir", DEFAULT_ROOT),
                              venv=opts.get("remote_venv", DEFAULT_VENV))
         return [f"SSH to {user}@{address} port {opts.get('port', '22')}; its host key pinned in "
-                f"{cloud_host.host_dir(spec.name) / 'known_hosts'}",
+                f"{paths.host_state_dir(spec.name) / 'known_hosts'}",
                 f"cloudmig at {layout.venv} (shipped from this checkout and bootstrapped unless present)",
                 f"agent daemon on {layout.socket} (token {layout.token_file}, 0600)"]
 
@@ -100,7 +100,7 @@ class SshProvider:
         record = cloud_host.reserve(self.inv, spec, opts)
         record.public_address = ip
         layout = layout_of(record)
-        d = paths.ensure_private_dir(cloud_host.host_dir(spec.name))
+        d = paths.ensure_private_dir(paths.host_state_dir(spec.name))
         record.agent = {"ssh_target": f"{user}@{address}", "port": opts.get("port", "22"),
                         "known_hosts": str(d / "known_hosts"), "token_file": str(d / "agent.token"),
                         "remote_token_file": layout.token_file, "remote_socket": layout.socket,
@@ -137,8 +137,8 @@ class SshProvider:
             record.overlay_address = str(addressing.host_address(
                 {h.overlay_address for h in data.hosts.values() if h.overlay_address}))
             data.hosts[name] = record
-        from cloudmig.control import agents
-        with agents.connect(record) as agent:
+        from cloudmig.agent import dial
+        with dial.connect(record) as agent:
             pong = agent.call("ping")
             checks = agent.call("doctor")
         progress(f"{name}: agent answered over the SSH relay (cloudmig {pong.get('version')}, "
@@ -151,10 +151,10 @@ class SshProvider:
         cloud_host.save(self.inv, record)
 
     def describe_host(self, record: HostRecord) -> HostRecord:
-        from cloudmig.control import agents
+        from cloudmig.agent import dial
         copy = record.model_copy()
         try:
-            with agents.connect(record) as agent:
+            with dial.connect(record) as agent:
                 agent.call("ping")
             copy.state = "ready"
         except errors.CloudmigError:
@@ -168,10 +168,11 @@ class SshProvider:
         if not record.agent.get("ssh_target"):
             progress(f"{record.name}: not in the inventory; an adopted machine cannot be swept without it")
             return
-        from cloudmig.control import agents, tunnels
+        from cloudmig.agent import dial
+        from cloudmig.control import tunnels
         tunnels.down_all({record.name}, self.inv)
         try:
-            with agents.connect(record) as agent:
+            with dial.connect(record) as agent:
                 for c in agent.call("container.list"):
                     agent.call("container.remove", name=c["name"])
                     progress(f"{record.name}: container {c['name']} removed")

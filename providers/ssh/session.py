@@ -16,7 +16,7 @@ import threading
 from typing import Callable
 
 from cloudmig import errors
-from cloudmig.control import agents
+from cloudmig.agent import dial
 from cloudmig.inventory import HostRecord
 
 DEFAULT_TIMEOUT_S = 120
@@ -44,7 +44,7 @@ def _ssh_failure(record: HostRecord, stderr: str) -> errors.ProviderError:
     if "IDENTIFICATION HAS CHANGED" in stderr or "Host key verification failed" in stderr:
         return errors.ProviderError(
             f"The SSH host key of {target} is not the one pinned on first adoption "
-            f"({agents.known_hosts_file(record)}).",
+            f"({dial.known_hosts_file(record)}).",
             hint="If the machine was reinstalled, delete its line from that file and adopt it again; "
                  "otherwise someone else answers at that address.", code="ssh-hostkey")
     return errors.ProviderError(
@@ -60,7 +60,7 @@ class Session:
     def run(self, script: str, *, input: bytes | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
             check: bool = True, what: str = "a command", on_line: Callable[[str], None] | None = None) -> Result:
         """Run ``script`` with root's ``sh -c`` on the host; ``on_line`` gets stdout lines as they come."""
-        argv = agents.ssh_argv(self.record, ["sh", "-c", script])
+        argv = dial.ssh_argv(self.record, ["sh", "-c", script])
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=False)
         out_lines: list[str] = []

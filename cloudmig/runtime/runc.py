@@ -1,4 +1,4 @@
-"""Host-local container lifecycle: bundle, overlayfs root, runc. Used by the agent.
+"""Containers on this host: bundle, overlayfs root, runc. Used by the agent.
 
     rt = Runtime(host_dir=Path("/var/lib/cloudmig/hosts/h1"), cgroup_parent="/cloudmig/h1")
     bundle = rt.prepare("web", image="host", command=[...], env={}, netns_path=...)
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from cloudmig import errors, paths
-from cloudmig.runtime import images, spec
+from cloudmig.runtime import images, layer_store, mounts, spec
 
 log = logging.getLogger(__name__)
 
@@ -58,132 +58,14 @@ def _run(argv: list[str], *, timeout: float = RUNC_TIMEOUT_S, check: bool = True
     return res
 
 
-MOUNTINFO = "/proc/self/mountinfo"
-
-
-def mounts(mountinfo: str = MOUNTINFO):
-    """(mount point, fs type, superblock options) of each mount, from ``mountinfo`` (whose
-    optional fields before the "-" vary in number)."""
-    with open(mountinfo) as fh:
-        for line in fh:
-            fields = line.split()
-            sep = fields.index("-")
-            yield fields[4], fields[sep + 1], fields[sep + 3].split(",")
-
-
-def is_mounted(path: Path) -> bool:
-    target = str(path)
-    return any(mountpoint == target for mountpoint, _, _ in mounts())
-
-
-def log_excerpt(path: Path, lines: int = 3) -> str:
-    """The last error lines of a log (or its last lines), joined on one line; "" if unreadable."""
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    errs = [line for line in text if "Error" in line or "error" in line]
-    return " / ".join((errs or text)[-lines:])
-
-
-def process_alive(pid: int) -> bool:
-    """Does ``pid`` exist and is it neither a zombie nor dead?"""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(") ", 1)[1][0] not in "ZX"
-    except (OSError, IndexError):
-        return False
-
-
 def mount_overlay(lowerdirs: list[str], bundle: Bundle) -> None:
     for d in (bundle.upper, bundle.work, bundle.rootfs):
         d.mkdir(parents=True, exist_ok=True)
-    if is_mounted(bundle.rootfs):
+    if mounts.is_mounted(bundle.rootfs):
         return
     opts = f"lowerdir={':'.join(lowerdirs)},upperdir={bundle.upper},workdir={bundle.work}"
     _run(["mount", "-t", "overlay", "overlay", "-o", opts, str(bundle.rootfs)],
          what="mounting the container's overlayfs root")
-
-
-CGROUP_ROOT = "/sys/fs/cgroup"
-
-
-def cgroup_yard(mountinfo: str = MOUNTINFO) -> str | None:
-    """CGROUP_ROOT if its mounts are laid out as CRIU's cgroup yard is (one directory per
-    v1 hierarchy named by its controllers, or by its name= for named ones, and cgroup2 on
-    ``unified``: Debian's hybrid layout), else None (CRIU then mounts a yard itself)."""
-    found = False
-    for mountpoint, fstype, opts in mounts(mountinfo):
-        if fstype not in ("cgroup", "cgroup2"):
-            continue
-        parent, _, leaf = mountpoint.rpartition("/")
-        if parent != CGROUP_ROOT:
-            return None
-        if fstype == "cgroup2":
-            if leaf != "unified":
-                return None
-        else:
-            named = [o[len("name="):] for o in opts if o.startswith("name=")]
-            controllers = [o for o in opts if o in _V1_CONTROLLERS]
-            if leaf != (named[0] if named else ",".join(controllers)):
-                return None
-        found = True
-    return CGROUP_ROOT if found else None
-
-
-def cgroup2_mount(mountinfo: str = MOUNTINFO) -> tuple[str, bool] | None:
-    """(mount point, has favordynmods) of the first cgroup2 hierarchy, or None."""
-    for mountpoint, fstype, opts in mounts(mountinfo):
-        if fstype == "cgroup2":
-            return mountpoint, "favordynmods" in opts
-    return None
-
-
-_V1_CONTROLLERS = {"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "blkio",
-                   "perf_event", "net_prio", "hugetlb", "pids", "rdma", "misc"}
-
-
-def bind_mount(source: Path, target: Path) -> None:
-    """Bind ``source`` on ``target``, privately: on hosts whose mounts are shared (systemd's
-    default) neither this bind nor its later unmount may reach the peers, among them the
-    container's own rootfs mount. Make what is already on ``target`` private first."""
-    _run(["mount", "--bind", "--make-private", str(source), str(target)],
-         what=f"bind-mounting {source} on {target}")
-
-
-def make_private(path: Path) -> None:
-    if is_mounted(path):
-        _run(["mount", "--make-rprivate", str(path)], what=f"making {path} private")
-
-
-def unmount_private(path: Path) -> None:
-    """Unmount everything stacked on ``path``, none of it propagating anywhere."""
-    for _ in range(8):
-        if not is_mounted(path):
-            return
-        make_private(path)
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
-    if is_mounted(path):
-        raise errors.ContainerError(f"Cannot unmount {path}.")
-
-
-def unmount(path: Path) -> None:
-    for _ in range(5):
-        if not is_mounted(path):
-            return
-        subprocess.run(["umount", str(path)], capture_output=True)
-        if not is_mounted(path):
-            return
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
-        time.sleep(0.1)
-
-
-def unmount_under(root: Path) -> None:
-    """Unmount everything mounted below ``root``, deepest first (e.g. what a killed CRIU left)."""
-    prefix = str(root).rstrip("/") + "/"
-    targets = {mountpoint for mountpoint, _, _ in mounts() if mountpoint.startswith(prefix)}
-    for target in sorted(targets, key=len, reverse=True):
-        unmount(Path(target))
 
 
 def find_in_rootfs(rootfs: Path, command: str, path_env: str) -> bool:
@@ -234,9 +116,14 @@ class Runtime:
     # ------------------------------------------------------------------ lifecycle
     def prepare(self, name: str, *, image: str, command: list[str], env: dict[str, str],
                 netns_path: str, memory_limit_bytes: int | None = None,
-                mount_now: bool = True) -> Bundle:
+                mount_now: bool = True, layers: list[str] | None = None) -> Bundle:
         """Make the bundle and (unless ``mount_now`` is False: an incoming migration, whose
-        writable layer arrives first) mount its root and check the command exists."""
+        writable layer arrives first) mount its root and check the command exists.
+
+        The root's read-only part is the image ``layers`` (digests, bottom first), which
+        must be in this host's layer store already; with no layers, ``image`` must be
+        ``host`` (this host's own root). ``image`` is otherwise only a name for messages:
+        a host never opens a path the user gave."""
         b = self.bundle(name)
         if b.root.exists():
             raise errors.ContainerError(f"Container {name!r} already exists on this host.")
@@ -245,16 +132,16 @@ class Runtime:
         paths.ensure_private_dir(self.containers_dir)
         b.root.mkdir()
         try:
-            lowerdirs = images.resolve(image, self.layer_store)
+            lowerdirs = self.lowerdirs(image, layers or [])
             b.masked_empty.mkdir(mode=0o555, exist_ok=True)
-            b.criu_conf.write_text(spec.criu_config(str(b.masked_empty), cgroup_yard()))
+            b.criu_conf.write_text(spec.criu_config(str(b.masked_empty), mounts.cgroup_yard()))
             config = spec.runtime_config(name=name, rootfs=str(b.rootfs), command=command, env=env,
                                          netns_path=netns_path, cgroups_path=self.cgroups_path(name),
                                          memory_limit_bytes=memory_limit_bytes,
                                          criu_config=str(b.criu_conf),
                                          masked_empty_dir=str(b.masked_empty))
             b.config.write_text(json.dumps(config, indent=2))
-            b.meta.write_text(json.dumps({"image": image, "lowerdirs": lowerdirs,
+            b.meta.write_text(json.dumps({"image": image, "layers": layers or [], "lowerdirs": lowerdirs,
                                           "command": command, "env": env}))
             for d in (b.upper, b.work, b.rootfs):
                 d.mkdir(parents=True, exist_ok=True)
@@ -265,6 +152,17 @@ class Runtime:
             self.discard(name)
             raise
         return b
+
+    def lowerdirs(self, image: str, layers: list[str]) -> list[str]:
+        """overlayfs's lower directories (top first) for an image's layers."""
+        if layers:
+            return layer_store.LayerStore(self.layer_store).lowerdirs(layers, image=image)
+        if image == images.HOST_IMAGE:
+            return ["/"]
+        raise errors.ContainerError(
+            f"Image {image!r} came without its layers: a host builds a container's root only "
+            "from layers it was sent, never from a path.",
+            hint="Run the container with `cloudmig run`, which sends them.")
 
     def mount(self, name: str) -> None:
         b = self.bundle(name)
@@ -358,12 +256,12 @@ class Runtime:
     def discard(self, name: str) -> None:
         """Remove the bundle: unmount its root and delete its directory."""
         b = self.bundle(name)
-        unmount(b.rootfs)
+        mounts.unmount(b.rootfs)
         shutil.rmtree(b.root, ignore_errors=True)
 
     def remove(self, name: str) -> None:
         self.stop(name)
         self.discard(name)
         # what runc's restore mounted for CRIU, if a restore was abandoned half-way
-        unmount_under(self.runc_root / name)
+        mounts.unmount_under(self.runc_root / name)
         shutil.rmtree(self.runc_root / name, ignore_errors=True)

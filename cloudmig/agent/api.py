@@ -1,0 +1,265 @@
+"""The agent's operations as typed methods: what the controller calls, and what comes back.
+
+    agent = api.Agent(dial.connect(record))
+    agent.ping().version
+    agent.outgoing.arm("db", mode=Mode.POSTCOPY, address="100.64.0.1", port=27000)
+    agent.incoming.restore("db", page_server="100.64.0.1", port=27000).pid
+
+Each method sends one request over the host's channel (cloudmig.agent.client) under an op name
+written out here and at its handler (search for "outgoing.arm" finds both), and turns the
+answer into the dataclass it names. Results travel as plain JSON (protocol.jsonable).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import enum
+from typing import Any
+
+from cloudmig.agent.client import AgentClient
+from cloudmig.network.pins import Connection, Pin
+
+
+class Mode(str, enum.Enum):
+    """How a migration moves memory."""
+    POSTCOPY = "postcopy"     # resume at once; memory follows on demand and in the background
+    STOPCOPY = "stopcopy"     # dump everything, copy, restore: the baseline
+
+    @property
+    def lazy(self) -> bool:
+        return self is Mode.POSTCOPY
+
+
+# ---------------------------------------------------------------------------------- results
+@dataclasses.dataclass
+class Ping:
+    host: str
+    protocol: int
+    version: str
+    pid: int
+    kernel: str
+
+
+@dataclasses.dataclass
+class Memory:
+    mem_available: int          # bytes this host can still give
+    disk_free: int              # bytes free under the agent's directory
+    rss: int = 0                # resident memory of the container asked about
+
+
+@dataclasses.dataclass
+class Receiver:
+    """A one-time receiver the destination opened on its tunnel address."""
+    port: int
+    token: str
+
+
+@dataclasses.dataclass
+class Sent:
+    bytes: int
+    files: int = 0
+    deleted: int = 0
+
+
+@dataclasses.dataclass
+class Dumped:
+    dump_ms: float
+    steps_ms: dict[str, float]
+    images_bytes: int
+    connections: list[Connection]       # the container's TCP connections at the freeze
+
+
+@dataclasses.dataclass
+class DumpEnd:
+    rc: int | None                      # None: still serving pages when the wait timed out
+    stats: dict[str, Any]               # CRIU's stats-dump entry
+
+
+@dataclasses.dataclass
+class Restored:
+    pid: int
+    restore_ms: float
+    steps_ms: dict[str, float]
+
+
+@dataclasses.dataclass
+class LazyProgress:
+    done: bool
+    lazy_pages: int = 0
+    copied_pages: int = 0
+    faulted_pages: int = 0
+    pushed_pages: int = 0
+    rc: int | None = None               # the lazy-pages daemon's exit status, once done
+    page_size: int = 4096               # of the host that counted the pages
+
+
+def _make(cls, data: dict):
+    return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+# ---------------------------------------------------------------------------------- stubs
+class _Ops:
+    def __init__(self, client: AgentClient) -> None:
+        self._c = client
+
+
+class Outgoing(_Ops):
+    """The source's side of one container's migration (cloudmig.agent.outgoing)."""
+
+    def presync(self, name: str, mode: Mode, rx: Receiver, address: str) -> Sent:
+        """Begin: the writable layer as it is now goes ahead (while the container runs)."""
+        return _make(Sent, self._c.call("outgoing.presync", name=name, mode=mode.value, address=address,
+                                        port=rx.port, token=rx.token))
+
+    def arm(self, name: str, address: str, port: int) -> list[str]:
+        """Start the dump's runc and CRIU (post-copy), waiting at their gate; the container's
+        stdio paths, which the destination's runc needs."""
+        return self._c.call("outgoing.arm", name=name, address=address, port=port)
+
+    def disarm(self, name: str) -> None:
+        self._c.call("outgoing.disarm", name=name)
+
+    def checkpoint(self, name: str, service_ip: str) -> Dumped:
+        d = self._c.call("outgoing.checkpoint", name=name, service_ip=service_ip)
+        d["connections"] = [Connection(**c) for c in d["connections"]]
+        return _make(Dumped, d)
+
+    def final_sync(self, name: str, rx: Receiver, address: str) -> Sent:
+        return _make(Sent, self._c.call("outgoing.final_sync", name=name, address=address,
+                                        port=rx.port, token=rx.token))
+
+    def send_images(self, name: str, rx: Receiver, address: str) -> Sent:
+        return _make(Sent, self._c.call("outgoing.send_images", name=name, address=address,
+                                        port=rx.port, token=rx.token))
+
+    def isolate(self, name: str) -> None:
+        self._c.call("outgoing.isolate", name=name)
+
+    def wait_dump(self, name: str, timeout_s: float | None = None) -> DumpEnd:
+        return _make(DumpEnd, self._c.call("outgoing.wait_dump", name=name, timeout_s=timeout_s))
+
+    def rollback(self, name: str, mode: Mode, service_ip: str) -> None:
+        self._c.call("outgoing.rollback", name=name, mode=mode.value, service_ip=service_ip)
+
+    def finish(self, name: str, service_ip: str) -> None:
+        self._c.call("outgoing.finish", name=name, service_ip=service_ip)
+
+
+class Incoming(_Ops):
+    """The destination's side of one container's migration (cloudmig.agent.incoming)."""
+
+    def prepare(self, name: str, mode: Mode, image: str, command: list[str], env: dict[str, str],
+                service_ip: str, memory_limit_bytes: int | None, layers: list[str]) -> None:
+        self._c.call("incoming.prepare", name=name, mode=mode.value, image=image, command=command,
+                     env=env, service_ip=service_ip, memory_limit_bytes=memory_limit_bytes,
+                     layers=layers)
+
+    def receive(self, name: str, what: str, bind_address: str) -> Receiver:
+        """Open a receiver for ``what`` ("upper" or "images") on the tunnel address."""
+        return _make(Receiver, self._c.call("incoming.receive", name=name, what=what,
+                                            bind_address=bind_address))
+
+    def receive_wait(self, name: str, what: str) -> int:
+        return int(self._c.call("incoming.receive_wait", name=name, what=what))
+
+    def arm(self, name: str, descriptors: list[str]) -> None:
+        self._c.call("incoming.arm", name=name, descriptors=descriptors)
+
+    def restore(self, name: str, page_server: str, port: int) -> Restored:
+        return _make(Restored, self._c.call("incoming.restore", name=name, page_server=page_server,
+                                            port=port))
+
+    def go_live(self, name: str, service_ip: str) -> None:
+        self._c.call("incoming.go_live", name=name, service_ip=service_ip)
+
+    def lazy_progress(self, name: str) -> LazyProgress:
+        return _make(LazyProgress, self._c.call("incoming.lazy_progress", name=name))
+
+    def finish(self, name: str) -> LazyProgress:
+        """Wait for the lazy-pages daemon to end; the migration is complete here."""
+        return _make(LazyProgress, self._c.call("incoming.finish", name=name))
+
+    def abort(self, name: str, service_ip: str) -> None:
+        self._c.call("incoming.abort", name=name, service_ip=service_ip)
+
+
+class Net(_Ops):
+    def route_service(self, service_ip: str, ifname: str | None = None, container: str | None = None) -> None:
+        self._c.call("net.route_service", service_ip=service_ip, ifname=ifname, container=container)
+
+    def track_tunnel(self, ifname: str) -> None:
+        self._c.call("net.track_tunnel", ifname=ifname)
+
+    def connections(self, service_ip: str) -> list[Connection]:
+        return [Connection(**c) for c in self._c.call("net.connections", service_ip=service_ip)]
+
+    def pin_replies(self, service_ip: str, pins: list[Pin]) -> None:
+        self._c.call("net.pin_replies", service_ip=service_ip,
+                     connections=[dataclasses.asdict(p) for p in pins])
+
+    def publish(self, owner: str, public_ip: str, host_port: int, service_ip: str,
+                container_port: int, proto: str) -> None:
+        self._c.call("net.publish", owner=owner, public_ip=public_ip, host_port=host_port,
+                     service_ip=service_ip, container_port=container_port, proto=proto)
+
+
+class Tunnel(_Ops):
+    def warm(self, ifname: str, peer_address: str) -> None:
+        self._c.call("tunnel.warm", ifname=ifname, peer_address=peer_address)
+
+
+class Probe(_Ops):
+    """Before the freeze: prove the page server's port is reachable through the tunnel."""
+
+    def free_port(self, address: str) -> int:
+        return int(self._c.call("probe.free_port", address=address))
+
+    def listen(self, address: str, port: int) -> None:
+        self._c.call("probe.listen", address=address, port=port)
+
+    def connect(self, address: str, port: int) -> None:
+        self._c.call("probe.connect", address=address, port=port)
+
+    def close(self, address: str, port: int) -> None:
+        self._c.call("probe.close", address=address, port=port)
+
+
+class Agent:
+    """A connected agent, as the controller sees it."""
+
+    def __init__(self, client: AgentClient) -> None:
+        self.client = client
+        self.host = client.host
+        self.outgoing = Outgoing(client)
+        self.incoming = Incoming(client)
+        self.net = Net(client)
+        self.tunnel = Tunnel(client)
+        self.probe = Probe(client)
+
+    @property
+    def round_trips(self) -> int:
+        return self.client.round_trips
+
+    def ping(self) -> Ping:
+        return _make(Ping, self.client.call("ping"))
+
+    def doctor(self) -> list[dict]:
+        return self.client.call("doctor")
+
+    def memory(self, name: str | None = None) -> Memory:
+        return _make(Memory, self.client.call("host.memory", name=name))
+
+    def cpuinfo(self) -> bytes:
+        return base64.b64decode(self.client.call("host.cpuinfo"))
+
+    def cpu_lacks(self, cpuinfo: bytes) -> str | None:
+        """None if this host's CPU has every feature recorded in ``cpuinfo``; else why not."""
+        return self.client.call("host.cpu_lacks", image_b64=base64.b64encode(cpuinfo).decode())
+
+    def fault(self, action: str, name: str, **args: Any) -> None:
+        """Tests: do the named fault here (cloudmig.agent.faults)."""
+        self.client.call("fault", action=action, name=name, args=args)
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,68 @@
+"""Faults an agent can do to its own host on request, for the failure tests and the fault
+matrix: named actions in Python, never a shell string from the environment.
+
+    agent.fault("break-images", name="db")           # cloudmig.agent.api.Agent.fault
+
+The controller fires them at named points of the phase table (cloudmig.migration.faults).
+Every op already needs the agent's token, whose holder may run anything as root here; these
+add no power, only a way to fail on cue.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+from typing import TYPE_CHECKING, Any
+
+from cloudmig import errors
+
+if TYPE_CHECKING:
+    from cloudmig.agent.migrations import Migrations
+
+log = logging.getLogger(__name__)
+
+FAULT_TABLE = "cmfault"
+KILL_DELAY_S = 0.05        # the agent answers before it dies, so the caller knows it fired
+
+
+def _kill_agent(ops: "Migrations", name: str) -> None:
+    threading.Timer(KILL_DELAY_S, os.kill, args=(os.getpid(), signal.SIGKILL)).start()
+
+
+def _break_images(ops: "Migrations", name: str) -> None:
+    """CRIU's core images of the incoming migration vanish: its restore must fail."""
+    for img in (ops.ctx.migration_dir(name) / "images").glob("core-*.img"):
+        img.unlink()
+
+
+def _block_tcp_to(ops: "Migrations", name: str, address: str) -> None:
+    """New TCP connections from this host to ``address`` are dropped (the tunnel itself works)."""
+    rules = (f"add table ip {FAULT_TABLE}\n"
+             f"add chain ip {FAULT_TABLE} out {{ type filter hook output priority 0; }}\n"
+             f"add rule ip {FAULT_TABLE} out ip daddr {address} tcp flags & (syn|ack) == syn drop\n")
+    subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True, capture_output=True)
+
+
+def _break_criu_conf(ops: "Migrations", name: str) -> None:
+    """CRIU refuses the container's options: the next dump fails after the freeze."""
+    with open(ops.ctx.runtime.bundle(name).criu_conf, "a") as fh:
+        fh.write("no-such-option\n")
+
+
+ACTIONS = {
+    "kill-agent": _kill_agent,
+    "break-images": _break_images,
+    "block-tcp-to": _block_tcp_to,
+    "break-criu-conf": _break_criu_conf,
+}
+
+
+def run(ops: "Migrations", action: str, name: str, **args: Any) -> None:
+    fn = ACTIONS.get(action)
+    if fn is None:
+        raise errors.ConfigError(f"No fault {action!r}; known: {', '.join(sorted(ACTIONS))}.")
+    log.warning("fault %s for %s %s", action, name, args)
+    fn(ops, name, **args)

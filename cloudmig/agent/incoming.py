@@ -1,0 +1,167 @@
+"""The destination host's side of one container's migration.
+
+    inc = Incoming.prepare(ctx, "db", mode, image=..., layers=[...], ...)   # PREPARED: netns, bundle
+    rx = inc.receive("upper", bind_address)   # receivers on the tunnel address
+    inc.arm(descriptors)                      # ARMED: runc restore waits at its gate
+    inc.restore(page_server, port)            # RESUMED: the container runs here
+    inc.go_live(service_ip)                   # SWITCHED: routed and unlocked
+    inc.finish()                              # DONE: every lazy page arrived
+    inc.abort(service_ip)                     # ROLLED_BACK: nothing of it left here
+
+Until ``go_live`` the restored container stays network-locked: a copy that is rolled back
+must never have said anything to a client.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+from cloudmig import errors
+from cloudmig.agent.api import LazyProgress, Mode, Receiver, Restored
+from cloudmig.agent.side import HostContext, Side, State
+from cloudmig.runtime import lazy_pages, mounts, restore, transfer
+from cloudmig.timing import Steps
+
+LAZY_FINISH_TIMEOUT_S = 3600      # after the last page, the daemon exits at once
+
+
+class Incoming(Side):
+    role = "incoming"
+
+    def __init__(self, ctx: HostContext, name: str, mode: Mode) -> None:
+        super().__init__(ctx, name)
+        self.mode = mode
+        self.receivers: dict[str, transfer.Receiver] = {}
+        self.armed: restore.Restore | None = None
+        self.daemon: lazy_pages.LazyPagesDaemon | None = None
+
+    @classmethod
+    def prepare(cls, ctx: HostContext, name: str, mode: Mode, image: str, command: list[str],
+                env: dict[str, str], service_ip: str, memory_limit_bytes: int | None,
+                layers: list[str]) -> "Incoming":
+        if ctx.runtime.bundle(name).root.exists():
+            raise errors.PreflightError(f"Container {name} already exists on the destination.")
+        # a host the container lived on before keeps forwarding to it until the switch
+        netns_path = ctx.net.create_container_netns(name, service_ip, keep_route=True)
+        # silent until the controller switches the network over
+        ctx.net.lock_container(name)
+        try:
+            ctx.runtime.prepare(name, image=image, layers=layers, command=command, env=env,
+                                netns_path=netns_path, memory_limit_bytes=memory_limit_bytes,
+                                mount_now=False)
+        except BaseException:
+            ctx.net.delete_container_netns(name)
+            raise
+        inc = cls(ctx, name, mode)
+        shutil.rmtree(inc.dir, ignore_errors=True)
+        inc.images.mkdir(parents=True)
+        return inc
+
+    def receive(self, what: str, bind_address: str) -> Receiver:
+        """A receiver for the writable layer ("upper") or CRIU's images ("images")."""
+        self.expect(f"receive {what}", State.PREPARED, State.ARMED)
+        dest = {"upper": self.runtime.bundle(self.name).upper, "images": self.images}[what]
+        rx = transfer.Receiver.start(dest, bind_address)
+        self.receivers[what] = rx
+        return Receiver(port=rx.port, token=rx.token)
+
+    def receive_wait(self, what: str) -> int:
+        """Strict: the transfer into ``what`` must have arrived whole."""
+        rx = self.receivers.pop(what, None)
+        if rx is None:
+            raise errors.MigrationError(f"No transfer of {what} for {self.name} is expected here.")
+        return rx.wait()
+
+    def arm(self, descriptors: list[str]) -> None:
+        """Before the freeze: start runc restore, which sets up and waits at its gate."""
+        self.expect("arm", State.PREPARED)
+        self.armed = restore.Restore.arm(self.runtime, self.name, self.images, self.work("dst"),
+                                         lazy_pages=self.mode.lazy, descriptors=descriptors)
+        self.advance(State.ARMED)
+
+    def restore(self, page_server: str, port: int) -> Restored:
+        """Inside the freeze: the transfers arrived (their receivers were opened before it),
+        the rootfs is mounted, CRIU restores; with lazy pages, the daemon proves it reached
+        the page server (without it the restored copy would fault forever)."""
+        self.expect("restore", State.ARMED)
+        steps = Steps()
+        armed, self.armed = self.armed, None
+        work = self.work("dst")
+        try:
+            with steps("receive"):
+                for what in ("upper", "images"):
+                    rx = self.receivers.pop(what, None)
+                    if rx is not None:
+                        rx.wait()
+            if self.mode.lazy:    # it starts while the rootfs is mounted
+                self.daemon = lazy_pages.LazyPagesDaemon.spawn(self.images, work, page_server, port)
+            with steps("mount"):
+                self.runtime.mount(self.name)
+                armed.bind_rootfs()
+            if self.daemon is not None:
+                with steps("lazy_daemon"):
+                    self.daemon.wait_listening()
+            armed.go(steps)
+            pid = armed.finish(self.daemon, (page_server, port) if self.daemon else None, steps)
+        except BaseException:
+            armed.abort()
+            raise
+        self.advance(State.RESUMED)
+        return Restored(pid=pid, restore_ms=steps.total_ms, steps_ms=steps.ms)
+
+    def go_live(self, service_ip: str) -> None:
+        self.expect("go_live", State.RESUMED)
+        self.net.route_service(service_ip, container=self.name)
+        self.net.unlock_container(self.name)
+        self.advance(State.SWITCHED)
+
+    def lazy_progress(self) -> LazyProgress:
+        self.expect("lazy_progress", State.RESUMED, State.SWITCHED, State.DRAINED, State.DONE)
+        if self.daemon is None:
+            return LazyProgress(done=True, rc=0)
+        return LazyProgress(done=self.daemon.done, rc=self.daemon.proc.poll(),
+                            page_size=lazy_pages.PAGE_SIZE, **self.daemon.stats())
+
+    def finish(self) -> LazyProgress:
+        """Wait for the last lazy page; the migration is complete on this side."""
+        self.expect("finish", State.SWITCHED, State.DRAINED)
+        rc, stats = 0, {}
+        if self.daemon is not None:
+            try:
+                rc = self.daemon.proc.wait(timeout=LAZY_FINISH_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                return LazyProgress(done=False, page_size=lazy_pages.PAGE_SIZE, **self.daemon.stats())
+            stats = self.daemon.stats()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.advance(State.DONE)
+        return LazyProgress(done=True, rc=rc, page_size=lazy_pages.PAGE_SIZE, **stats)
+
+    def abort(self, service_ip: str) -> None:
+        """Undo everything this incoming migration made here."""
+        if self.state in (State.SWITCHED, State.DRAINED, State.DONE):
+            raise errors.MigrationError(f"{self.name} already serves clients on this host; it "
+                                        "cannot be rolled back from here.")
+        if self.armed is not None:
+            self.armed.abort()
+            self.armed = None
+        if self.daemon is not None:
+            self.daemon.kill()
+        for rx in self.receivers.values():
+            rx.cancel()
+        self.receivers.clear()
+        discard(self.ctx, self.name, service_ip)
+        self.advance(State.ROLLED_BACK)
+
+
+def discard(ctx: HostContext, name: str, service_ip: str) -> None:
+    """Remove whatever an incoming migration of ``name`` left here, known to this agent or
+    not (an agent restarted to clean up finds an earlier agent's armed restore and daemon)."""
+    restore.forget_orphans(ctx.runtime, name, ctx.migration_dir(name))
+    # (nothing was published here yet: that happens at the switch; published rules of this
+    # container on this host are those of a forwarder, and stay)
+    ctx.runtime.remove(name)
+    ctx.net.delete_container_netns(name)
+    ctx.net.unpin_replies(service_ip)
+    mounts.unmount_under(ctx.migration_dir(name))      # CRIU's cgroup yard, if a restore was killed
+    shutil.rmtree(ctx.migration_dir(name), ignore_errors=True)

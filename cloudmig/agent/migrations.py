@@ -1,0 +1,198 @@
+"""The agent's migration operations: every migration on this host, as source or destination.
+
+    ops = Migrations(HostContext(runtime, net))
+    ops.handlers()["outgoing.arm"](name="db", mode="postcopy", address=..., port=...)
+
+Each op name is written out in ``handlers`` and in cloudmig.agent.api, where the controller
+calls it. Per-container state between calls (the armed dump, the lazy-pages daemon, open
+receivers) lives in one Outgoing or Incoming object per container, in the agent process; its
+state refuses ops that arrive out of order. The undo ops (``outgoing.disarm``,
+``outgoing.rollback``, ``incoming.abort``) also work for a migration this agent never saw: an
+agent restarted to clean up finds what its predecessor left by its files and processes.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from cloudmig import errors
+from cloudmig.agent import faults
+from cloudmig.agent.api import Memory, Mode
+from cloudmig.agent.incoming import Incoming, discard
+from cloudmig.agent.outgoing import Outgoing, recover
+from cloudmig.agent.side import FINAL, HostContext, Side, State
+from cloudmig.runtime import criu, dump, sockets
+
+PROBE_CONNECT_TIMEOUT_S = 10
+
+
+class Migrations:
+    def __init__(self, ctx: HostContext) -> None:
+        self.ctx = ctx
+        self.outgoing: dict[str, Outgoing] = {}
+        self.incoming: dict[str, Incoming] = {}
+        self._probes: dict[str, socket.socket] = {}
+        self._lock = threading.Lock()
+
+    def handlers(self) -> dict[str, Callable[..., Any]]:
+        out, inc = self._on_outgoing, self._on_incoming
+        return {
+            "host.memory": self.memory,
+            "host.cpuinfo": self.cpuinfo,
+            "host.cpu_lacks": self.cpu_lacks,
+            "probe.free_port": sockets.free_port,
+            "probe.listen": self.probe_listen,
+            "probe.connect": self.probe_connect,
+            "probe.close": self.probe_close,
+            "outgoing.presync": self.outgoing_presync,
+            "outgoing.arm": out(Outgoing.arm),
+            "outgoing.disarm": self.outgoing_disarm,
+            "outgoing.checkpoint": out(Outgoing.checkpoint),
+            "outgoing.final_sync": out(Outgoing.final_sync),
+            "outgoing.send_images": out(Outgoing.send_images),
+            "outgoing.isolate": out(Outgoing.isolate),
+            "outgoing.wait_dump": out(Outgoing.wait_dump),
+            "outgoing.finish": out(Outgoing.finish),
+            "outgoing.rollback": self.outgoing_rollback,
+            "incoming.prepare": self.incoming_prepare,
+            "incoming.receive": inc(Incoming.receive),
+            "incoming.receive_wait": inc(Incoming.receive_wait),
+            "incoming.arm": inc(Incoming.arm),
+            "incoming.restore": inc(Incoming.restore),
+            "incoming.go_live": inc(Incoming.go_live),
+            "incoming.lazy_progress": inc(Incoming.lazy_progress),
+            "incoming.finish": inc(Incoming.finish),
+            "incoming.abort": self.incoming_abort,
+            "fault": self.fault,
+        }
+
+    # ------------------------------------------------------------------ lookups
+    def _on_outgoing(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        def handler(name: str, **args: Any) -> Any:
+            return method(self._find(self.outgoing, "outgoing", name), **args)
+        return handler
+
+    def _on_incoming(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        def handler(name: str, **args: Any) -> Any:
+            return method(self._find(self.incoming, "incoming", name), **args)
+        return handler
+
+    @staticmethod
+    def _find(table: dict[str, Any], role: str, name: str) -> Any:
+        side = table.get(name)
+        if side is None:
+            raise errors.MigrationError(
+                f"No {role} migration of {name} is known on this host (its agent may have "
+                "restarted since the migration began).", hint="Run the migration again.")
+        return side
+
+    def _claim(self, table: dict[str, Side], name: str, make: Callable[[], Side]) -> Any:
+        """A new migration of ``name`` on this side; refused while one is in flight."""
+        with self._lock:
+            old = table.get(name)
+            if old is not None and old.state not in (*FINAL, State.PREPARED):
+                old.expect("a new migration", *FINAL, State.PREPARED)
+        side = make()
+        table[name] = side
+        return side
+
+    # ------------------------------------------------------------------ preflight
+    def memory(self, name: str | None = None) -> Memory:
+        """MemAvailable of this host, free disk under its state, and the container's RSS."""
+        info = {}
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            info[key] = int(rest.split()[0]) * 1024
+        usage = shutil.disk_usage(self.ctx.runtime.host_dir)
+        rss = 0
+        if name:
+            st = self.ctx.runtime.state(name)
+            if st["status"] != "running":
+                raise errors.PreflightError(f"Container {name} is {st['status']} on this host, not running.")
+            rss = _tree_rss(int(st["pid"]))
+        return Memory(mem_available=info.get("MemAvailable", 0), disk_free=usage.free, rss=rss)
+
+    def cpuinfo(self) -> str:
+        return base64.b64encode(criu.cpuinfo_dump(self.ctx.runtime.host_dir / "cpuinfo")).decode()
+
+    def cpu_lacks(self, image_b64: str) -> str | None:
+        return criu.cpuinfo_check(self.ctx.runtime.host_dir / "cpuinfo-incoming", base64.b64decode(image_b64))
+
+    def probe_listen(self, address: str, port: int) -> None:
+        """Listen on ADDRESS:PORT so the other host can prove it reaches it (then close)."""
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((address, port))
+        s.listen(1)
+        self._probes[f"{address}:{port}"] = s
+
+    def probe_connect(self, address: str, port: int) -> float:
+        start = time.monotonic()
+        try:
+            with socket.create_connection((address, port), timeout=PROBE_CONNECT_TIMEOUT_S):
+                pass
+        except OSError as exc:
+            raise errors.PreflightError(
+                f"This host cannot reach {address}:{port} (the page server's address) through "
+                f"the tunnel: {exc}.", hint="Check the tunnel and any firewall between the hosts.") from exc
+        return (time.monotonic() - start) * 1000
+
+    def probe_close(self, address: str, port: int) -> None:
+        s = self._probes.pop(f"{address}:{port}", None)
+        if s:
+            s.close()
+
+    # ------------------------------------------------------------------ the two sides
+    def outgoing_presync(self, name: str, mode: str, address: str, port: int, token: str):
+        out = self._claim(self.outgoing, name, lambda: Outgoing(self.ctx, name, Mode(mode)))
+        return out.presync(address, port, token)
+
+    def outgoing_disarm(self, name: str) -> None:
+        out = self.outgoing.get(name)
+        if out is not None:
+            out.disarm()
+        else:       # armed by an agent that died since
+            dump.forget_orphan(self.ctx.runtime, name, self.ctx.migration_dir(name) / "work-src")
+
+    def outgoing_rollback(self, name: str, mode: str, service_ip: str) -> None:
+        out = self.outgoing.get(name)
+        if out is not None:
+            out.rollback(service_ip)
+        else:
+            recover(self.ctx, name, Mode(mode), service_ip, known=False)
+
+    def incoming_prepare(self, name: str, mode: str, **args: Any) -> None:
+        self._claim(self.incoming, name, lambda: Incoming.prepare(self.ctx, name, Mode(mode), **args))
+
+    def incoming_abort(self, name: str, service_ip: str) -> None:
+        inc = self.incoming.get(name)
+        if inc is not None:
+            inc.abort(service_ip)
+        else:
+            discard(self.ctx, name, service_ip)
+
+    def fault(self, action: str, name: str, args: dict[str, Any]) -> None:
+        faults.run(self, action, name, **args)
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident memory of ``pid`` and its descendants, in bytes."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+            for tid in Path(f"/proc/{p}/task").iterdir():
+                children = (tid / "children").read_text().split()
+                todo += [int(c) for c in children]
+        except OSError:
+            continue
+    return total

@@ -1,0 +1,167 @@
+"""The source host's side of one container's migration.
+
+    out = Outgoing(ctx, "db", mode=Mode.POSTCOPY)
+    out.presync(address, port, token)       # PREPARED: the writable layer, while it runs
+    out.arm(address, port)                  # ARMED: runc + CRIU wait at their gate
+    out.checkpoint(service_ip)              # FROZEN: locked, frozen, dumped (page server up)
+    out.final_sync(...); out.send_images(...)
+    out.isolate()                           # SWITCHED: the stale copy cut off the network
+    out.wait_dump(); out.finish(service_ip) # DONE: every page served, the container gone here
+    out.rollback(service_ip)                # ROLLED_BACK: it runs here again, as it was
+
+Post-copy dumps with ``--leave-running``, so until ``finish`` the container can always go on
+here; a stop-and-copy dump ends it, and a rollback restores it from its images.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import shutil
+import subprocess
+
+from cloudmig import errors
+from cloudmig.agent.api import Dumped, DumpEnd, Mode, Sent
+from cloudmig.agent.side import HostContext, Side, State
+from cloudmig.runtime import criu, dump, restore, transfer
+from cloudmig.timing import Steps
+
+DUMP_ROLLBACK_WAIT_S = 60          # a dump told to stop serving pages ends within this
+
+
+class Outgoing(Side):
+    role = "outgoing"
+
+    def __init__(self, ctx: HostContext, name: str, mode: Mode) -> None:
+        super().__init__(ctx, name)
+        self.mode = mode
+        self.manifest: dict = {}
+        self.dump: dump.LazyDump | None = None
+
+    # ------------------------------------------------------------------ before the freeze
+    def presync(self, address: str, port: int, token: str) -> Sent:
+        upper = self.runtime.bundle(self.name).upper
+        self.manifest = transfer.manifest(upper)
+        return Sent(bytes=transfer.send(upper, address, port, token))
+
+    def arm(self, address: str, port: int) -> list[str]:
+        """Post-copy: start the dump's runc and CRIU, which wait at their gate until
+        ``checkpoint``. Returns the container's stdio paths (the destination's runc needs
+        them before its CRIU starts)."""
+        self.expect("arm", State.PREPARED)
+        descriptors = self.runtime.external_descriptors(self.name)
+        if self.mode.lazy:
+            self.dump = dump.LazyDump.arm(self.runtime, self.name, self.images, self.work("src"),
+                                          address, port)
+        self.advance(State.ARMED)
+        return descriptors
+
+    def disarm(self) -> None:
+        """Undo ``arm``: the armed dump is called off; the container was never touched."""
+        if self.state is State.ARMED:
+            self._call_off_dump()
+            self.advance(State.PREPARED)
+
+    # ------------------------------------------------------------------ the freeze
+    def checkpoint(self, service_ip: str) -> Dumped:
+        """Lock, freeze and dump the container, and list its TCP connections (while CRIU
+        works: they cannot change once the container is locked)."""
+        self.expect("checkpoint", State.ARMED)
+        steps = Steps()
+        # silence the container before CRIU freezes it: see cloudmig.network.lock
+        with steps("lock"):
+            self.net.lock_container(self.name)
+        listing = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        connections = listing.submit(self.net.connections, service_ip)
+        listing.shutdown(wait=False)
+        # frozen before CRIU starts: CRIU then leaves the freezing to us (and the cgroup
+        # frozen after a --leave-running dump: a rollback thaws it with `runc resume`)
+        with steps("cgroup_freeze"):
+            self.runtime.freeze(self.name)
+        self.advance(State.FROZEN)
+        with steps("criu"):
+            if self.dump is not None:
+                self.dump.go()
+                self.dump.wait_ready()
+            else:
+                dump.full_dump(self.runtime, self.name, self.images, self.work("src"))
+        return Dumped(dump_ms=steps.total_ms, steps_ms=steps.ms,
+                      images_bytes=transfer.dir_bytes(self.images),
+                      connections=[c for c in connections.result()])
+
+    def final_sync(self, address: str, port: int, token: str) -> Sent:
+        self.expect("final_sync", State.FROZEN)
+        upper = self.runtime.bundle(self.name).upper
+        only, delete = transfer.changes(self.manifest, transfer.manifest(upper))
+        sent = transfer.send(upper, address, port, token, only=only, delete=delete)
+        return Sent(bytes=sent, files=len(only), deleted=len(delete))
+
+    def send_images(self, address: str, port: int, token: str) -> Sent:
+        self.expect("send_images", State.FROZEN)
+        return Sent(bytes=transfer.send_files(self.images, address, port, token))
+
+    # ------------------------------------------------------------------ after the resume
+    def isolate(self) -> None:
+        """Cut the source copy's uplink: when CRIU ends the lazy dump it resumes the (now
+        stale) source copy for a moment before it is killed; it must not talk to anyone."""
+        self.expect("isolate", State.FROZEN)
+        self.net.set_uplink(self.name, up=False)
+        self.advance(State.SWITCHED)
+
+    def wait_dump(self, timeout_s: float | None = None) -> DumpEnd:
+        """Post-copy: returns once the page server served its last page."""
+        self.expect("wait_dump", State.FROZEN, State.SWITCHED)
+        rc = 0
+        if self.dump is not None:
+            try:
+                rc = self.dump.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                return DumpEnd(rc=None, stats={})
+        return DumpEnd(rc=rc, stats=criu.read_dump_stats(self.work("src")))
+
+    def finish(self, service_ip: str) -> None:
+        """The container lives elsewhere now: remove it here, but keep its published ports,
+        which forward to it. The reply pins this host had for it as a destination go: replies
+        that come back here now belong to this host's own forwarded clients."""
+        self.expect("finish", State.FROZEN, State.SWITCHED)
+        self.net.unpin_replies(service_ip)
+        self.runtime.remove(self.name)
+        self.net.delete_container_netns(self.name)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.advance(State.DONE)
+
+    # ------------------------------------------------------------------ failure
+    def rollback(self, service_ip: str) -> None:
+        """Resume the container here after a failed migration, as it was."""
+        if self.state in (State.DONE, State.SWITCHED):
+            raise errors.MigrationError(f"{self.name} already runs on its destination; it cannot "
+                                        "be rolled back to this host.")
+        self._call_off_dump()
+        recover(self.ctx, self.name, self.mode, service_ip, known=True)
+        self.advance(State.ROLLED_BACK)
+
+    def _call_off_dump(self) -> None:
+        if self.dump is not None:
+            d, self.dump = self.dump, None
+            d.abort()
+
+
+def recover(ctx: HostContext, name: str, mode: Mode, service_ip: str, known: bool) -> None:
+    """Make ``name`` run here again after a failed migration: what an earlier agent armed is
+    killed (``known`` False: this agent never saw the migration), a frozen container is
+    thawed, one that a full dump ended is restored from its images; then its network."""
+    runtime = ctx.runtime
+    if not known:
+        dump.forget_orphan(runtime, name, ctx.migration_dir(name) / "work-src")
+    status = runtime.state(name)["status"]
+    images = ctx.migration_dir(name) / "images"
+    if status == "paused":            # frozen by us; the dump failed or left it so
+        runtime.runc("resume", name)
+    elif status != "running" and mode is Mode.STOPCOPY and images.exists():
+        restore.restore_now(runtime, name, images, ctx.migration_dir(name) / "work-rollback")
+    ctx.net.unlock_container(name)
+    ctx.net.set_uplink(name, up=True)
+    ctx.net.route_service(service_ip, container=name)
+    status = runtime.state(name)["status"]
+    if status != "running":
+        raise errors.MigrationError(f"Could not resume {name} on the source: it is {status}.",
+                                    hint=f"Inspect {ctx.migration_dir(name)} on the source host.")

@@ -1,0 +1,83 @@
+"""What both sides of a migration share on an agent: where its files live, and its state.
+
+    side = Outgoing(ctx, "db")           # cloudmig.agent.outgoing
+    side.expect("checkpoint", State.ARMED)   # or errors.MigrationError naming both states
+
+The controller walks the phase table (cloudmig.migration.engine); each side records how far it
+got, so an operation that arrives out of order (a second controller, a replayed call, an agent
+that restarted in between) is refused with the state it found instead of doing harm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import threading
+from pathlib import Path
+
+from cloudmig import errors
+from cloudmig.agent.netops import NetOps
+from cloudmig.runtime.runc import Runtime
+
+
+class State(enum.Enum):
+    PREPARED = "prepared"          # destination made (or source pre-synced); nothing frozen
+    ARMED = "armed"                # runc and CRIU wait at their gates
+    FROZEN = "frozen"              # the source is frozen and dumped
+    RESUMED = "resumed"            # the destination runs the container
+    SWITCHED = "switched"          # clients reach the destination
+    DRAINED = "drained"            # every lazy page arrived
+    DONE = "done"
+    ROLLED_BACK = "rolled_back"
+
+
+FINAL = (State.DONE, State.ROLLED_BACK)
+
+
+@dataclasses.dataclass
+class HostContext:
+    """This host's runtime and network, as every migration on it uses them."""
+    runtime: Runtime
+    net: NetOps
+
+    def migration_dir(self, name: str) -> Path:
+        return self.runtime.host_dir / "migrations" / name
+
+
+class Side:
+    role = "?"
+
+    def __init__(self, ctx: HostContext, name: str) -> None:
+        self.ctx, self.name = ctx, name
+        self.state = State.PREPARED
+        self.lock = threading.Lock()
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.ctx.runtime
+
+    @property
+    def net(self) -> NetOps:
+        return self.ctx.net
+
+    @property
+    def dir(self) -> Path:
+        return self.ctx.migration_dir(self.name)
+
+    @property
+    def images(self) -> Path:
+        return self.dir / "images"
+
+    def work(self, what: str) -> Path:
+        return self.dir / f"work-{what}"
+
+    def expect(self, op: str, *states: State) -> None:
+        if self.state not in states:
+            raise errors.MigrationError(
+                f"The {self.role} migration of {self.name} on this host is {self.state.value}; "
+                f"'{op}' needs it {' or '.join(s.value for s in states)}.",
+                hint="Only one controller may move a container at a time; if a controller died, "
+                     "let the migration be finished or rolled back first.")
+
+    def advance(self, state: State) -> None:
+        self.state = state

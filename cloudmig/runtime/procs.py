@@ -1,0 +1,62 @@
+"""Processes on this host: liveness, logs, and ending process groups.
+
+    procs.process_alive(pid)                  # neither gone nor a zombie
+    procs.wait_or_kill(proc, 1.0)             # a group leader gets 1 s, then its group is killed
+    procs.kill_groups_mentioning(work_dir)    # an earlier agent's runc and criu
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+
+def log_excerpt(path: Path, lines: int = 3) -> str:
+    """The last error lines of a log (or its last lines), joined on one line; "" if unreadable."""
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    errs = [line for line in text if "Error" in line or "error" in line]
+    return " / ".join((errs or text)[-lines:])
+
+
+def process_alive(pid: int) -> bool:
+    """Does ``pid`` exist and is it neither a zombie nor dead?"""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(") ", 1)[1][0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+def wait_or_kill(proc: subprocess.Popen, timeout_s: float) -> None:
+    """Give ``proc`` (a process group leader) ``timeout_s`` to end, then kill its group."""
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def kill_groups_mentioning(text: str) -> None:
+    """Kill every process whose command line mentions ``text``, with its process group when
+    it leads one (a runc started in its own session takes its criu along)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                if text.encode() not in fh.read():
+                    continue
+            pid = int(entry)
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, 9)
+            else:
+                os.kill(pid, 9)
+        except OSError:
+            pass

@@ -1,0 +1,38 @@
+"""Small socket facts of this host's network namespace, for the page server and its client.
+
+    port = sockets.free_port("100.64.0.1")
+    sockets.tcp_established("100.64.0.1", port)     # the lazy-pages daemon connected?
+    sockets.abort_page_server("100.64.0.1", port)   # end a lazy dump nobody will fetch from
+"""
+
+from __future__ import annotations
+
+import socket
+
+ABORT_CONNECT_TIMEOUT_S = 5
+
+
+def free_port(address: str) -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def abort_page_server(address: str, port: int) -> None:
+    """End a lazy dump whose page server nobody connected to: connect and close at once."""
+    try:
+        with socket.create_connection((address, port), timeout=ABORT_CONNECT_TIMEOUT_S):
+            pass
+    except OSError:
+        pass
+
+
+def tcp_established(address: str, port: int) -> bool:
+    """Is there an ESTABLISHED TCP connection to ADDRESS:PORT in this network namespace?"""
+    want = f"{socket.inet_aton(address)[::-1].hex().upper()}:{port:04X}"
+    try:
+        with open("/proc/net/tcp") as fh:
+            next(fh)
+            return any(f.split()[2] == want and f.split()[3] == "01" for f in fh)
+    except OSError:
+        return False

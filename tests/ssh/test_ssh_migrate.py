@@ -1,0 +1,106 @@
+"""Migrations between hosts reached over SSH and lab hosts: ssh->ssh, ssh->lab, lab->ssh, with
+one client holding its TCP connection through the first host's public address all along.
+
+Two lab hosts run a real sshd each and are adopted as s1 and s2 (agents of their own, with
+their own directories); h3 stays a lab host reached on its unix socket. Each migration must
+use one SSH session per host for everything it does (the persistent channel): sshd's log
+counts the sessions it accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from lab import VENV_BIN, Lab, connect, new_lab_id, resp
+from redis_client import HeldClient
+from sshlab import Sshd
+
+PORT = 16380
+KEYS = 50_000
+VALUE_BYTES = 1000
+REDIS = ["redis-server", "--port", "6379", "--protected-mode", "no", "--save", "", "--appendonly", "no",
+         "--enable-debug-command", "yes"]
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    lab = Lab(tmp_path / "state", new_lab_id())
+    sshds: dict[str, Sshd] = {}
+    try:
+        lab.cm("lab", "up", "--hosts", "3")
+        for lab_host, name in (("h1", "s1"), ("h2", "s2")):
+            address = lab.public_address(lab_host)
+            sshd = Sshd(tmp_path / f"sshd-{name}", netns=f"{lab.lab_id}-{lab_host}", address=address)
+            sshd.start()
+            sshds[name] = sshd
+            lab.cm("host", "add", name, "--ssh", f"root@{address}", "--port", str(sshd.port),
+                   "--identity", str(sshd.client_key), "--option", f"remote_venv={VENV_BIN.parent}",
+                   "--option", f"remote_dir={tmp_path / ('remote-' + name)}", "--option", "agent_start=nohup",
+                   "--option", f"cgroup_parent=/cloudmig/{lab.lab_id}-{name}",
+                   "--option", f"netns_prefix={lab.lab_id}-c-{name}", timeout=600)
+        yield lab, sshds
+    finally:
+        for name in ("s1", "s2"):
+            if name in lab.inventory().get("hosts", {}):
+                lab.cm("host", "destroy", name, check=False, timeout=300)
+        for sshd in sshds.values():
+            sshd.stop()
+        lab.cm("lab", "down", check=False)
+        for line in lab.processes(str(tmp_path / "remote-")):
+            os.kill(int(line.split(":")[0]), 9)
+    assert not lab.processes(str(tmp_path / "remote-")), "an adopted host's agent survived"
+    assert not lab.leftovers(), lab.leftovers()
+
+
+def _sessions(sshd: Sshd) -> int:
+    return sshd.log.read_text().count("Accepted publickey")
+
+
+def _check_data(address: str) -> None:
+    sock, f = connect(address, PORT)
+    with sock:
+        assert resp(f, "DBSIZE") in (KEYS, KEYS + 1)     # + the held client's counter
+        for i in (0, KEYS // 2, KEYS - 1):
+            assert resp(f, "STRLEN", f"key:{i}") == VALUE_BYTES
+
+
+def test_ssh_and_lab_hosts_migrate_both_ways(mixed, tmp_path):
+    lab, sshds = mixed
+    lab.cm("run", "s1", "db", "--publish", f"{PORT}:6379", "--", *REDIS)
+    entry = lab.public_address("s1")
+    sock, f = connect(entry, PORT)
+    with sock:
+        assert resp(f, "DEBUG", "POPULATE", str(KEYS), "key", str(VALUE_BYTES)) == "OK"
+    client = HeldClient(entry, PORT).start()
+    reports = {}
+    try:
+        client.wait_answers(30)
+        for dst in ("s2", "h3", "s1"):
+            [row] = lab.ps()
+            forwarders = {f["host"] for f in row["forwards"]}
+            before = {name: _sessions(s) for name, s in sshds.items()}
+            out = tmp_path / f"to-{dst}.json"
+            lab.cm("migrate", "db", "--to", dst, "--report", str(out), timeout=600)
+            reports[dst] = json.loads(out.read_text())
+            # one SSH session per adopted host the migration touched, for all its calls
+            # (source, destination, forwarders re-pointed at the switch; tunnels included)
+            touched = ({reports[dst]["source"], dst} | forwarders) & set(sshds)
+            opened = {name: _sessions(s) - before[name] for name, s in sshds.items()}
+            assert opened == {name: int(name in touched) for name in sshds}, (dst, opened)
+            answers = client.answers
+            client.wait_answers(answers + 30)
+            [row] = lab.ps()
+            assert row["host"] == dst and row["state"] == "running"
+    finally:
+        client.stop()
+    client.assert_healthy()
+    assert client.peer[0] == entry
+    for dst, rep in reports.items():
+        assert rep["ok"] and rep["state"] == "done", rep
+        assert 0 < rep["control_round_trips_in_freeze"] <= 8, rep["control_round_trips_in_freeze"]
+        assert rep["lazy_pages"] > 5000
+    for host in ("s1", "s2", "h3"):
+        _check_data(lab.public_address(host))
