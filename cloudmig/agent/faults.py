@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import threading
 from typing import TYPE_CHECKING, Any
 
 from cloudmig import errors
+from cloudmig.network import _ns
 
 if TYPE_CHECKING:
     from cloudmig.agent.migrations import Migrations
@@ -43,7 +43,7 @@ def _block_tcp_to(ops: "Migrations", name: str, address: str) -> None:
     rules = (f"add table ip {FAULT_TABLE}\n"
              f"add chain ip {FAULT_TABLE} out {{ type filter hook output priority 0; }}\n"
              f"add rule ip {FAULT_TABLE} out ip daddr {address} tcp flags & (syn|ack) == syn drop\n")
-    subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True, capture_output=True)
+    _ns.nft(None, ["-f", "-"], f"blocking new TCP connections to {address}", script=rules)
 
 
 def _break_criu_conf(ops: "Migrations", name: str) -> None:

@@ -41,7 +41,12 @@ class Migrations:
         self._lock = threading.Lock()
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
-        out, inc = self._on_outgoing, self._on_incoming
+        def out(method: Callable[..., Any]) -> Callable[..., Any]:
+            return self._on(self.outgoing, "outgoing", method)
+
+        def inc(method: Callable[..., Any]) -> Callable[..., Any]:
+            return self._on(self.incoming, "incoming", method)
+
         return {
             "host.memory": self.memory,
             "host.cpuinfo": self.cpuinfo,
@@ -73,24 +78,17 @@ class Migrations:
         }
 
     # ------------------------------------------------------------------ lookups
-    def _on_outgoing(self, method: Callable[..., Any]) -> Callable[..., Any]:
-        def handler(name: str, **args: Any) -> Any:
-            return method(self._find(self.outgoing, "outgoing", name), **args)
-        return handler
-
-    def _on_incoming(self, method: Callable[..., Any]) -> Callable[..., Any]:
-        def handler(name: str, **args: Any) -> Any:
-            return method(self._find(self.incoming, "incoming", name), **args)
-        return handler
-
     @staticmethod
-    def _find(table: dict[str, Any], role: str, name: str) -> Any:
-        side = table.get(name)
-        if side is None:
-            raise errors.MigrationError(
-                f"No {role} migration of {name} is known on this host (its agent may have "
-                "restarted since the migration began).", hint="Run the migration again.")
-        return side
+    def _on(table: dict[str, Any], role: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        """A handler calling ``method`` on the ``role`` side of the container it names."""
+        def handler(name: str, **args: Any) -> Any:
+            side = table.get(name)
+            if side is None:
+                raise errors.MigrationError(
+                    f"No {role} migration of {name} is known on this host (its agent may have "
+                    "restarted since the migration began).", hint="Run the migration again.")
+            return method(side, **args)
+        return handler
 
     def _claim(self, table: dict[str, Side], name: str, make: Callable[[], Side]) -> Any:
         """A new migration of ``name`` on this side; refused while one is in flight."""

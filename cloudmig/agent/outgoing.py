@@ -86,7 +86,7 @@ class Outgoing(Side):
                 dump.full_dump(self.runtime, self.name, self.images, self.work("src"))
         return Dumped(dump_ms=steps.total_ms, steps_ms=steps.ms,
                       images_bytes=transfer.dir_bytes(self.images),
-                      connections=[c for c in connections.result()])
+                      connections=connections.result())
 
     def final_sync(self, address: str, port: int, token: str) -> Sent:
         self.expect("final_sync", State.FROZEN)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import threading
 from pathlib import Path
 
 from cloudmig import errors
@@ -50,7 +49,6 @@ class Side:
     def __init__(self, ctx: HostContext, name: str) -> None:
         self.ctx, self.name = ctx, name
         self.state = State.PREPARED
-        self.lock = threading.Lock()
 
     @property
     def runtime(self) -> Runtime:

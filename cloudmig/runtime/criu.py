@@ -43,10 +43,12 @@ def runc_argv(runtime: Runtime, *args: str) -> list[str]:
     return runtime.runc_argv("--criu", path(), *args)
 
 
-def failure(cls: type[E], action: str, logs: Sequence[Path], side: str, fallback: str = "") -> E:
-    """``action`` failed: the error lines of the first log that has any, and where to look."""
+def failure(cls: type[E], action: str, logs: Sequence[Path], side: str, fallback: str = "",
+            hint: str = "") -> E:
+    """``action`` failed: the error lines of the first log that has any, and where to look
+    (or ``hint``, where the fix lies elsewhere)."""
     excerpt = next((text for text in map(procs.log_excerpt, logs) if text), "") or fallback or "no output"
-    return cls(f"{action}: {excerpt}", hint=f"See {logs[0]} on the {side} host.")
+    return cls(f"{action}: {excerpt}", hint=hint or f"See {logs[0]} on the {side} host.")
 
 
 def cpuinfo_dump(scratch: Path) -> bytes:

@@ -54,11 +54,10 @@ class LazyPagesDaemon:
             time.sleep(0.001)
 
     def unreachable(self, address: str, port: int) -> errors.LazyPagesError:
-        exc = criu.failure(errors.LazyPagesError,
-                           f"The lazy-pages daemon could not reach the page server {address}:{port}",
-                           [self.log], side="destination", fallback="no connection")
-        exc.hint = "Check the tunnel between the hosts (`cloudmig tunnel status`)."
-        return exc
+        return criu.failure(errors.LazyPagesError,
+                            f"The lazy-pages daemon could not reach the page server {address}:{port}",
+                            [self.log], side="destination", fallback="no connection",
+                            hint="Check the tunnel between the hosts (`cloudmig tunnel status`).")
 
     def wait_connected(self, address: str, port: int, timeout_s: float = LAZY_CONNECT_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
