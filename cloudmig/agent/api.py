@@ -39,6 +39,7 @@ class Ping:
     version: str
     pid: int
     kernel: str
+    root_id: str = ""            # which root file system the host runs on (agent.ops.root_id)
 
 
 @dataclasses.dataclass

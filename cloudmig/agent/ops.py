@@ -26,6 +26,18 @@ from cloudmig.runtime import runc
 log = logging.getLogger(__name__)
 
 
+def root_id() -> str:
+    """Which root file system this host runs on: its machine id and the device and inode of
+    "/". Lab hosts (and machines adopted inside them) share this machine's; another machine's
+    differs. The `host` image is this root, so it can only move between hosts that share it."""
+    try:
+        machine = Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        machine = ""
+    st = os.stat("/")
+    return f"{machine}:{st.st_dev}:{st.st_ino}"
+
+
 class AgentOps:
     def __init__(self, host: str, host_dir: Path, cgroup_parent: str, netns_prefix: str) -> None:
         self.host = host
@@ -64,7 +76,7 @@ class AgentOps:
     # ------------------------------------------------------------------ basics
     def ping(self) -> dict:
         return {"host": self.host, "protocol": protocol.PROTOCOL_VERSION, "version": __version__,
-                "pid": os.getpid(), "kernel": platform.release()}
+                "pid": os.getpid(), "kernel": platform.release(), "root_id": root_id()}
 
     def doctor(self) -> list[dict]:
         return [dataclasses.asdict(c) for c in doctor.run_checks()]

@@ -198,6 +198,8 @@ class Migration:
             raise errors.PreflightError(
                 f"Host {self.dst_name}'s CPU lacks features the container may use: {lacks}",
                 hint="Pick a destination with the same or a newer CPU.")
+        preflight.check_host_image(self.container.image, self.name, self.src_name, src.ping().root_id,
+                                   self.dst_name, dst.ping().root_id)
         src_mem, dst_mem = src.memory(self.name), dst.memory()
         preflight.check_memory(self.dst_name, src_mem, dst_mem, self.mode.value)
         preflight.check_ports(self.session.data, self.container, self.dst_name)

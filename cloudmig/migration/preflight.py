@@ -8,6 +8,7 @@ from __future__ import annotations
 from cloudmig import errors
 from cloudmig.agent.api import Memory
 from cloudmig.control.containers import ports_in_use
+from cloudmig.runtime.images import HOST_IMAGE
 
 MODES = ("postcopy", "stopcopy")
 NEEDS_SOFT_DIRTY = ("precopy", "hybrid")
@@ -30,6 +31,16 @@ def check_mode(mode: str, src_doctor: list[dict]) -> None:
         raise errors.PreflightError(f"Mode {mode} is not implemented yet.",
                                     hint="Use --mode postcopy (the default) or stopcopy.")
     raise errors.ConfigError(f"--mode {mode!r} is not one of {', '.join(MODES)}.")
+
+
+def check_host_image(image: str, container: str, src: str, src_root: str, dst: str, dst_root: str) -> None:
+    """The `host` image is the source machine's own root file system: it moves only to a host
+    that runs on the same one (lab hosts do; another machine does not)."""
+    if image == HOST_IMAGE and src_root != dst_root:
+        raise errors.PreflightError(
+            f"Container {container} runs the `host` image, which is {src}'s own root file system; "
+            f"{dst} runs on another machine's, where its programs and files are not.",
+            hint="Run the container from an image (`cloudmig run --image ...`) to move it between machines.")
 
 
 def check_host(host: str, checks: list[dict], mode: str) -> dict[str, dict]:
