@@ -17,13 +17,21 @@ def test_bench_smoke(tmp_path):
     bench_lab = Lab(tmp_path / "lab", new_lab_id())
     try:
         res = cloudmig("bench", "--sizes", "32", "--modes", ",".join(MODES), "--reps", "1",
-                       "--out", str(out), "--state-dir", str(bench_lab.state_dir),
-                       "--lab-id", bench_lab.lab_id, "--port", "17100", timeout=240)
+                       "--transports", "lab,ssh", "--out", str(out), "--state-dir", str(bench_lab.state_dir),
+                       "--lab-id", bench_lab.lab_id, "--port", "17100", timeout=420)
     finally:
         cloudmig("lab", "down", env=bench_lab.env, check=False)
     data = json.loads((out / "results.json").read_text())
-    runs = {r["mode"]: r for r in data["runs"]}
+    runs = {r["mode"]: r for r in data["runs"] if r["transport"] == "lab"}
     assert sorted(runs) == sorted(MODES), data["runs"]
+    # the same moves between the lab hosts adopted over SSH (cold restart is lab-only)
+    over_ssh = {r["mode"]: r for r in data["runs"] if r["transport"] == "ssh"}
+    assert sorted(over_ssh) == ["postcopy", "stopcopy"], data["runs"]
+    for mode, r in over_ssh.items():
+        assert r["ok"] is True and r["state"] == "survived", (mode, r["error"])
+        assert r["report"]["source"] == "s1" and r["report"]["destination"] == "s2"
+        assert r["report"]["control_round_trips_in_freeze"] > 0
+    assert any("over SSH / reached directly" in t["name"] for t in data["targets"])
     for mode in MODES:
         r = runs[mode]
         assert r["ok"] is True, (mode, r["error"])
@@ -46,7 +54,8 @@ def test_bench_refuses_bad_input(tmp_path):
                           (["--modes", "postcopy,teleport"], "each mode must be one of"),
                           (["--write-rate", "fast"], "idle, busy or a number"),
                           (["--wan-rates", "fast"], "rate"),
-                          (["--lab-id", "TOO-LONG"], "--lab-id")]:
+                          (["--lab-id", "TOO-LONG"], "--lab-id"),
+                          (["--transports", "lab,pigeon"], "--transports")]:
         res = cloudmig("bench", *args, "--out", str(tmp_path / "o"), check=False)
         assert res.returncode == 2, (args, res.stdout, res.stderr)
         assert "Error:" in res.stderr and message in res.stderr, (args, res.stderr)

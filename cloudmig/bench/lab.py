@@ -67,3 +67,43 @@ def own_lab(state_dir: Path, lab_id: str, *, hosts: int = 2, wan_rate: str | Non
                 LabProvider().down(progress=progress)
             finally:
                 signal.signal(signal.SIGINT, old_int)
+
+
+SSH_NAMES = {"h1": "s1", "h2": "s2"}     # lab host -> the host adopted over SSH inside it
+
+
+@contextlib.contextmanager
+def adopted_over_ssh(state_dir: Path, addresses: dict[str, str],
+                     progress=lambda line: None) -> Iterator[dict[str, str]]:
+    """The lab's hosts again, reached the way real machines are: an sshd in each lab host's
+    namespace, adopted as s1, s2 (agents of their own, over one SSH session per host). Yields
+    their public addresses; stops the agents and sshd, whatever happens."""
+    import sys
+
+    from cloudmig import providers
+    from cloudmig.bench.sshd import Sshd
+    from cloudmig.providers.lab.topology import lab_id
+
+    started: list[Sshd] = []
+    provider = providers.load("ssh")
+    try:
+        for lab_host, name in SSH_NAMES.items():
+            work = state_dir / "ssh" / name
+            sshd = Sshd(work / "sshd", netns=f"{lab_id()}-{lab_host}", address=addresses[lab_host])
+            sshd.start()
+            started.append(sshd)
+            options = {"target": f"root@{addresses[lab_host]}", "port": str(sshd.port),
+                       "identity": str(sshd.client_key), "remote_venv": sys.prefix,
+                       "remote_dir": str(work / "remote"), "agent_start": "nohup",
+                       "cgroup_parent": f"/cloudmig/{lab_id()}-{name}", "netns_prefix": f"{lab_id()}-c-{name}"}
+            provider.create_host(providers.HostSpec(name=name, provider="ssh", options=options),
+                                 lambda line: progress("  " + line))
+        yield {name: addresses[lab_host] for lab_host, name in SSH_NAMES.items()}
+    finally:
+        from cloudmig.inventory import Inventory
+        hosts = Inventory().read().hosts
+        for name in SSH_NAMES.values():
+            if name in hosts:
+                provider.destroy_host(hosts[name], lambda line: progress("  " + line))
+        for sshd in started:
+            sshd.stop()

@@ -51,17 +51,17 @@ def _f(value, fmt="{:.0f}") -> str:
 
 
 def table(results) -> Table:
-    t = Table("WAN", "MiB", "dirty\nMiB/s", "mode", "freeze\nms", "client\nwait ms", "total\nms",
+    t = Table("WAN", "via", "MiB", "dirty\nMiB/s", "mode", "freeze\nms", "client\nwait ms", "total\nms",
               "moved\nMiB", "faulted /\npushed", "req/s before\n/ lazy", "state", box=None)
     for r in results:
         rep = r.report
         if not r.ok:
-            t.add_row(r.wan_rate or "-", str(r.memory_mib), f"{r.dirty_mibps:g}", r.mode,
+            t.add_row(r.wan_rate or "-", r.transport, str(r.memory_mib), f"{r.dirty_mibps:g}", r.mode,
                       "[red]failed[/]", "", "", "", "", "", (r.error or "")[:60])
             continue
         pages = f"{rep.get('faulted_pages', 0)} / {rep.get('pushed_pages', 0)}" if r.mode == "postcopy" else "-"
         state = {"survived": "[green]survived[/]", "lost": "[yellow]lost[/]"}.get(r.state, f"[red]{r.state}[/]")
-        t.add_row(r.wan_rate or "-", str(r.memory_mib), f"{r.dirty_mibps:g}", r.mode, _f(r.freeze_ms),
+        t.add_row(r.wan_rate or "-", r.transport, str(r.memory_mib), f"{r.dirty_mibps:g}", r.mode, _f(r.freeze_ms),
                   _f(r.client_longest_wait_ms), _f(r.total_ms), _f(r.bytes_moved / MIB, "{:.1f}"), pages,
                   f"{_f(r.rate_before_rps)} / {_f(r.rate_lazy_rps)}", state)
     return t
@@ -83,26 +83,27 @@ def markdown(data: dict) -> str:
     m, cfg = data["machine"], data.get("config", {})
     groups: dict[tuple, list[dict]] = {}
     for r in data["runs"]:
-        groups.setdefault((r["wan_rate"] or "-", r["memory_mib"], r["dirty_mibps"], r["mode"]), []).append(r)
+        groups.setdefault((r["wan_rate"] or "-", r.get("transport", "lab"), r["memory_mib"], r["dirty_mibps"],
+                           r["mode"]), []).append(r)
     order = {mode: i for i, mode in enumerate(("postcopy", "stopcopy", "cold"))}
     lines = [f"Measured {m['date']} on `{m['hostname']}`: {m['cpus']} CPUs ({m['cpu']}), "
              f"{m['memory_gib']} GiB, kernel {m['kernel']}; medians of {cfg.get('repetitions', 1)} "
              "repetition(s).", "",
-             "| WAN | MiB | dirty MiB/s | mode | freeze ms | client wait ms | total ms | moved MiB "
+             "| WAN | via | MiB | dirty MiB/s | mode | freeze ms | client wait ms | total ms | moved MiB "
              "| faulted / pushed | req/s before / lazy | state |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key in sorted(groups, key=lambda k: (k[0] != "-", k[0], k[1], k[2], order.get(k[3], 9))):
-        wan, mib, dirty, mode = key
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted(groups, key=lambda k: (k[0] != "-", k[0], k[1], k[2], k[3], order.get(k[4], 9))):
+        wan, via, mib, dirty, mode = key
         rows = [r for r in groups[key] if r["ok"]]
         if not rows:
-            lines.append(f"| {wan} | {mib} | {dirty:g} | {mode} | failed | | | | | | "
+            lines.append(f"| {wan} | {via} | {mib} | {dirty:g} | {mode} | failed | | | | | | "
                          f"{(groups[key][0].get('error') or '')[:60]} |")
             continue
         rep = lambda name: _median(rows, lambda r: (r.get("report") or {}).get(name))   # noqa: E731
         pages = (f"{rep('faulted_pages'):.0f} / {rep('pushed_pages'):.0f}" if mode == "postcopy" else "-")
         states = sorted({r["state"] for r in rows})
         lines.append(
-            f"| {wan} | {mib} | {dirty:g} | {mode} | {_f(_median(rows, lambda r: r['freeze_ms']))} "
+            f"| {wan} | {via} | {mib} | {dirty:g} | {mode} | {_f(_median(rows, lambda r: r['freeze_ms']))} "
             f"| {_f(_median(rows, lambda r: r['client_longest_wait_ms']))} "
             f"| {_f(_median(rows, lambda r: r['total_ms']))} "
             f"| {_f(_median(rows, lambda r: r['bytes_moved'] / MIB), '{:.1f}')} | {pages} "
@@ -118,22 +119,28 @@ def markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-PROFILE_KEYS = ("dump", "dump.lock", "dump.criu", "fs_sync", "images", "restore", "restore.mount",
+PROFILE_KEYS = ("calls",          # the controller's round trips inside the freeze
+                "dump", "dump.lock", "dump.criu", "fs_sync", "images", "restore", "restore.mount",
                 "restore.lazy_daemon", "restore.runc_restore", "pins")
 
 
 def _profile(groups: dict[tuple, list[dict]]) -> list[str]:
-    lines = ["| WAN | MiB | dirty | " + " | ".join(PROFILE_KEYS) + " | freeze |",
-             "|---|---|---|" + "---|" * (len(PROFILE_KEYS) + 1)]
-    for (wan, mib, dirty, mode), runs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "-", kv[0])):
+    lines = ["| WAN | via | MiB | dirty | " + " | ".join(PROFILE_KEYS) + " | freeze |",
+             "|---|---|---|---|" + "---|" * (len(PROFILE_KEYS) + 1)]
+    for (wan, via, mib, dirty, mode), runs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "-", kv[0])):
         rows = [r for r in runs if r["ok"] and mode == "postcopy"]
         if not rows:
             continue
-        cells = [_f(_median(rows, lambda r, k=k: (r["report"].get("freeze_breakdown_ms") or {}).get(k)))
-                 for k in PROFILE_KEYS]
-        lines.append(f"| {wan} | {mib} | {dirty:g} | " + " | ".join(cells)
+        cells = [_f(_median(rows, lambda r, k=k: _profile_value(r["report"], k))) for k in PROFILE_KEYS]
+        lines.append(f"| {wan} | {via} | {mib} | {dirty:g} | " + " | ".join(cells)
                      + f" | {_f(_median(rows, lambda r: r['freeze_ms']))} |")
     return lines
+
+
+def _profile_value(report: dict, key: str) -> float | None:
+    if key == "calls":
+        return report.get("control_round_trips_in_freeze")
+    return (report.get("freeze_breakdown_ms") or {}).get(key)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ removes its lab), and it gets SIGINT too if this process dies.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import json
@@ -52,7 +53,7 @@ CONTAINER_PORT = 7000
 BASELINE_S = 1.0            # client answers before the move (the "before" request rate)
 AFTER_S = 1.0               # and after it
 READY_TIMEOUT_S = 120       # filling 2 GiB in Python takes a while on a busy machine
-PAGE = 4096
+TRANSPORT_HOSTS = {"lab": ("h1", "h2"), "ssh": ("s1", "s2")}     # source, destination
 PR_SET_PDEATHSIG = 1        # prctl(2): the signal this process gets when its parent dies
 
 
@@ -62,6 +63,7 @@ class Config:
     dirty_mibps: list[float] = dataclasses.field(default_factory=lambda: [0.0])
     modes: list[str] = dataclasses.field(default_factory=lambda: list(MODES))
     wan_rates: list[str | None] = dataclasses.field(default_factory=lambda: [None])
+    transports: list[str] = dataclasses.field(default_factory=lambda: ["lab"])
     repetitions: int = 1
     out_dir: Path = Path("bench-results")
     lab_id: str = "bn"
@@ -77,6 +79,7 @@ class RunResult:
     dirty_mibps: float
     wan_rate: str | None
     rep: int
+    transport: str = "lab"           # how the controller reached the hosts: lab (unix) or ssh
     ok: bool = False
     error: str | None = None
     state: str = "unknown"                # survived | lost | corrupt | unknown
@@ -144,28 +147,31 @@ def _phase(report: dict, name: str) -> dict | None:
 
 
 def run_one(cfg: Config, addresses: dict[str, str], *, mode: str, memory_mib: int,
-            dirty_mibps: float, wan_rate: str | None, rep: int, index: int) -> RunResult:
-    res = RunResult(mode=mode, memory_mib=memory_mib, dirty_mibps=dirty_mibps, wan_rate=wan_rate, rep=rep)
+            dirty_mibps: float, wan_rate: str | None, rep: int, index: int,
+            transport: str = "lab") -> RunResult:
+    res = RunResult(mode=mode, memory_mib=memory_mib, dirty_mibps=dirty_mibps, wan_rate=wan_rate, rep=rep,
+                    transport=transport)
+    src, dst = TRANSPORT_HOSTS[transport]
     name = f"bench{index}"
     publish = [f"{cfg.host_port}:{CONTAINER_PORT}"]
     inv = Inventory()
     cmd = workload.command(port=CONTAINER_PORT, memory_mib=memory_mib, dirty_mibps=dirty_mibps)
-    containers.run(host="h1", name=name, image="host", command=cmd, publish=publish, env=[], inv=inv)
+    containers.run(host=src, name=name, image="host", command=cmd, publish=publish, env=[], inv=inv)
     held = None
     try:
-        conn = bench_client.connect(addresses["h1"], cfg.host_port, READY_TIMEOUT_S)
+        conn = bench_client.connect(addresses[src], cfg.host_port, READY_TIMEOUT_S)
         conn.close()
-        held = bench_client.HeldClient(addresses["h1"], cfg.host_port,
-                                       fallback=addresses["h2"] if mode == "cold" else None).start()
+        held = bench_client.HeldClient(addresses[src], cfg.host_port,
+                                       fallback=addresses[dst] if mode == "cold" else None).start()
         time.sleep(BASELINE_S)
         log_dir = cfg.out_dir / "criu-logs" / name if cfg.keep_criu_logs else None
-        rec = _Recorder(name, "h1", "h2", log_dir)
+        rec = _Recorder(name, src, dst, log_dir)
         try:
             if mode == "cold":
-                report = cold.restart(inv, name, "h2", publish=publish, on_event=rec)
+                report = cold.restart(inv, name, dst, publish=publish, on_event=rec)
             else:
                 with Session(inv) as session:
-                    report = Migration(session, name, "h2", mode=Mode(mode), on_event=rec).run()
+                    report = Migration(session, name, dst, mode=Mode(mode), on_event=rec).run()
         finally:
             res.timeline = rec.events
         res.report = report.to_dict()
@@ -196,14 +202,14 @@ def _client_numbers(res: RunResult, held: bench_client.HeldClient) -> None:
     res.client_longest_wait_ms = held.longest_wait_s * 1000
     res.freeze_ms, res.total_ms = rep.get("freeze_ms"), rep.get("total_ms")
     first = rep.get("phases", [{}])[0] if rep.get("phases") else None
-    freeze = _phase(rep, "freeze") or _phase(rep, "stop") or first
+    freeze = _phase(rep, "dump") or _phase(rep, "stop") or first      # the freeze's first phase
     if freeze and held.samples:
         res.rate_before_rps = held.rate_between(held.samples[0].sent, freeze["start"])
     lazy = _phase(rep, "lazy")
     if lazy and lazy.get("end"):
         res.rate_lazy_rps = held.rate_between(lazy["start"], lazy["end"])
     res.bytes_moved = (rep.get("images_bytes", 0) + rep.get("fs_bytes", 0)
-                       + rep.get("lazy_pages", 0) * PAGE)
+                       + rep.get("lazy_pages", 0) * rep.get("page_size", 0))
 
 
 def sweep(cfg: Config, progress: Callable[[str], None] = lambda line: None) -> list[RunResult]:
@@ -317,24 +323,33 @@ def _sweep_in_lab(cfg: Config, progress: Callable[[str], None],
     for wan_rate in cfg.wan_rates:
         # the lab shapes its links at creation: one lab per WAN rate
         progress(f"lab {cfg.lab_id} up (WAN {wan_rate or 'unshaped'})")
-        with lab.own_lab(cfg.state_dir, cfg.lab_id, hosts=2, wan_rate=wan_rate,
-                         progress=lambda line: progress("  " + line)) as addresses:
+        with contextlib.ExitStack() as stack:
+            addresses = stack.enter_context(lab.own_lab(cfg.state_dir, cfg.lab_id, hosts=2, wan_rate=wan_rate,
+                                                        progress=lambda line: progress("  " + line)))
+            if "ssh" in cfg.transports:
+                progress("hosts s1, s2 adopted over SSH inside h1, h2")
+                addresses |= stack.enter_context(lab.adopted_over_ssh(cfg.state_dir, addresses, progress))
             for memory_mib in cfg.sizes_mib:
                 for dirty in cfg.dirty_mibps:
                     for rep in range(cfg.repetitions):
-                        for mode in cfg.modes:
-                            index += 1
-                            r = run_one(cfg, addresses, mode=mode, memory_mib=memory_mib,
-                                        dirty_mibps=dirty, wan_rate=wan_rate, rep=rep, index=index)
-                            on_result(r)
-                            progress(_summary(r))
+                        for transport in cfg.transports:
+                            for mode in cfg.modes:
+                                if mode == "cold" and transport != "lab":
+                                    continue     # cold restart copies through the lab's files
+                                index += 1
+                                r = run_one(cfg, addresses, mode=mode, memory_mib=memory_mib,
+                                            dirty_mibps=dirty, wan_rate=wan_rate, rep=rep, index=index,
+                                            transport=transport)
+                                on_result(r)
+                                progress(_summary(r))
         progress(f"lab {cfg.lab_id} removed")
 
 
 def _summary(r: RunResult) -> str:
     if not r.ok:
         return f"{r.mode:<8} {r.memory_mib:>5} MiB: FAILED {r.error}"
-    return (f"{r.mode:<8} {r.memory_mib:>5} MiB dirty {r.dirty_mibps:g} MiB/s WAN {r.wan_rate or '-'}: "
+    return (f"{r.transport:<3} {r.mode:<8} {r.memory_mib:>5} MiB dirty {r.dirty_mibps:g} MiB/s "
+            f"WAN {r.wan_rate or '-'}: "
             f"freeze {r.freeze_ms:.0f} ms, longest wait {r.client_longest_wait_ms:.0f} ms, "
             f"total {r.total_ms:.0f} ms, state {r.state}")
 

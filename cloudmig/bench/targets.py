@@ -20,6 +20,7 @@ STOPCOPY_SPEEDUP_MIN = 10     # stop-and-copy freeze / post-copy freeze at the l
 FREEZE_MS_MAX = 200           # post-copy freeze at the large size
 CLIENT_WAIT_MS_MAX = 1000     # client's longest wait, post-copy, large size
 TOTAL_RATIO_MAX = 1.25        # post-copy total / (memory / WAN rate), shaped links only
+SSH_FREEZE_RATIO_MAX = 1.2    # post-copy freeze between hosts reached over SSH / reached directly
 
 
 @dataclasses.dataclass
@@ -29,9 +30,10 @@ class Check:
     detail: str
 
 
-def _median(results, mode, mib, dirty, wan, attr):
+def _median(results, mode, mib, dirty, wan, attr, transport="lab"):
     vals = [getattr(r, attr) for r in results if r.ok and r.mode == mode and r.memory_mib == mib
-            and r.dirty_mibps == dirty and r.wan_rate == wan and getattr(r, attr) is not None]
+            and r.dirty_mibps == dirty and r.wan_rate == wan and r.transport == transport
+            and getattr(r, attr) is not None]
     return statistics.median(vals) if vals else None
 
 
@@ -53,6 +55,11 @@ def check(results) -> list[Check]:
                           m("postcopy", large), FREEZE_MS_MAX))
         out.append(_limit(f"post-copy client's longest wait at {large} MiB < {CLIENT_WAIT_MS_MAX} ms {tag}",
                           m("postcopy", large, "client_longest_wait_ms"), CLIENT_WAIT_MS_MAX))
+        if any(r.transport == "ssh" for r in results):
+            out.append(_ratio(f"post-copy freeze at {large} MiB over SSH / reached directly <= "
+                              f"{SSH_FREEZE_RATIO_MAX} {tag}",
+                              _median(results, "postcopy", large, dirty, wan, "freeze_ms", "ssh"),
+                              m("postcopy", large), SSH_FREEZE_RATIO_MAX, below=True))
         if wan:
             rate_bps = parse_rate(wan)
             ideal_ms = large * 2**20 * 8 / rate_bps * 1000

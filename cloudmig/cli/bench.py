@@ -63,6 +63,15 @@ def _wan(text: str) -> list[str | None]:
     return rates or [None]
 
 
+def _transports(text: str) -> list[str]:
+    from cloudmig.bench.runner import TRANSPORT_HOSTS
+    found = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in found if t not in TRANSPORT_HOSTS]
+    if bad or not found:
+        raise errors.ConfigError(f"--transports {text!r}: each one of {', '.join(TRANSPORT_HOSTS)}.")
+    return list(dict.fromkeys(found))
+
+
 @app.command()
 def bench(sizes: str = typer.Option("64,256,1024", "--sizes", help=f"Memory sizes, MiB (up to {MAX_MIB})."),
           write_rate: str = typer.Option("idle", "--write-rate",
@@ -70,6 +79,9 @@ def bench(sizes: str = typer.Option("64,256,1024", "--sizes", help=f"Memory size
           modes: str = typer.Option("postcopy,stopcopy,cold", "--modes", help="Modes to compare."),
           wan_rates: str = typer.Option("none", "--wan-rates",
                                         help="WAN rates, e.g. none,500mbit (one lab per rate)."),
+          transports: str = typer.Option("lab", "--transports",
+                                         help="How the controller reaches the hosts: lab (their unix sockets), "
+                                              "ssh (adopted over SSH inside them), or both: lab,ssh."),
           reps: int = typer.Option(1, "--reps", min=1, help="Repetitions of each run."),
           out: Path = typer.Option(Path("bench-results"), "--out", help="Directory for results.json and PNGs."),
           lab_id: str = typer.Option("bn", "--lab-id", help="The bench lab's id (1-4 lowercase chars)."),
@@ -84,10 +96,12 @@ def bench(sizes: str = typer.Option("64,256,1024", "--sizes", help=f"Memory size
 
     out = out.resolve()
     cfg = runner.Config(sizes_mib=_ints(sizes, "--sizes"), dirty_mibps=_dirty(write_rate),
-                        modes=_modes(modes), wan_rates=_wan(wan_rates), repetitions=reps, out_dir=out,
+                        modes=_modes(modes), wan_rates=_wan(wan_rates), transports=_transports(transports),
+                        repetitions=reps, out_dir=out,
                         lab_id=lab_id, state_dir=(state_dir or out / "lab").resolve(), host_port=port)
     console.print(f"bench: sizes {cfg.sizes_mib} MiB, write rates {cfg.dirty_mibps} MiB/s, modes "
-                  f"{cfg.modes}, WAN {[w or 'unshaped' for w in cfg.wan_rates]}, {reps} rep(s) -> {out}")
+                  f"{cfg.modes}, WAN {[w or 'unshaped' for w in cfg.wan_rates]}, via {cfg.transports}, "
+                  f"{reps} rep(s) -> {out}")
     results = runner.sweep(cfg, progress=lambda line: console.print("  " + escape(line)))
     checks = targets.check(results)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}

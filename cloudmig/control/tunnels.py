@@ -28,11 +28,15 @@ def interface_name(local: str, peer: str) -> str:
 
 
 def _ports_used(data, host: str) -> set[int]:
+    """UDP ports taken at ``host``'s public address: by its tunnels, and by those of any other
+    host record at the same address (a machine adopted over SSH inside a lab host shares it)."""
+    address = data.host(host).public_address
+    same = {h.name for h in data.hosts.values() if h.name == host or h.public_address == address}
     used = set()
     for t in data.tunnels.values():
-        if t.a == host:
+        if t.a in same:
             used.add(t.port_a)
-        if t.b == host:
+        if t.b in same:
             used.add(t.port_b)
     return used
 

@@ -14,7 +14,7 @@ the world, not against the inventory alone.
 Also here: ``AdoptableMachine``, a machine for the ssh provider to adopt: one lab-style network
 namespace with a public address on a bridge of its own (the lab's Topology, no lab agent and no
 inventory entry: it is not a cloudmig host until adopted) and a real sshd in it
-(tests/ssh/sshlab.py).
+(cloudmig/bench/sshd.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -32,10 +31,7 @@ from cloudmig.providers.lab.topology import Topology
 
 from lab import Lab
 
-_SSH_TESTS = Path(__file__).resolve().parents[1] / "ssh"
-if str(_SSH_TESTS) not in sys.path:          # sshlab lives beside the ssh tests
-    sys.path.insert(0, str(_SSH_TESTS))
-import sshlab  # noqa: E402
+from cloudmig.bench import sshd as sshlab
 
 # options a capability promises: a provider declaring the capability documents the option
 CAPABILITY_OPTIONS = {"tunnel-firewall": "wg_port", "elastic-ip": "elastic_ip", "wan-rate": "wan_rate",

@@ -25,7 +25,7 @@ from cloudmig.agent.client import AgentClient, UnixTransport
 from cloudmig.providers import cloudinit
 from cloudmig.providers.ssh.remote import AgentLayout
 from lab import VENV_BIN, Lab, new_lab_id
-from sshlab import keygen
+from cloudmig.bench.sshd import keygen
 
 FIRSTBOOT_TIMEOUT_S = 300
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lab import VENV_BIN, Lab, new_lab_id
-from sshlab import Sshd, keygen
+from cloudmig.bench.sshd import Sshd, keygen
 
 HTTP_TIMEOUT_S = 15
 

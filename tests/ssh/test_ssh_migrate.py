@@ -16,7 +16,7 @@ import pytest
 
 from lab import VENV_BIN, Lab, connect, new_lab_id, resp
 from redis_client import HeldClient
-from sshlab import Sshd
+from cloudmig.bench.sshd import Sshd
 
 PORT = 16380
 KEYS = 50_000

@@ -1,4 +1,5 @@
-"""A real sshd inside a lab host's network namespace, for adoption tests.
+"""A real sshd inside a lab host's network namespace: the bench's SSH transport and the
+adoption tests reach lab hosts through it as if they were other machines.
 
     sshd = Sshd(tmp_path / "sshd", netns="t1ab-h1", address="198.18.7.11")
     sshd.start()                    # host key, client key, config; root by key only
@@ -14,6 +15,8 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+
+from cloudmig import errors
 
 SSHD = "/usr/sbin/sshd"
 SSHD_PORT = 2222
@@ -60,13 +63,13 @@ class Sshd:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"sshd exited at start: {self.log.read_text()}")
+                raise errors.HostSetupError(f"sshd exited at start: {self.log.read_text()}")
             try:
                 socket.create_connection((self.address, self.port), timeout=1).close()
                 return
             except OSError:
                 time.sleep(0.05)
-        raise AssertionError(f"sshd did not listen on {self.address}:{self.port}: {self.log.read_text()}")
+        raise errors.HostSetupError(f"sshd did not listen on {self.address}:{self.port}: {self.log.read_text()}")
 
     def host_public_key(self) -> str:
         return Path(f"{self.host_key}.pub").read_text().split()[1]
