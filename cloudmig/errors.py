@@ -13,6 +13,7 @@ The tree::
     ├── ProviderError          creating, describing or destroying hosts
     ├── NetworkError           tunnels, routes, addresses, the endpoint proxy
     ├── ContainerError         containers: images, runc
+    │   └── ContainerExited    it ended right after it started (kept for `cloudmig logs`)
     ├── MigrationError
     │   ├── PreflightError     refused before anything was changed
     │   ├── CheckpointError
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 __all__ = [
     "CloudmigError", "ConfigError", "HostSetupError", "ProviderError", "NetworkError",
-    "ContainerError", "MigrationError", "PreflightError", "CheckpointError", "RestoreError",
+    "ContainerError", "ContainerExited", "MigrationError", "PreflightError", "CheckpointError", "RestoreError",
     "LazyPagesError", "AgentError", "AuthError", "ProtocolError", "RemoteCallError",
     "PlanError", "by_name",
 ]
@@ -77,6 +78,10 @@ class NetworkError(CloudmigError):
 
 class ContainerError(CloudmigError):
     exit_code = 6
+
+
+class ContainerExited(ContainerError):
+    """The container's command ended right after it started; its bundle (and output) stay."""
 
 
 class MigrationError(CloudmigError):

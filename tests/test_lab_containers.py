@@ -65,6 +65,8 @@ def test_bad_input_is_refused_and_nothing_is_half_made(lab):
         (["run", "h1", "nocmd", "--", "no-such-program-here"], "does not exist in image"),
         (["run", "h1", "badport", "--publish", "99999", "--", *REDIS], "out of range"),
         (["run", "h1", "noargs"], "No command"),
+        (["run", "h1", "tiny", "--memory-mib", "-5", "--", *REDIS], "too small"),
+        (["run", "h1", "zero", "--memory-mib", "0", "--", *REDIS], "too small"),
     ]
     for args, message in cases:
         res = lab.cm(*args, check=False)
@@ -76,6 +78,21 @@ def test_bad_input_is_refused_and_nothing_is_half_made(lab):
     inv = lab.inventory()
     assert sorted(inv["containers"]) == ["db"]
     assert sorted(p.name for p in (lab.state_dir / "hosts" / "h1" / "containers").iterdir()) == ["db"]
+
+
+def test_a_container_that_ends_at_start_keeps_its_output_until_rm(lab):
+    lab.cm("lab", "up", "--hosts", "1")
+    res = lab.cm("run", "h1", "brief", "--", "sh", "-c", "echo the reason it ends; exit 3", check=False)
+    assert res.returncode != 0 and "exited right after it started" in res.stderr, res.stderr
+    assert "cloudmig logs brief" in res.stderr and "Traceback" not in res.stderr
+    assert "the reason it ends" in lab.cm("logs", "brief").stdout
+    [row] = lab.ps()
+    assert row["name"] == "brief" and row["state"] != "running"
+    again = lab.cm("run", "h1", "brief", "--", "true", check=False)     # the name stays taken
+    assert again.returncode == 2 and "already exists" in again.stderr
+    lab.cm("rm", "brief")
+    assert lab.ps() == [] and not (lab.state_dir / "hosts" / "h1" / "containers" / "brief").exists()
+    assert not [n for n in lab.netns() if n.endswith("-brief")]
 
 
 def test_lab_down_twice_and_up_again(lab):

@@ -85,7 +85,9 @@ class AgentOps:
     def container_run(self, name: str, image: str, command: list[str], env: dict[str, str],
                       service_ip: str, public_ip: str, ports: list[dict],
                       memory_limit_bytes: int | None = None, layers: list[str] | None = None) -> dict:
-        """Network namespace with the service IP, bundle, runc; all undone on failure.
+        """Network namespace with the service IP, bundle, runc; all undone on failure, except
+        when the command itself ended at once: its bundle and output stay until
+        ``container.remove``, so that its logs can say why.
         ``layers``: the image's layer digests, bottom first, already in this host's store."""
         made_netns = False
         try:
@@ -98,6 +100,8 @@ class AgentOps:
                 self.net.publish(owner=name, public_ip=public_ip, host_port=p["host_port"],
                                  service_ip=service_ip, container_port=p["container_port"],
                                  proto=p.get("proto", "tcp"))
+        except errors.ContainerExited:
+            raise
         except BaseException:
             self.runtime.remove(name)
             self.net.unpublish(owner=name)

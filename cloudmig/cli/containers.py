@@ -22,7 +22,7 @@ def run(host: str = typer.Argument(..., help="Host to run on (see `cloudmig host
     """Run a container on HOST: cloudmig run HOST NAME (options) -- CMD ARGS..."""
     rec = containers.run(host=host, name=name, image=image, command=list(command or []),
                          publish=publish, env=env,
-                         memory_limit_bytes=memory * 1024 * 1024 if memory else None,
+                         memory_limit_bytes=memory * 2**20 if memory is not None else None,
                          progress=lambda msg: err_console.print(msg, markup=False))
     console.print(f"{rec.name} running on {rec.host}, service IP {rec.service_ip}")
 

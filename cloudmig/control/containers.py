@@ -70,6 +70,9 @@ def ports_in_use(data, host: str) -> set[tuple[int, str]]:
     return used
 
 
+MIN_MEMORY_LIMIT_BYTES = 8 << 20     # below this runc and the container's shell cannot start
+
+
 def run(*, host: str, name: str, image: str, command: list[str], publish: list[str],
         env: list[str], memory_limit_bytes: int | None = None, inv: Inventory | None = None,
         progress: layer_shipping.Progress | None = None) -> ContainerRecord:
@@ -80,6 +83,10 @@ def run(*, host: str, name: str, image: str, command: list[str], publish: list[s
                                  "'.', '_' or '-'.")
     if not command:
         raise errors.ConfigError("No command given.", hint="Put it after `--`: cloudmig run h1 web -- CMD ARGS")
+    if memory_limit_bytes is not None and memory_limit_bytes < MIN_MEMORY_LIMIT_BYTES:
+        raise errors.ConfigError(f"A memory limit of {memory_limit_bytes / 2**20:g} MiB is too small; the "
+                                 f"least is {MIN_MEMORY_LIMIT_BYTES >> 20} MiB.",
+                                 hint="Pass --memory-mib with a larger number, or leave it out for no limit.")
     ports = parse_publish(publish)
     env_map = parse_env(env)
     with inv.transaction() as data:
@@ -111,6 +118,13 @@ def run(*, host: str, name: str, image: str, command: list[str], publish: list[s
                            service_ip=service_ip, public_ip=hrec.public_address,
                            ports=[p.model_dump() for p in ports], memory_limit_bytes=memory_limit_bytes,
                            layers=digests)
+    except errors.ContainerExited as exc:
+        # kept, stopped, with its output, until `cloudmig rm`: its logs say why it ended
+        with inv.transaction() as data:
+            data.containers[name].state = "exited"
+            data.containers[name].layers = digests
+        exc.hint = f"Its output stays readable with `cloudmig logs {name}` until `cloudmig rm {name}`."
+        raise
     except BaseException:
         with inv.transaction() as data:
             data.containers.pop(name, None)

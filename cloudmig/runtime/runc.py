@@ -189,7 +189,7 @@ class Runtime:
             st = self.state(name)
             if st["status"] != "running":
                 log_tail = self.logs(name, tail_lines=5)
-                raise errors.ContainerError(
+                raise errors.ContainerExited(
                     f"Container {name!r} exited right after it started."
                     + (f" Its output ends with: {log_tail.strip()}" if log_tail.strip() else ""))
         return int(self.state(name)["pid"])
