@@ -14,6 +14,7 @@ import os
 
 import pytest
 
+from busybox_image import HTTPD_COMMAND, http_get, make_busybox_image
 from lab import VENV_BIN, Lab, connect, new_lab_id, resp
 from redis_client import HeldClient
 from cloudmig.bench.sshd import Sshd
@@ -104,3 +105,25 @@ def test_ssh_and_lab_hosts_migrate_both_ways(mixed, tmp_path):
         assert rep["lazy_pages"] > 5000
     for host in ("s1", "s2", "h3"):
         _check_data(lab.public_address(host))
+
+
+def test_an_image_whose_file_is_gone_moves_between_separate_stores(mixed, tmp_path):
+    """s1 and s2 keep layers in stores of their own (their agents' directories), h3 in the
+    lab's: each move sends the destination the layer it lacks, through the tunnel."""
+    lab, _sshds = mixed
+    image = make_busybox_image(tmp_path / "web.tar", page="from a file that is gone\n")
+    lab.cm("run", "s1", "web", "--image", str(image), "--publish", "18083:8080", "--", *HTTPD_COMMAND)
+    image.unlink()
+    [digest] = lab.inventory()["containers"]["web"]["layers"]
+    stores = {"s1": tmp_path / "remote-s1" / "host" / "layers", "s2": tmp_path / "remote-s2" / "host" / "layers",
+              "h3": lab.state_dir / "hosts" / "h3" / "layers"}
+    entry = lab.public_address("s1")
+    for dst in ("s2", "h3"):
+        assert not (stores[dst] / digest[len("sha256:"):]).exists()
+        out = tmp_path / f"web-to-{dst}.json"
+        lab.cm("migrate", "web", "--to", dst, "--report", str(out), timeout=600)
+        assert json.loads(out.read_text())["layers_bytes"] > 0
+        assert (stores[dst] / digest[len("sha256:"):] / "tree" / "www" / "index.html").exists()
+        assert http_get(entry, 18083) == "from a file that is gone\n"
+    [row] = lab.ps()
+    assert row["host"] == "h3" and row["state"] == "running"
