@@ -49,6 +49,7 @@ def _check_process(state_dir: Path, lab_id: str) -> None:
 @contextlib.contextmanager
 def own_lab(state_dir: Path, lab_id: str, *, hosts: int = 2, wan_rate: str | None = None,
             progress=lambda line: None) -> Iterator[dict[str, str]]:
+    from cloudmig.control import hosts as control_hosts
     from cloudmig.providers.lab import LabProvider
     from cloudmig.providers.lab.topology import parse_rate
 
@@ -64,7 +65,7 @@ def own_lab(state_dir: Path, lab_id: str, *, hosts: int = 2, wan_rate: str | Non
             # a second Ctrl-C must not stop the clean-up half way
             old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
             try:
-                LabProvider().down(progress=progress)
+                control_hosts.lab_down(progress=progress)
             finally:
                 signal.signal(signal.SIGINT, old_int)
 
@@ -100,10 +101,11 @@ def adopted_over_ssh(state_dir: Path, addresses: dict[str, str],
                                  lambda line: progress("  " + line))
         yield {name: addresses[lab_host] for lab_host, name in SSH_NAMES.items()}
     finally:
+        from cloudmig.control import hosts as control_hosts
         from cloudmig.inventory import Inventory
-        hosts = Inventory().read().hosts
+        records = Inventory().read().hosts
         for name in SSH_NAMES.values():
-            if name in hosts:
-                provider.destroy_host(hosts[name], lambda line: progress("  " + line))
+            if name in records:
+                control_hosts.destroy(records[name], lambda line: progress("  " + line))
         for sshd in started:
             sshd.stop()

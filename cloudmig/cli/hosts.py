@@ -109,7 +109,7 @@ def destroy(name: str = typer.Argument(..., help="Host to remove."),
                                          help="Sweep this provider for the host's tagged resources even if "
                                               "the inventory does not know it.")) -> None:
     """Remove a host and everything its provider made for it. Safe to run again."""
-    from cloudmig import providers
+    from cloudmig.control import hosts
     from cloudmig.inventory import HostRecord, Inventory
     record = Inventory().read().hosts.get(name)
     if record is None and provider is None:
@@ -117,7 +117,6 @@ def destroy(name: str = typer.Argument(..., help="Host to remove."),
                       f"(add --provider P to sweep a cloud for leftovers)")
         return
     record = record or HostRecord(name=name, provider=provider)
-    impl = providers.load(record.provider)
     with console.status(f"destroying {name} ({record.provider})"):
-        impl.destroy_host(record, _progress)
+        hosts.destroy(record, _progress)
     console.print(f"host {name} destroyed")

@@ -28,5 +28,6 @@ def up(hosts: int = typer.Option(2, "--hosts", help="Number of hosts (h1..hN).")
 @lab_app.command("down")
 def down() -> None:
     """Remove every lab host, namespace, link, mount, cgroup and process."""
-    _provider().down(progress=lambda line: console.print(line))
+    from cloudmig.control import hosts
+    hosts.lab_down(progress=lambda line: console.print(line))
     console.print("lab removed")

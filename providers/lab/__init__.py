@@ -134,8 +134,6 @@ class LabProvider:
         return self._lab_hosts()
 
     def destroy_host(self, record: HostRecord, progress: Progress = _no_progress) -> None:
-        from cloudmig.control import tunnels  # peers of the host lose their side too
-        tunnels.down_all({record.name}, self.inv)
         cleanup.remove_host(self.topo, record.name, agent_dir(record.name))
         with self.inv.transaction() as data:
             data.hosts.pop(record.name, None)

@@ -169,8 +169,6 @@ class SshProvider:
             progress(f"{record.name}: not in the inventory; an adopted machine cannot be swept without it")
             return
         from cloudmig.agent import dial
-        from cloudmig.control import tunnels
-        tunnels.down_all({record.name}, self.inv)
         try:
             with dial.connect(record) as agent:
                 for c in agent.call("container.list"):
