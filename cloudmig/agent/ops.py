@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import shutil
 import dataclasses
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +22,7 @@ from cloudmig.agent import netops
 from cloudmig.agent import layer_ops
 from cloudmig.agent.migrations import Migrations
 from cloudmig.agent.side import HostContext
-from cloudmig.runtime import runc
+from cloudmig.runtime import runc, transfer
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class AgentOps:
         self.layers = layer_ops.LayerOps(self.runtime.layer_store)
         self.net = netops.NetOps(host=host, netns_prefix=netns_prefix, host_dir=host_dir)
         self.migrations = Migrations(HostContext(self.runtime, self.net))
+        self._copies: dict[str, transfer.Receiver] = {}
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -58,6 +60,10 @@ class AgentOps:
             "container.list": self.container_list,
             "container.logs": self.container_logs,
             "container.remove": self.container_remove,
+            "container.stop": self.container_stop,
+            "container.send_upper": self.container_send_upper,
+            "container.receive_copy": self.container_receive_copy,
+            "container.receive_copy_wait": self.container_receive_copy_wait,
             "net.publish": self.net.publish,
             "net.unpublish": self.net.unpublish,
             "net.forwards": self.net.forwards,
@@ -120,6 +126,35 @@ class AgentOps:
         if not self.runtime.bundle(name).root.exists():
             raise errors.ConfigError(f"No container {name!r} on host {self.host}.")
         return self.runtime.logs(name, tail_lines)
+
+    def container_stop(self, name: str) -> None:
+        """Kill the container; its bundle (writable layer, output) stays."""
+        self.runtime.stop(name)
+
+    def container_send_upper(self, name: str, address: str, port: int, token: str) -> int:
+        """The container's writable layer, into a receiver on another host (through the tunnel)."""
+        return transfer.send(self.runtime.bundle(name).upper, address, port, token)
+
+    def _copy_dir(self, name: str) -> Path:
+        return self.host_dir / "copies" / name
+
+    def container_receive_copy(self, name: str, bind_address: str) -> dict:
+        """Receive a copy of another host's container files, to measure the copy (the cold
+        restart baseline); ``container.receive_copy_wait`` drops it once it arrived."""
+        shutil.rmtree(self._copy_dir(name), ignore_errors=True)
+        self._copy_dir(name).mkdir(parents=True)
+        rx = transfer.Receiver.start(self._copy_dir(name), bind_address)
+        self._copies[name] = rx
+        return {"port": rx.port, "token": rx.token}
+
+    def container_receive_copy_wait(self, name: str) -> int:
+        rx = self._copies.pop(name, None)
+        if rx is None:
+            raise errors.ContainerError(f"No copy of {name} is being received on host {self.host}.")
+        try:
+            return rx.wait()
+        finally:
+            shutil.rmtree(self._copy_dir(name), ignore_errors=True)
 
     def container_remove(self, name: str) -> dict:
         self.runtime.remove(name)

@@ -334,8 +334,6 @@ def _sweep_in_lab(cfg: Config, progress: Callable[[str], None],
                     for rep in range(cfg.repetitions):
                         for transport in cfg.transports:
                             for mode in cfg.modes:
-                                if mode == "cold" and transport != "lab":
-                                    continue     # cold restart copies through the lab's files
                                 index += 1
                                 r = run_one(cfg, addresses, mode=mode, memory_mib=memory_mib,
                                             dirty_mibps=dirty, wan_rate=wan_rate, rep=rep, index=index,
