@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 all: test
 
 bootstrap:
-	@bash scripts/bootstrap-host --venv $(VENV) --project $(CURDIR) --test-tools
+	@bash cloudmig/bootstrap-host --venv $(VENV) --project $(CURDIR) --test-tools
 
 test: bootstrap
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -26,7 +26,7 @@ CRIU_MIN_VERSION = (4, 2)
 PIPE_MAX_SIZE_NEEDED = 8 * 1024 * 1024
 CHECK_TIMEOUT_S = 30
 SYS_USERFAULTFD_X86_64 = 323
-BOOTSTRAP_HINT = "Run `make bootstrap` (or scripts/bootstrap-host) as root."
+BOOTSTRAP_HINT = "Run `sudo cloudmig setup` (in a checkout: `make bootstrap`)."
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 
@@ -215,7 +215,7 @@ def check_pipe_max_size() -> Check:
 
 
 CONNTRACK_BUCKETS_FILE = Path("/proc/sys/net/netfilter/nf_conntrack_buckets")
-CONNTRACK_BUCKETS_MAX = 16384   # as scripts/bootstrap-host sets it
+CONNTRACK_BUCKETS_MAX = 16384   # as cloudmig/bootstrap-host sets it
 
 
 def check_conntrack_buckets(path: Path = CONNTRACK_BUCKETS_FILE) -> Check:

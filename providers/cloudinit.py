@@ -11,7 +11,7 @@ defaults; tests relocate them):
 
 - ``/var/lib/cloudmig-agent/agent.token`` (root, 0600): the token the controller presents to the agent;
 - ``/root/.ssh/authorized_keys`` (0600): the controller's public key;
-- ``/usr/local/sbin/cloudmig-bootstrap-host``: the project's ``scripts/bootstrap-host``, carried
+- ``/usr/local/sbin/cloudmig-bootstrap-host``: the project's ``cloudmig/bootstrap-host``, carried
   gzip+base64 (it is ~10 KiB; AWS refuses user-data over 16 KiB);
 - ``/usr/local/sbin/cloudmig-agent-start``: starts the agent daemon on its root-only socket
   (a systemd unit where systemd runs) — the same script SSH adoption runs;
@@ -32,17 +32,16 @@ from __future__ import annotations
 import base64
 import dataclasses
 import gzip
-import os
 import re
 import shlex
 from pathlib import Path
 
 import yaml
 
-from cloudmig import errors
+from cloudmig import distribution, errors
 from cloudmig.providers.ssh.remote import AgentLayout
 
-__all__ = ["build", "user_data", "check_size", "bootstrap_script", "HostBootstrap", "WriteFile", "BootPaths",
+__all__ = ["build", "user_data", "check_size", "HostBootstrap", "WriteFile", "BootPaths",
            "AGENT_TOKEN_PATH", "BOOTSTRAP_STATUS_PATH", "USER_DATA_LIMIT_BYTES"]
 
 
@@ -117,17 +116,6 @@ class HostBootstrap:
         return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False, width=1 << 20)
 
 
-def bootstrap_script() -> Path:
-    """The project's host bootstrap: $CLOUDMIG_BOOTSTRAP_SCRIPT or scripts/bootstrap-host of the source tree."""
-    env = os.environ.get("CLOUDMIG_BOOTSTRAP_SCRIPT")
-    candidates = [Path(env)] if env else [Path(__file__).resolve().parent.parent / "scripts" / "bootstrap-host"]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise errors.ConfigError(f"The host bootstrap script was not found (looked at {candidates[0]}).",
-                             hint="Set CLOUDMIG_BOOTSTRAP_SCRIPT to the path of scripts/bootstrap-host.")
-
-
 def build(token: str, authorized_key: str, *, host: str = "host", script: Path | None = None,
           boot: BootPaths = BootPaths(), layout: AgentLayout | None = None) -> HostBootstrap:
     """The first-boot steps that give a host the agent ``token``, trust ``authorized_key`` and start the agent."""
@@ -137,7 +125,7 @@ def build(token: str, authorized_key: str, *, host: str = "host", script: Path |
     if not _KEY_RE.match(key):
         raise errors.ConfigError("The SSH public key must be one OpenSSH line (ssh-ed25519 AAAA… comment).")
     layout = layout or AgentLayout(host=host)
-    script_bytes = (script or bootstrap_script()).read_bytes()
+    script_bytes = (script or distribution.bootstrap_script()).read_bytes()
     files = [
         WriteFile(layout.token_file, token.encode(), 0o600),
         WriteFile(boot.authorized_keys, (key + "\n").encode(), 0o600),
@@ -154,7 +142,7 @@ def check_size(data: str) -> str:
     if size > USER_DATA_LIMIT_BYTES:
         raise errors.ConfigError(f"The host's user-data is {size} bytes; clouds accept at most "
                                  f"{USER_DATA_LIMIT_BYTES} (EC2).",
-                                 hint="Shorten scripts/bootstrap-host or the user-data given.")
+                                 hint="Shorten cloudmig/bootstrap-host or the user-data given.")
     return data
 
 

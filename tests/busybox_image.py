@@ -45,7 +45,7 @@ def make_busybox_rootfs(root: Path, page: str = "hello from busybox\n") -> Path:
     found = shutil.which("busybox")
     if not found:
         raise AssertionError("busybox is missing: apt-get install busybox-static "
-                             "(scripts/bootstrap-host --test-tools installs it)")
+                             "(cloudmig/bootstrap-host --test-tools installs it)")
     busybox = Path(found).resolve()
     (root / "bin").mkdir(parents=True)
     shutil.copy2(busybox, root / "bin" / "busybox")

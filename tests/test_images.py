@@ -303,7 +303,7 @@ def registry(tmp_path_factory):
     config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
                       f"    rootdirectory: {base / 'storage'}\nhttp:\n  addr: 127.0.0.1:{port}\n")
     binary = shutil.which("docker-registry")
-    assert binary, "docker-registry is missing: scripts/bootstrap-host --test-tools installs it"
+    assert binary, "docker-registry is missing: cloudmig/bootstrap-host --test-tools installs it"
     with open(base / "registry.log", "wb") as log:
         proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
     try:

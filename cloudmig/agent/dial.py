@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shlex
 
-from cloudmig import errors, paths
+from cloudmig import __version__, errors, paths
 from cloudmig.agent.client import AgentClient, CommandTransport, UnixTransport
 from cloudmig.inventory import HostRecord
 
@@ -68,6 +68,23 @@ def relay_command(record: HostRecord) -> list[str]:
 
 
 def connect(record: HostRecord) -> AgentClient:
+    """A channel to the host's agent, once the agent said it runs this very cloudmig version."""
+    client = _open(record)
+    try:
+        theirs = client.call("ping").get("version")
+    except BaseException:
+        client.close()
+        raise
+    if theirs != __version__:
+        client.close()
+        fix = (f"cloudmig host add {record.name} --ssh {record.agent.get('ssh_target', 'USER@ADDRESS')}"
+               if record.transport == "ssh" else "restart its agent (`cloudmig lab up` for lab hosts)")
+        raise errors.AgentError(f"Host {record.name} runs cloudmig {theirs}; this controller is {__version__}.",
+                                hint=f"Install the same version there: {fix} (it ships this one).")
+    return client
+
+
+def _open(record: HostRecord) -> AgentClient:
     token = read_token(record)
     if record.transport == "unix":
         return AgentClient(UnixTransport(record.agent["socket"]), token, host=record.name)

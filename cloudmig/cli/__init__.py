@@ -18,7 +18,7 @@ import traceback
 from rich.markup import escape
 
 from cloudmig import errors
-from cloudmig.cli import _app, agent, bench, containers, doctor, hosts, lab, migrate, tunnel  # noqa: F401  (registers commands)
+from cloudmig.cli import _app, agent, bench, containers, doctor, hosts, lab, migrate, setup, tunnel  # noqa: F401  (registers commands)
 
 app = _app.app
 

@@ -23,7 +23,7 @@ from cloudmig.runtime.runc import Runtime
 log = logging.getLogger(__name__)
 
 CRIU_LOG_LEVEL = "4"                 # the lazy-pages log at level 4 lets us count faults
-KDAT_DIR = Path("/run/criu")         # CRIU's RUNDIR as scripts/bootstrap-host builds it
+KDAT_DIR = Path("/run/criu")         # CRIU's RUNDIR as cloudmig/bootstrap-host builds it
 TMPFS_MAGIC = 0x01021994
 CPUINFO_TIMEOUT_S = 30
 
@@ -77,7 +77,7 @@ def read_dump_stats(work: Path) -> dict:
     if not stats.exists():
         return {}
     try:
-        import pycriu  # built from the same CRIU tree as the binary (scripts/bootstrap-host)
+        import pycriu  # built from the same CRIU tree as the binary (cloudmig/bootstrap-host)
         with open(stats, "rb") as fh:
             img = pycriu.images.load(fh)
         return dict(img["entries"][0].get("dump", {}))
@@ -102,7 +102,7 @@ def ensure_kdat_cache() -> bool:
 
 
 def ensure_favordynmods() -> bool:
-    """Cheap cgroup moves for CRIU's restore (see scripts/bootstrap-host, step cgroups); the
+    """Cheap cgroup moves for CRIU's restore (see cloudmig/bootstrap-host, step cgroups); the
     bootstrap remounts, this puts it back after a reboot. False if it could not."""
     found = mounts.cgroup2_mount()
     if found is None or found[1]:

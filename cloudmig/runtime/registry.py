@@ -113,7 +113,7 @@ def pull(image: str, dest: Path) -> Path:
     skopeo = shutil.which("skopeo")
     if not skopeo:
         raise errors.HostSetupError("Pulling a registry image needs skopeo on this machine, which lacks it.",
-                                    hint="Install it: apt-get install skopeo (scripts/bootstrap-host does).")
+                                    hint="Install it: apt-get install skopeo (cloudmig/bootstrap-host does).")
     if ":" in str(dest):
         raise errors.ConfigError(f"skopeo cannot write an OCI layout to {dest}: the path has a ':'.")
     argv = [skopeo, "--command-timeout", f"{PULL_TIMEOUT_S}s", "copy", "--quiet"]

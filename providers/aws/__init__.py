@@ -46,7 +46,7 @@ class AwsProvider:
         lines = [f"region {region}",
                  f"key pair {name} (ed25519, imported; private key stays in cloudmig's state dir)",
                  f"security group {name} in the default VPC: {checked.firewall_line()}",
-                 f"instance {itype}, image {image}, cloud-init user-data running scripts/bootstrap-host"]
+                 f"instance {itype}, image {image}, cloud-init user-data running cloudmig/bootstrap-host"]
         if cloud_host.flag(opts, "elastic_ip"):
             lines.append("Elastic IP, associated with the instance")
         lines.append(cloud_host.tags_line(spec.name))

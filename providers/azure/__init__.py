@@ -52,7 +52,7 @@ class AzureProvider:
                 f"network interface {n['nic']}",
                 f"virtual machine {n['vm']} {opts.get('vm_size', facts.DEFAULT_VM_SIZE)}, image "
                 f"{opts.get('image', facts.DEBIAN_IMAGE)}, os disk {n['os_disk']}, cloud-init custom data "
-                f"running scripts/bootstrap-host",
+                f"running cloudmig/bootstrap-host",
                 cloud_host.tags_line(spec.name)]
 
     def create_host(self, spec: HostSpec, progress: Progress = _no_progress) -> HostRecord:

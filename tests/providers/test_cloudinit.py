@@ -29,7 +29,7 @@ def test_embeds_the_project_bootstrap_and_fits_ec2():
     assert len(text.encode()) <= cloudinit.USER_DATA_LIMIT_BYTES
     doc, files = _files(text)
     script = gzip.decompress(base64.b64decode(files[cloudinit.BOOTSTRAP_PATH]["content"]))
-    assert script == (REPO / "scripts" / "bootstrap-host").read_bytes()
+    assert script == (REPO / "cloudmig" / "bootstrap-host").read_bytes()
     assert files[cloudinit.AGENT_TOKEN_PATH]["permissions"] == "0600"
     assert gzip.decompress(base64.b64decode(files[cloudinit.AGENT_TOKEN_PATH]["content"])).decode() == TOKEN
     assert files["/root/.ssh/authorized_keys"]["permissions"] == "0600"

@@ -139,15 +139,18 @@ def test_a_changed_host_key_is_refused(adopted, tmp_path):
     assert not remote.exists()
 
 
-def test_install_ships_this_checkout_and_a_failed_bootstrap_names_its_step(adopted, tmp_path):
-    """No cloudmig at the remote venv: the checkout is shipped and bootstrapped for real; the
-    lab host has no route to PyPI, so the bootstrap fails at its venv step, and says so."""
+def test_install_ships_this_cloudmig_as_wheels_and_a_failed_bootstrap_names_its_step(adopted, tmp_path):
+    """No cloudmig at the remote venv: the controller's own wheel and its dependencies' are
+    shipped and bootstrapped for real. The venv's place is taken by a file, so the bootstrap
+    fails at its venv step, and says so."""
     lab, sshd, address, remote, args = adopted
-    fresh = tmp_path / "fresh" / "venv"
-    args = [a if not a.startswith("remote_venv=") else f"remote_venv={fresh}" for a in args]
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "venv").write_text("not a directory\n")
+    args = [a if not a.startswith("remote_venv=") else f"remote_venv={tmp_path / 'fresh' / 'venv'}" for a in args]
     res = lab.cm("host", "add", "s1", *args, check=False, timeout=600)
     assert "shipping cloudmig" in res.stdout and "bootstrap: packages" in res.stdout, res.stdout
     assert res.returncode == 4 and "failed at step venv" in res.stderr, res.stdout + res.stderr
-    [shipped] = (tmp_path / "fresh" / "src").iterdir()
-    assert (shipped / "scripts" / "bootstrap-host").is_file() and (shipped / "pyproject.toml").is_file()
+    [shipped] = (tmp_path / "fresh" / "dist").iterdir()
+    wheels = {w.name.split("-")[0] for w in shipped.glob("*.whl")}
+    assert (shipped / "bootstrap-host").is_file() and {"cloudmig", "typer", "pydantic"} <= wheels, wheels
     assert "s1" not in lab.inventory()["hosts"] and not remote.exists()
