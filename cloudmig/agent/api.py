@@ -121,6 +121,21 @@ class Outgoing(_Ops):
     def disarm(self, name: str) -> None:
         self._c.call("outgoing.disarm", name=name)
 
+    def hold(self, name: str, service_ip: str, endpoints: list[tuple[str, int, str]], not_from: str) -> None:
+        """Queue the container's packets in the kernel from now on (instead of dropping them),
+        except those coming in on the tunnel ``not_from``."""
+        self._c.call("outgoing.hold", name=name, service_ip=service_ip, endpoints=[list(e) for e in endpoints],
+                     not_from=not_from)
+
+    def release_hold(self, name: str) -> int:
+        return int(self._c.call("outgoing.release_hold", name=name))
+
+    def switch_over(self, name: str, service_ip: str, tunnel_ifname: str) -> int:
+        """The service IP into the tunnel, the held packets after it, the stale copy cut off
+        (post-copy); how many packets were held."""
+        return int(self._c.call("outgoing.switch_over", name=name, service_ip=service_ip,
+                                tunnel_ifname=tunnel_ifname))
+
     def checkpoint(self, name: str, service_ip: str) -> Dumped:
         d = self._c.call("outgoing.checkpoint", name=name, service_ip=service_ip)
         d["connections"] = [Connection(**c) for c in d["connections"]]
@@ -133,9 +148,6 @@ class Outgoing(_Ops):
     def send_images(self, name: str, rx: Receiver, address: str) -> Sent:
         return _make(Sent, self._c.call("outgoing.send_images", name=name, address=address,
                                         port=rx.port, token=rx.token))
-
-    def isolate(self, name: str) -> None:
-        self._c.call("outgoing.isolate", name=name)
 
     def wait_dump(self, name: str, timeout_s: float | None = None) -> DumpEnd:
         return _make(DumpEnd, self._c.call("outgoing.wait_dump", name=name, timeout_s=timeout_s))
@@ -167,12 +179,14 @@ class Incoming(_Ops):
     def arm(self, name: str, descriptors: list[str]) -> None:
         self._c.call("incoming.arm", name=name, descriptors=descriptors)
 
-    def restore(self, name: str, page_server: str, port: int) -> Restored:
+    def restore(self, name: str, page_server: str, port: int, service_ip: str) -> Restored:
+        """CRIU restores; once it did, the agent routes and unlocks the container (go_live)."""
         return _make(Restored, self._c.call("incoming.restore", name=name, page_server=page_server,
-                                            port=port))
+                                            port=port, service_ip=service_ip))
 
-    def go_live(self, name: str, service_ip: str) -> None:
-        self._c.call("incoming.go_live", name=name, service_ip=service_ip)
+    def go_live(self, name: str) -> None:
+        """Returns once the restored container is routed and unlocked."""
+        self._c.call("incoming.go_live", name=name)
 
     def lazy_progress(self, name: str) -> LazyProgress:
         return _make(LazyProgress, self._c.call("incoming.lazy_progress", name=name))

@@ -3,17 +3,21 @@
     inc = Incoming.prepare(ctx, "db", mode, image=..., layers=[...], ...)   # PREPARED: netns, bundle
     rx = inc.receive("upper", bind_address)   # receivers on the tunnel address
     inc.arm(descriptors)                      # ARMED: runc restore waits at its gate
-    inc.restore(page_server, port)            # RESUMED: the container runs here
-    inc.go_live(service_ip)                   # SWITCHED: routed and unlocked
+    inc.restore(page_server, port, service_ip)  # RESUMED: it runs here; routing and unlocking begin
+    inc.go_live()                             # SWITCHED: routed and unlocked
     inc.finish()                              # DONE: every lazy page arrived
     inc.abort(service_ip)                     # ROLLED_BACK: nothing of it left here
 
-Until ``go_live`` the restored container stays network-locked: a copy that is rolled back
-must never have said anything to a client.
+Until the restore succeeded the container stays network-locked: a copy that is rolled back
+must never have said anything to a client. Once it succeeded there is no way back, so the
+agent routes the service IP to it and lifts the lock at once, in the background (~20-40 ms
+of `nft`, outside the freeze); ``go_live`` waits for that, and the source lets the packets it
+held go only after it.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import shutil
 import subprocess
 
@@ -34,6 +38,7 @@ class Incoming(Side):
         self.mode = mode
         self.receivers: dict[str, transfer.Receiver] = {}
         self.armed: restore.Restore | None = None
+        self._going_live: concurrent.futures.Future | None = None
         self.daemon: lazy_pages.LazyPagesDaemon | None = None
 
     @classmethod
@@ -80,7 +85,7 @@ class Incoming(Side):
                                          lazy_pages=self.mode.lazy, descriptors=descriptors)
         self.advance(State.ARMED)
 
-    def restore(self, page_server: str, port: int) -> Restored:
+    def restore(self, page_server: str, port: int, service_ip: str) -> Restored:
         """Inside the freeze: the transfers arrived (their receivers were opened before it),
         the rootfs is mounted, CRIU restores; with lazy pages, the daemon proves it reached
         the page server (without it the restored copy would fault forever)."""
@@ -108,12 +113,19 @@ class Incoming(Side):
             armed.abort()
             raise
         self.advance(State.RESUMED)
+        self._live = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._going_live = self._live.submit(self._route_and_unlock, service_ip)
+        self._live.shutdown(wait=False)
         return Restored(pid=pid, restore_ms=steps.total_ms, steps_ms=steps.ms)
 
-    def go_live(self, service_ip: str) -> None:
-        self.expect("go_live", State.RESUMED)
+    def _route_and_unlock(self, service_ip: str) -> None:
         self.net.route_service(service_ip, container=self.name)
         self.net.unlock_container(self.name)
+
+    def go_live(self) -> None:
+        """Return once the restored container is routed and unlocked (begun by ``restore``)."""
+        self.expect("go_live", State.RESUMED)
+        self._going_live.result()
         self.advance(State.SWITCHED)
 
     def lazy_progress(self) -> LazyProgress:

@@ -27,6 +27,7 @@ from cloudmig.agent.api import Memory, Mode
 from cloudmig.agent.incoming import Incoming, discard
 from cloudmig.agent.outgoing import Outgoing, recover
 from cloudmig.agent.side import FINAL, HostContext, Side, State
+from cloudmig.network import hold
 from cloudmig.runtime import criu, dump, sockets
 
 PROBE_CONNECT_TIMEOUT_S = 10
@@ -58,10 +59,12 @@ class Migrations:
             "outgoing.presync": self.outgoing_presync,
             "outgoing.arm": out(Outgoing.arm),
             "outgoing.disarm": self.outgoing_disarm,
+            "outgoing.hold": out(Outgoing.hold),
+            "outgoing.release_hold": self.outgoing_release_hold,
             "outgoing.checkpoint": out(Outgoing.checkpoint),
             "outgoing.final_sync": out(Outgoing.final_sync),
             "outgoing.send_images": out(Outgoing.send_images),
-            "outgoing.isolate": out(Outgoing.isolate),
+            "outgoing.switch_over": out(Outgoing.switch_over),
             "outgoing.wait_dump": out(Outgoing.wait_dump),
             "outgoing.finish": out(Outgoing.finish),
             "outgoing.rollback": self.outgoing_rollback,
@@ -157,6 +160,13 @@ class Migrations:
             out.disarm()
         else:       # armed by an agent that died since
             dump.forget_orphan(self.ctx.runtime, name, self.ctx.migration_dir(name) / "work-src")
+
+    def outgoing_release_hold(self, name: str) -> int:
+        out = self.outgoing.get(name)
+        if out is not None:
+            return out.release_hold()
+        hold.release_orphans(name)       # a dead holder's rules (they let packets pass already)
+        return 0
 
     def outgoing_rollback(self, name: str, mode: str, service_ip: str) -> None:
         out = self.outgoing.get(name)

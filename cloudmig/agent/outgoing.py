@@ -22,6 +22,7 @@ import subprocess
 from cloudmig import errors
 from cloudmig.agent.api import Dumped, DumpEnd, Mode, Sent
 from cloudmig.agent.side import HostContext, Side, State
+from cloudmig.network import hold
 from cloudmig.runtime import criu, dump, restore, transfer
 from cloudmig.timing import Steps
 
@@ -36,6 +37,7 @@ class Outgoing(Side):
         self.mode = mode
         self.manifest: dict = {}
         self.dump: dump.LazyDump | None = None
+        self.held: hold.Hold | None = None
 
     # ------------------------------------------------------------------ before the freeze
     def presync(self, address: str, port: int, token: str) -> Sent:
@@ -60,6 +62,21 @@ class Outgoing(Side):
         if self.state is State.ARMED:
             self._call_off_dump()
             self.advance(State.PREPARED)
+
+    def hold(self, service_ip: str, endpoints: list[list], not_from: str | None = None) -> None:
+        """From now on the container's packets wait in the kernel instead of reaching it
+        (cloudmig.network.hold); ``release_hold`` lets them go on, wherever the service is
+        routed then. ``endpoints``: its published (public address, port, proto) here;
+        ``not_from``: the tunnel from the destination (see Hold.start)."""
+        self.expect("hold", State.ARMED)
+        self.held = hold.Hold.start(self.name, service_ip, [tuple(e) for e in endpoints], not_from)
+
+    def release_hold(self) -> int:
+        """Let the held packets go on (after the switch: to the new home). How many there were."""
+        if self.held is None:
+            return 0
+        held, self.held = self.held, None
+        return held.release()
 
     # ------------------------------------------------------------------ the freeze
     def checkpoint(self, service_ip: str) -> Dumped:
@@ -100,12 +117,18 @@ class Outgoing(Side):
         return Sent(bytes=transfer.send_files(self.images, address, port, token))
 
     # ------------------------------------------------------------------ after the resume
-    def isolate(self) -> None:
-        """Cut the source copy's uplink: when CRIU ends the lazy dump it resumes the (now
-        stale) source copy for a moment before it is killed; it must not talk to anyone."""
-        self.expect("isolate", State.FROZEN)
-        self.net.set_uplink(self.name, up=False)
+    def switch_over(self, service_ip: str, tunnel_ifname: str) -> int:
+        """The destination runs and listens: the service IP goes into the tunnel, then the
+        packets held since the freeze follow it, then (post-copy) the source copy's uplink is
+        cut: when CRIU ends the lazy dump it resumes the now stale copy for a moment before it
+        is killed, and it must not talk to anyone. One call: on a WAN each is a round trip."""
+        self.expect("switch_over", State.FROZEN)
+        self.net.route_service(service_ip, ifname=tunnel_ifname)
+        held = self.release_hold()
+        if self.mode.lazy:
+            self.net.set_uplink(self.name, up=False)
         self.advance(State.SWITCHED)
+        return held
 
     def wait_dump(self, timeout_s: float | None = None) -> DumpEnd:
         """Post-copy: returns once the page server served its last page."""

@@ -275,6 +275,11 @@ class Migration:
         self.receivers = {what: self.dst.incoming.receive(self.name, what, self.dst_addr)
                           for what in ("upper", "images")}
 
+    def _hold(self) -> None:
+        pub = self.session.host(self.src_name).public_address or ""
+        self.src.outgoing.hold(self.name, self.container.service_ip,
+                               [(pub, p.host_port, p.proto) for p in self.container.ports], not_from=self.src_if)
+
     # ------------------------------------------------------------------ the freeze
     def _dump(self) -> None:
         dumped: Dumped = self.src.outgoing.checkpoint(self.name, self.container.service_ip)
@@ -297,7 +302,7 @@ class Migration:
         self.report.images_bytes = images.result().bytes
 
     def _restore(self) -> None:
-        restored = self.dst.incoming.restore(self.name, self.src_addr, self.ps_port)
+        restored = self.dst.incoming.restore(self.name, self.src_addr, self.ps_port, self.container.service_ip)
         breakdown = self.report.freeze_breakdown_ms
         breakdown["restore"] = self.report.phases[-1].ms
         breakdown["restore.agent"] = restored.restore_ms
@@ -316,6 +321,10 @@ class Migration:
     def _abort_destination(self) -> None:
         self.session.revive(self.dst_name).incoming.abort(self.name, self.container.service_ip)
 
+    def _release_hold(self) -> None:
+        """Rollback: the held packets reach the source's container, running again by now."""
+        self.report.held_packets = self.session.revive(self.src_name).outgoing.release_hold(self.name)
+
     def _disarm_source(self) -> None:
         self.session.revive(self.src_name).outgoing.disarm(self.name)
 
@@ -326,14 +335,11 @@ class Migration:
     # ------------------------------------------------------------------ after the resume
     def _switch(self) -> None:
         c, src, dst = self.container, self.src, self.dst
-        # clients of the source's public address now reach the destination: both hosts
-        # switch at once (a packet that beats the destination's unlock is dropped and
-        # retransmitted, as during the freeze)
-        live = self._pool.submit(dst.incoming.go_live, self.name, c.service_ip)
-        src.net.route_service(c.service_ip, ifname=self.src_if)
-        live.result()
-        if self.mode.lazy:
-            src.outgoing.isolate(self.name)
+        # the destination routes and unlocks the container as soon as it restored it; once it
+        # did, the source sends the service into the tunnel and lets the held packets follow
+        self._timed("switch.go_live", lambda: dst.incoming.go_live(self.name))
+        self.report.held_packets = self._timed(
+            "switch.over", lambda: src.outgoing.switch_over(self.name, c.service_ip, self.src_if))
         dst_pub = self.session.host(self.dst_name).public_address or ""
         for p in c.ports:
             dst.net.publish(owner=self.name, public_ip=dst_pub, host_port=p.host_port,
@@ -389,14 +395,19 @@ PHASES: tuple[Phase, ...] = (
     Phase("arm", "runc checkpoint + CRIU wait at their gate", "runc restore + CRIU wait; receivers open",
           Migration._arm, State.ARMED,
           undo=Migration._disarm_source, undo_text="outgoing.disarm: the armed dump called off"),
+    Phase("hold", "the service's packets queued in the kernel (NFQUEUE), no longer dropped", "-",
+          Migration._hold, State.ARMED,
+          undo=Migration._release_hold, undo_text="outgoing.release_hold: held packets reach the source"),
     Phase("dump", "lock, freeze, CRIU dump (page server up)", "pins of new connections",
           Migration._dump, State.FROZEN, frozen=True,
           undo=Migration._resume_source, undo_text="outgoing.rollback: thawed or restored, unlocked"),
     Phase("sync", "writable layer's changes and CRIU images sent", "received",
           Migration._sync, State.FROZEN, frozen=True),
-    Phase("restore", "serves pages", "mount, lazy-pages daemon, CRIU restore", Migration._restore,
+    Phase("restore", "serves pages", "mount, lazy-pages daemon, CRIU restore; then (in the background) "
+          "routed and unlocked", Migration._restore,
           State.RESUMED, frozen=True),
-    Phase("switch", "service IP into the tunnel; source copy isolated", "routed, unlocked, ports published",
+    Phase("switch", "once the destination is live: service IP into the tunnel, held packets let go, "
+          "source copy isolated (one call)", "live (waited for); ports published",
           Migration._switch, State.SWITCHED),
     Phase("lazy", "page server", "faulted and pushed pages until the last", Migration._lazy,
           State.DRAINED, modes=(Mode.POSTCOPY,)),

@@ -49,6 +49,7 @@ class Report:
     layers_bytes: int = 0               # image layers the destination lacked (prepare)
     page_size: int = 4096               # the destination's, as its lazy-pages daemon counted
     control_round_trips_in_freeze: int = 0   # controller -> agent calls inside the freeze
+    held_packets: int = 0               # packets that waited through the freeze (not dropped)
     freeze_breakdown_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     phases: list[PhaseRecord] = dataclasses.field(default_factory=list)
     started_at: float = dataclasses.field(default_factory=time.time)
