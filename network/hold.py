@@ -30,6 +30,7 @@ import threading
 import zlib
 
 from cloudmig import errors
+from cloudmig.network import _ns
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,9 @@ def _attrs(data: bytes):
 
 
 def _iptables(action: str, rule: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(["iptables", "-w", "-t", "mangle", action, "PREROUTING", *rule],
-                          capture_output=True, text=True)
+    """iptables on mangle PREROUTING in this namespace; the caller reads the exit status."""
+    return _ns.run(None, [_ns.need_tool("iptables", "iptables"), "-w", "-t", "mangle", action, "PREROUTING",
+                          *rule], f"changing the hold rules ({action})", check=False)
 
 
 class Hold:
@@ -198,8 +200,7 @@ def _request(sock: socket.socket, message: bytes) -> None:
 
 def release_orphans(name: str) -> int:
     """Remove the hold rules a dead holder of ``name`` left (they let packets pass already)."""
-    listing = subprocess.run(["iptables", "-w", "-t", "mangle", "-S", "PREROUTING"],
-                             capture_output=True, text=True).stdout
+    listing = _iptables("-S", []).stdout
     removed = 0
     for line in listing.splitlines():
         if f'"{COMMENT.format(name=name)}"' in line and line.startswith("-A PREROUTING "):
