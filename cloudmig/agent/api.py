@@ -33,6 +33,22 @@ class Mode(str, enum.Enum):
 
 # ---------------------------------------------------------------------------------- results
 @dataclasses.dataclass
+class SideStatus:
+    """One side of a migration on an agent: its state, the ops running now, and whether this
+    agent ran it (``known`` False: an earlier agent did, and its journal says so)."""
+    state: str
+    busy: str | None = None
+    known: bool = True
+
+
+@dataclasses.dataclass
+class MigrationStatus:
+    """A container's migration as one host sees it (a side is None where it has none)."""
+    outgoing: SideStatus | None
+    incoming: SideStatus | None
+    container: str               # runc's status of the container here, or "absent"
+
+@dataclasses.dataclass
 class Ping:
     host: str
     protocol: int
@@ -271,6 +287,13 @@ class Agent:
     def cpu_lacks(self, cpuinfo: bytes) -> str | None:
         """None if this host's CPU has every feature recorded in ``cpuinfo``; else why not."""
         return self.client.call("host.cpu_lacks", image_b64=base64.b64encode(cpuinfo).decode())
+
+    def migration_status(self, name: str) -> MigrationStatus:
+        raw = self.client.call("migration.status", name=name)
+        return MigrationStatus(
+            outgoing=SideStatus(**raw["outgoing"]) if raw.get("outgoing") else None,
+            incoming=SideStatus(**raw["incoming"]) if raw.get("incoming") else None,
+            container=raw["container"])
 
     def fault(self, action: str, name: str, **args: Any) -> None:
         """Tests: do the named fault here (cloudmig.agent.faults)."""

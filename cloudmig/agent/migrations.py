@@ -26,7 +26,7 @@ from cloudmig.agent import faults
 from cloudmig.agent.api import Memory, Mode
 from cloudmig.agent.incoming import Incoming, discard
 from cloudmig.agent.outgoing import Outgoing, recover
-from cloudmig.agent.side import FINAL, HostContext, Side, State
+from cloudmig.agent.side import FINAL, HostContext, Side, State, read_journals
 from cloudmig.network import hold
 from cloudmig.runtime import criu, dump, sockets
 
@@ -40,6 +40,8 @@ class Migrations:
         self.incoming: dict[str, Incoming] = {}
         self._probes: dict[str, socket.socket] = {}
         self._lock = threading.Lock()
+        # what an earlier agent on this host left (this one restarted): by role, by container
+        self.earlier = {role: read_journals(ctx, role) for role in ("outgoing", "incoming")}
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         def out(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -77,6 +79,7 @@ class Migrations:
             "incoming.lazy_progress": inc(Incoming.lazy_progress),
             "incoming.finish": inc(Incoming.finish),
             "incoming.abort": self.incoming_abort,
+            "migration.status": self.status,
             "fault": self.fault,
         }
 
@@ -90,7 +93,11 @@ class Migrations:
                 raise errors.MigrationError(
                     f"No {role} migration of {name} is known on this host (its agent may have "
                     "restarted since the migration began).", hint="Run the migration again.")
-            return method(side, **args)
+            side.running.append(method.__name__)
+            try:
+                return method(side, **args)
+            finally:
+                side.running.remove(method.__name__)
         return handler
 
     def _claim(self, table: dict[str, Side], name: str, make: Callable[[], Side]) -> Any:
@@ -101,7 +108,21 @@ class Migrations:
                 old.expect("a new migration", *FINAL, State.PREPARED)
         side = make()
         table[name] = side
+        side.write_journal()
         return side
+
+    def status(self, name: str) -> dict:
+        """Where each side of ``name``'s migration is on this host (None: no such side), and
+        the container's own runtime status here: what a controller recovering it asks."""
+        sides = {}
+        for role, table in (("outgoing", self.outgoing), ("incoming", self.incoming)):
+            side = table.get(name)
+            sides[role] = side.status() if side is not None else self.earlier[role].get(name)
+        try:
+            container = self.ctx.runtime.state(name)["status"]
+        except errors.CloudmigError:
+            container = "absent"
+        return {**sides, "container": container}
 
     # ------------------------------------------------------------------ preflight
     def memory(self, name: str | None = None) -> Memory:

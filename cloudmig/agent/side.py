@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
+import os
+import time
 from pathlib import Path
 
 from cloudmig import errors
@@ -45,10 +48,12 @@ class HostContext:
 
 class Side:
     role = "?"
+    mode: object = None
 
     def __init__(self, ctx: HostContext, name: str) -> None:
         self.ctx, self.name = ctx, name
         self.state = State.PREPARED
+        self.running: list[str] = []       # ops running now (a controller that took over waits)
 
     @property
     def runtime(self) -> Runtime:
@@ -79,3 +84,35 @@ class Side:
 
     def advance(self, state: State) -> None:
         self.state = state
+        self.write_journal()
+
+    # ------------------------------------------------------------------ this side's journal
+    @property
+    def journal_path(self) -> Path:
+        return self.ctx.migration_dir(self.name).parent / f"{self.name}.{self.role}.json"
+
+    def write_journal(self) -> None:
+        """This side's state, in a file next to (not in) the migration's directory, which
+        its steps remove and remake: an agent that restarts reads it (``read_journals``)."""
+        path = self.journal_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"role": self.role, "container": self.name, "state": self.state.value,
+                                   "mode": getattr(self.mode, "value", None), "updated_at": time.time()}))
+        os.replace(tmp, path)
+
+    def status(self) -> dict:
+        return {"state": self.state.value, "busy": ", ".join(self.running) or None, "known": True}
+
+
+def read_journals(ctx: HostContext, role: str) -> dict[str, dict]:
+    """The sides of migrations an earlier agent on this host left, by container name: what a
+    restarted agent knows of them (``known`` False: their processes are no longer its own)."""
+    found = {}
+    for path in (ctx.runtime.host_dir / "migrations").glob(f"*.{role}.json"):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        found[rec["container"]] = {"state": rec["state"], "busy": None, "known": False}
+    return found

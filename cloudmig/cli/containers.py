@@ -7,6 +7,7 @@ from rich.table import Table
 
 from cloudmig.cli._app import app, console, err_console, print_json
 from cloudmig.control import containers
+from cloudmig.migration.journal import Journal
 
 
 @app.command()
@@ -31,12 +32,21 @@ def run(host: str = typer.Argument(..., help="Host to run on (see `cloudmig host
 def ps(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Containers: name, host, service IP, published endpoints, state."""
     rows = containers.states()
+    moving = {v.record.container: v for v in Journal.unfinished()}
+    for r in rows:
+        v = moving.get(r["name"])
+        r["migration"] = None if v is None else {
+            "status": v.status, "source": v.record.source, "destination": v.record.destination,
+            "mode": v.record.mode, "phase": v.record.phase, "state": v.record.state}
     if json_out:
         print_json(rows)
         return
     table = Table("NAME", "HOST", "SERVICE IP", "ENDPOINTS", "STATE", box=None)
     for r in rows:
-        table.add_row(r["name"], r["host"], r["service_ip"], "\n".join(r["endpoints"]) or "-", r["state"])
+        state, m = r["state"], r["migration"]
+        if m is not None:     # "in flight" or "interrupted" (then `migrate --resume` ends it)
+            state += f"; migration {m['status']}: {m['source']} -> {m['destination']} at {m['phase']}"
+        table.add_row(r["name"], r["host"], r["service_ip"], "\n".join(r["endpoints"]) or "-", state)
     console.print(table)
 
 

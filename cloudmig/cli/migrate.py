@@ -12,7 +12,8 @@ from cloudmig.agent.api import Mode
 from cloudmig.cli._app import app, console
 from cloudmig.inventory import Inventory
 from cloudmig.control.session import Session
-from cloudmig.migration import events, preflight
+from cloudmig import errors
+from cloudmig.migration import events, journal, preflight, recovery
 from cloudmig.migration.engine import Migration
 
 
@@ -60,11 +61,22 @@ class _Display:
 
 @app.command()
 def migrate(name: str = typer.Argument(..., help="Container to move."),
-            to: str = typer.Option(..., "--to", help="Destination host."),
+            to: str = typer.Option(None, "--to", help="Destination host."),
             mode: str = typer.Option("postcopy", "--mode",
                                      help="postcopy (resume at once, memory follows) or stopcopy (baseline)."),
+            resume: bool = typer.Option(False, "--resume",
+                                        help="Finish (or roll back) this container's interrupted migration."),
             report: Path = typer.Option(None, "--report", help="Write the JSON report here.")) -> None:
     """Live-migrate a container to another host; its clients stay connected."""
+    if resume:
+        if to is not None:
+            raise errors.ConfigError("--resume takes the destination from the interrupted migration; "
+                                     "leave out --to.")
+        _resume(name, report)
+        return
+    if to is None:
+        raise errors.ConfigError("Missing option --to: the destination host.",
+                                 hint=f"cloudmig migrate {name} --to HOST")
     display = _Display()
     with Session(Inventory()) as session:
         if mode not in preflight.MODES:      # refused, with the reason the source gives
@@ -85,3 +97,40 @@ def migrate(name: str = typer.Argument(..., help="Container to move."),
         f"memory {rep.memory_bytes >> 20} MiB, pages {moved} "
         + (f"(faulted {rep.faulted_pages}, pushed {rep.pushed_pages}), " if mig.mode.lazy else ", ")
         + f"file system {rep.fs_bytes} bytes")
+
+
+def _resume(name: str, report: Path | None) -> None:
+    display = _Display()
+    with Session(Inventory()) as session:
+        try:
+            outcome, rep = recovery.recover(session, name, on_event=display)
+        finally:
+            display._stop_bar()
+    if report is not None:
+        rep.write(report)
+    host = rep.destination if rep.ok else rep.source
+    console.print(f"[bold green]{outcome}[/]: {name} runs on {host}")
+
+
+@app.command()
+def recover(report_dir: Path = typer.Option(None, "--report-dir",
+                                            help="Write each recovered migration's JSON report here.")) -> None:
+    """Finish or roll back every interrupted migration (a controller died in the middle)."""
+    todo = [v for v in journal.Journal.unfinished() if v.status == "interrupted"]
+    busy = [v for v in journal.Journal.unfinished() if v.status == "in flight"]
+    for v in busy:
+        console.print(f"{v.record.container}: {journal.describe(v)} (left alone)")
+    if not todo:
+        console.print("no interrupted migration")
+        return
+    failed = []
+    for v in todo:
+        console.print(f"{v.record.container}: {journal.describe(v)}")
+        try:
+            _resume(v.record.container, report_dir / f"{v.record.container}.json" if report_dir else None)
+        except errors.CloudmigError as exc:
+            console.print(f"  [red]error[/]: {escape(str(exc))}")
+            failed.append(v.record.container)
+    if failed:
+        raise errors.MigrationError(f"Could not recover: {', '.join(failed)}.",
+                                    hint="See the errors above; run `cloudmig migrate --resume NAME` again.")

@@ -30,6 +30,7 @@ from cloudmig.control import layers
 from cloudmig.control.session import Session
 from cloudmig.migration import events, preflight
 from cloudmig.migration.faults import Fault, Faults
+from cloudmig.migration.journal import Journal
 from cloudmig.migration.report import Report
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,11 @@ class Phase:
 class Migration:
     def __init__(self, session: Session, name: str, destination: str, mode: Mode = Mode.POSTCOPY,
                  on_event: Callable[[events.Event], None] = events.ignore,
-                 faults: Faults | None = None) -> None:
+                 faults: Faults | None = None, source: str | None = None) -> None:
         self.session, self.name, self.mode, self.on_event = session, name, Mode(mode), on_event
         self.container = session.container(name)
-        self.src_name, self.dst_name = self.container.host, destination
+        # ``source``: a recovered migration's (the inventory may name the destination already)
+        self.src_name, self.dst_name = source or self.container.host, destination
         # an unknown destination is refused here; tunnel addresses are known before the tunnel
         self.src_addr = session.host(self.src_name).overlay_address or ""
         self.dst_addr = session.host(destination).overlay_address or ""
@@ -90,6 +92,18 @@ class Migration:
         self._pinned: set[Pin] = set()
         self._pins: concurrent.futures.Future | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=3)
+        self.journal: Journal | None = None
+
+    LEARNT = ("src_if", "dst_if", "ps_port", "dst_if_by_host", "forwarder_ifs")
+
+    def learnt(self) -> dict:
+        """What the migration learnt on the way, as its journal keeps it for a recovery."""
+        return {key: getattr(self, key) for key in self.LEARNT}
+
+    def relearn(self, learnt: dict) -> None:
+        for key in self.LEARNT:
+            if key in learnt:
+                setattr(self, key, learnt[key])
 
     # ------------------------------------------------------------------ agents
     @property
@@ -109,8 +123,10 @@ class Migration:
         t0 = time.monotonic()
         t_freeze = trips_freeze = 0.0
         resumed = False
+        self.journal = Journal.begin(self.name, self.src_name, self.dst_name, self.mode.value)
         try:
             for phase in self.phases:
+                self.journal.update(phase=phase.name)
                 self._fire(f"before-{phase.name}")
                 if phase.frozen and not t_freeze:
                     t_freeze, trips_freeze = time.monotonic(), self.session.round_trips()
@@ -125,6 +141,7 @@ class Migration:
                     raise
                 self.state = phase.reaches
                 self.report.state = self.state.value
+                self.journal.update(state=self.state.value, learnt=self.learnt())
                 if self.state is State.RESUMED:
                     resumed = True
                     self._undo.clear()        # the point of no return
@@ -134,11 +151,20 @@ class Migration:
                                                  self.report.control_round_trips_in_freeze))
                 self._fire(f"after-{phase.name}")
             self.report.ok = True
+            self.journal.end(State.DONE.value)
             return self.report
-        except errors.CloudmigError as exc:
-            self.report.error = str(exc)
+        except BaseException as exc:
+            self.report.error = str(exc) or type(exc).__name__
+            # rolled back: finished; otherwise (after the resume, or a rollback that failed
+            # half way) the journal stays unfinished for `cloudmig migrate --resume`
+            self.journal.update(error=self.report.error)
+            if self.state is State.ROLLED_BACK:
+                self.journal.end(self.state.value, self.report.error)
+            elif self.state in (State.NEW, State.CHECKED) and not self.report.rolled_back:
+                self.journal.end("failed", self.report.error)        # nothing was changed
             raise
         finally:
+            self.journal.release()
             self._pool.shutdown(wait=False, cancel_futures=True)
             self.report.total_ms = (time.monotonic() - t0) * 1000
 
@@ -176,11 +202,13 @@ class Migration:
                 phase.undo(self)
             except errors.CloudmigError as exc:
                 problems.append(f"undoing {phase.name} ({phase.undo_text}) failed: {exc}")
-        self.state = State.ROLLED_BACK
-        self.report.state = self.state.value
         if problems:
             log.error("rollback incomplete: %s", "; ".join(problems))
-            self.on_event(events.Warning("rollback incomplete: " + "; ".join(problems)))
+            self.on_event(events.Warning("rollback incomplete: " + "; ".join(problems)
+                                         + f"; finish it with: cloudmig migrate --resume {self.name}"))
+            return
+        self.state = State.ROLLED_BACK
+        self.report.state = self.state.value
 
     # ------------------------------------------------------------------ before the freeze
     def _preflight(self) -> None:
@@ -340,6 +368,11 @@ class Migration:
         self._timed("switch.go_live", lambda: dst.incoming.go_live(self.name))
         self.report.held_packets = self._timed(
             "switch.over", lambda: src.outgoing.switch_over(self.name, c.service_ip, self.src_if))
+        self._publish()
+
+    def _publish(self) -> None:
+        """The destination publishes the ports, earlier homes route to it, the record moves."""
+        c, dst = self.container, self.dst
         dst_pub = self.session.host(self.dst_name).public_address or ""
         for p in c.ports:
             dst.net.publish(owner=self.name, public_ip=dst_pub, host_port=p.host_port,
