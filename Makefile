@@ -5,7 +5,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all bootstrap test demo bench clean
+.PHONY: all bootstrap test demo bench faults clean
 
 all: test
 
@@ -17,6 +17,14 @@ test: bootstrap
 
 demo: bootstrap
 	@PATH=$(VENV)/bin:$$PATH bash examples/demo.sh
+
+# every fault crossed with every phase of both modes (~2 h; `make test` runs a slice), then
+# docs/faults.md from the results
+FAULT_RESULTS ?= $(CURDIR)/.fault-results.jsonl
+faults: bootstrap
+	rm -f $(FAULT_RESULTS)
+	-CLOUDMIG_FAULT_MATRIX=full CLOUDMIG_FAULT_RESULTS=$(FAULT_RESULTS) $(VENV)/bin/pytest tests/test_fault_matrix.py $(PYTEST_ARGS)
+	$(PY) tests/fault_matrix.py $(FAULT_RESULTS) docs/faults.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -108,6 +108,16 @@ class AgentError(CloudmigError):
     exit_code = 8
 
 
+class AgentLost(AgentError):
+    """The channel to an agent broke, or the agent cannot be reached (it may have died)."""
+
+
+class MigrationLost(MigrationError):
+    """After the resume, the container's memory could no longer arrive: the destination's
+    copy was stopped (and the source's taken back where it still could be)."""
+    exit_code = 9
+
+
 class AuthError(AgentError):
     pass
 

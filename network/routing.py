@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 
 from pyroute2 import netns as pyroute2_netns
 
@@ -59,8 +60,26 @@ def _service(service_ip: str) -> str:
     return str(addressing.require_in(service_ip, addressing.SERVICE_RANGE, "container service IP"))
 
 
+# Riding out a WAN outage (docs/network.md, "When the WAN breaks"): TCP's retransmission
+# back-off is capped at 1 s (net.ipv4.tcp_rto_max_ms, Linux >= 6.15), so a connection sends
+# again within 1 s of the link's return instead of up to two minutes later (measured: a 30 s
+# outage stalled a connection 55 s with the default cap, 60 s one stalled it 60.0 s with 1 s);
+# tcp_retries2 at its maximum (255) keeps connections alive through ~4 min of outage under
+# that cap (with the default 15 they would time out after ~15 s of it). Set in the host's
+# namespace (the agents' transfers, CRIU's page server and lazy-pages daemon) and in each
+# container's (its clients' connections).
+RIDE_OUT_SYSCTLS = {"net.ipv4.tcp_rto_max_ms": "1000", "net.ipv4.tcp_retries2": "255"}
+
+
+def ride_out_sysctls() -> dict[str, str]:
+    """RIDE_OUT_SYSCTLS, without the RTO cap on kernels that lack it (< 6.15), where raising
+    tcp_retries2 alone would only keep dead peers longer: then nothing."""
+    return RIDE_OUT_SYSCTLS if os.path.exists("/proc/sys/net/ipv4/tcp_rto_max_ms") else {}
+
+
 def _host_sysctls(netns: str | None, host_veth: str) -> None:
     _ns.sysctl(netns, {
+        **ride_out_sysctls(),
         "net.ipv4.ip_forward": "1",
         # replies through the tunnel arrive with the client's source address: no reverse-path check
         "net.ipv4.conf.all.rp_filter": "0",
@@ -100,6 +119,8 @@ def create_container_netns(netns: str | None, container_netns: str, service_ip: 
             ipr.addr("add", index=index, address=service, prefixlen=32)
             ipr.link("set", index=index, state="up")
             ipr.route("replace", dst="0.0.0.0/0", gateway=GATEWAY, oif=index, flags=RTNH_F_ONLINK)
+        if ride_out_sysctls():
+            _ns.sysctl(container_netns, ride_out_sysctls())
     except BaseException:
         delete_container_netns(netns, container_netns, host_veth)
         raise

@@ -160,11 +160,12 @@ def connect(address: str, port: int, timeout_s: float = 10, attempts: int = 50):
 
 
 @contextlib.contextmanager
-def running_lab(base: Path, hosts: int):
-    """A lab of ``hosts`` hosts of this test's own, removed afterwards even on failure."""
+def running_lab(base: Path, hosts: int, *options: str):
+    """A lab of ``hosts`` hosts of this test's own (``options``: more of `lab up`'s), removed
+    afterwards even on failure."""
     lab = Lab(base / "state", new_lab_id())
     try:
-        lab.cm("lab", "up", "--hosts", str(hosts))
+        lab.cm("lab", "up", "--hosts", str(hosts), *options)
         yield lab
     finally:
         lab.cm("lab", "down", check=False)

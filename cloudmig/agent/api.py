@@ -109,6 +109,7 @@ class LazyProgress:
     pushed_pages: int = 0
     rc: int | None = None               # the lazy-pages daemon's exit status, once done
     page_size: int = 4096               # of the host that counted the pages
+    lost: str | None = None             # why the rest of the memory can no longer arrive
 
 
 def _make(cls, data: dict):
@@ -174,6 +175,10 @@ class Outgoing(_Ops):
     def finish(self, name: str, service_ip: str) -> None:
         self._c.call("outgoing.finish", name=name, service_ip=service_ip)
 
+    def take_back(self, name: str, service_ip: str) -> None:
+        """The frozen copy here runs again, as at the freeze (the destination's was lost)."""
+        self._c.call("outgoing.take_back", name=name, service_ip=service_ip)
+
 
 class Incoming(_Ops):
     """The destination's side of one container's migration (cloudmig.agent.incoming)."""
@@ -200,9 +205,9 @@ class Incoming(_Ops):
         return _make(Restored, self._c.call("incoming.restore", name=name, page_server=page_server,
                                             port=port, service_ip=service_ip))
 
-    def go_live(self, name: str) -> None:
+    def go_live(self, name: str, service_ip: str) -> None:
         """Returns once the restored container is routed and unlocked."""
-        self._c.call("incoming.go_live", name=name)
+        self._c.call("incoming.go_live", name=name, service_ip=service_ip)
 
     def lazy_progress(self, name: str) -> LazyProgress:
         return _make(LazyProgress, self._c.call("incoming.lazy_progress", name=name))
@@ -213,6 +218,10 @@ class Incoming(_Ops):
 
     def abort(self, name: str, service_ip: str) -> None:
         self._c.call("incoming.abort", name=name, service_ip=service_ip)
+
+    def drop(self, name: str, service_ip: str) -> None:
+        """After the resume, memory lost: the incomplete copy stopped and removed here."""
+        self._c.call("incoming.drop", name=name, service_ip=service_ip)
 
 
 class Net(_Ops):

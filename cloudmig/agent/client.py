@@ -45,7 +45,7 @@ class UnixTransport:
             self._sock.connect(path)
         except OSError as exc:
             self._sock.close()
-            raise errors.AgentError(f"Cannot reach the agent at {path}: {exc.strerror or exc}.",
+            raise errors.AgentLost(f"Cannot reach the agent at {path}: {exc.strerror or exc}.",
                                     hint="Is the host up? `cloudmig hosts` shows its state.") from exc
         self._sock.settimeout(None)     # the client's reader waits for answers; calls time out
         self._rfile = self._sock.makefile("rb")
@@ -194,7 +194,7 @@ class AgentClient:
             waiter.done.set()
 
     def _lost_error(self, op: str, why: str) -> errors.AgentError:
-        return errors.AgentError(f"Lost the agent of host {self.host} during {op}: {why}.",
+        return errors.AgentLost(f"Lost the agent of host {self.host} during {op}: {why}.",
                                  hint="Check that the host and its agent are running.")
 
     def close(self) -> None:

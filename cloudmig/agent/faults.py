@@ -52,7 +52,50 @@ def _break_criu_conf(ops: "Migrations", name: str) -> None:
         fh.write("no-such-option\n")
 
 
+def _kill_criu(ops: "Migrations", name: str) -> None:
+    """CRIU (and the runc that runs it) of this host's side of the migration, SIGKILLed: the
+    armed or dumping CRIU and page server on the source, the armed restore or the lazy-pages
+    daemon on the destination. Nothing runs at some points: then nothing is killed."""
+    from cloudmig.runtime import procs
+    procs.kill_groups_mentioning(str(ops.ctx.migration_dir(name)))
+
+
+def _kill_tunnel(ops: "Migrations", name: str, ifname: str) -> None:
+    """The tunnel's wireguard-go process on this host, SIGKILLed (its interface goes with it)."""
+    from cloudmig.runtime import procs
+    for pid in procs.pids_mentioning(ifname):
+        with open(f"/proc/{pid}/comm") as fh:
+            if fh.read().strip().startswith("wireguard"):
+                os.kill(pid, signal.SIGKILL)
+
+
+WAN_TABLE = "cmwan"
+
+
+def _wan_down(ops: "Migrations", name: str, address: str, seconds: float) -> None:
+    """Every packet between this host and the peer's public ``address`` dropped for
+    ``seconds`` (the WAN between the two hosts is down; the controller's channel, the clients
+    and every other host still get through), then the link is back."""
+    rules = (f"add table ip {WAN_TABLE}\n"
+             f"add chain ip {WAN_TABLE} in {{ type filter hook input priority -10; }}\n"
+             f"add chain ip {WAN_TABLE} out {{ type filter hook output priority -10; }}\n"
+             f"add rule ip {WAN_TABLE} in ip saddr {address} drop\n"
+             f"add rule ip {WAN_TABLE} out ip daddr {address} drop\n")
+    _ns.nft(None, ["-f", "-"], f"cutting the WAN to {address}", script=rules)
+
+    def back() -> None:
+        try:
+            _ns.nft(None, ["delete", "table", "ip", WAN_TABLE], "restoring the WAN")
+        except errors.CloudmigError as exc:
+            log.error("fault: could not restore the WAN: %s", exc)
+        log.warning("fault: the WAN to %s is back after %s s", address, seconds)
+    threading.Timer(float(seconds), back).start()
+
+
 ACTIONS = {
+    "kill-criu": _kill_criu,
+    "kill-tunnel": _kill_tunnel,
+    "wan-down": _wan_down,
     "kill-agent": _kill_agent,
     "break-images": _break_images,
     "block-tcp-to": _block_tcp_to,

@@ -40,6 +40,17 @@ class Incoming(Side):
         self.armed: restore.Restore | None = None
         self._going_live: concurrent.futures.Future | None = None
         self.daemon: lazy_pages.LazyPagesDaemon | None = None
+        self.lost: str | None = None       # why the container's memory can no longer arrive
+
+    @classmethod
+    def adopt(cls, ctx: HostContext, name: str, mode: Mode, state: State) -> "Incoming":
+        """A migration an agent that died since left here after the restore, taken over from
+        its journal: its container runs, its lazy-pages daemon (if any) still pulls pages."""
+        inc = cls(ctx, name, mode)
+        inc.state = state
+        if mode.lazy:
+            inc.daemon = lazy_pages.LazyPagesDaemon.adopt(inc.work("dst"))
+        return inc
 
     @classmethod
     def prepare(cls, ctx: HostContext, name: str, mode: Mode, image: str, command: list[str],
@@ -113,41 +124,82 @@ class Incoming(Side):
             armed.abort()
             raise
         self.advance(State.RESUMED)
-        self._live = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._live = concurrent.futures.ThreadPoolExecutor(max_workers=2)
         self._going_live = self._live.submit(self._route_and_unlock, service_ip)
+        if self.daemon is not None:
+            self._live.submit(self._watch_daemon)
         self._live.shutdown(wait=False)
         return Restored(pid=pid, restore_ms=steps.total_ms, steps_ms=steps.ms)
+
+    def _watch_daemon(self) -> None:
+        """The moment the lazy-pages daemon ends without having moved every page, the
+        container is frozen and cut off: the kernel no longer routes its page faults anywhere,
+        and it must not run on with memory it never received (nor answer anyone)."""
+        rc = self.daemon.wait()
+        if rc != 0:
+            self._lose(f"the lazy-pages daemon ended (exit {rc}) before every page arrived")
+
+    def _lose(self, why: str) -> None:
+        if self.lost is not None:
+            return
+        self.runtime.freeze(self.name)
+        self.net.lock_container(self.name)
+        stats = self.daemon.stats() if self.daemon is not None else {}
+        missing = stats.get("lazy_pages", 0) - stats.get("copied_pages", 0)
+        self.lost = f"{why}; {missing} of {stats.get('lazy_pages', 0)} pages never arrived"
 
     def _route_and_unlock(self, service_ip: str) -> None:
         self.net.route_service(service_ip, container=self.name)
         self.net.unlock_container(self.name)
 
-    def go_live(self) -> None:
-        """Return once the restored container is routed and unlocked (begun by ``restore``)."""
+    def go_live(self, service_ip: str) -> None:
+        """Return once the restored container is routed and unlocked (begun by ``restore``;
+        done here for a migration adopted from an agent that died since)."""
+        if self.state in (State.SWITCHED, State.DRAINED, State.DONE):
+            return                   # done already (a controller that reconnected asks again)
         self.expect("go_live", State.RESUMED)
-        self._going_live.result()
+        if self._going_live is not None:
+            self._going_live.result()
+        else:
+            self._route_and_unlock(service_ip)
         self.advance(State.SWITCHED)
 
     def lazy_progress(self) -> LazyProgress:
         self.expect("lazy_progress", State.RESUMED, State.SWITCHED, State.DRAINED, State.DONE)
         if self.daemon is None:
             return LazyProgress(done=True, rc=0)
-        return LazyProgress(done=self.daemon.done, rc=self.daemon.proc.poll(),
-                            page_size=lazy_pages.PAGE_SIZE, **self.daemon.stats())
+        rc = self.daemon.returncode
+        if rc not in (None, 0) and self.lost is None:      # an adopted daemon has no watcher
+            self._lose(f"the lazy-pages daemon ended (exit {rc}) before every page arrived")
+        return LazyProgress(done=rc is not None, rc=rc, page_size=lazy_pages.PAGE_SIZE,
+                            lost=self.lost, **self.daemon.stats())
 
     def finish(self) -> LazyProgress:
         """Wait for the last lazy page; the migration is complete on this side."""
+        if self.state is State.DONE:
+            return LazyProgress(done=True, rc=0, page_size=lazy_pages.PAGE_SIZE)
         self.expect("finish", State.SWITCHED, State.DRAINED)
         rc, stats = 0, {}
         if self.daemon is not None:
             try:
-                rc = self.daemon.proc.wait(timeout=LAZY_FINISH_TIMEOUT_S)
+                rc = self.daemon.wait(LAZY_FINISH_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 return LazyProgress(done=False, page_size=lazy_pages.PAGE_SIZE, **self.daemon.stats())
             stats = self.daemon.stats()
         shutil.rmtree(self.dir, ignore_errors=True)
         self.advance(State.DONE)
         return LazyProgress(done=True, rc=rc, page_size=lazy_pages.PAGE_SIZE, **stats)
+
+    def drop(self, service_ip: str) -> None:
+        """After the resume, when the container's memory can no longer arrive (its source or
+        its daemon is gone): the incomplete copy is stopped and everything of it removed here,
+        its published ports too."""
+        self.lost = self.lost or "dropped"          # its daemon's end is no news any more
+        if self.daemon is not None:
+            self.daemon.kill()
+        self.net.unpublish(owner=self.name)
+        discard(self.ctx, self.name, service_ip)
+        self.advance(State.ROLLED_BACK)
 
     def abort(self, service_ip: str) -> None:
         """Undo everything this incoming migration made here."""

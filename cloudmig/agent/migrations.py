@@ -45,10 +45,10 @@ class Migrations:
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         def out(method: Callable[..., Any]) -> Callable[..., Any]:
-            return self._on(self.outgoing, "outgoing", method)
+            return self._on(self.outgoing, "outgoing", method, self._adopt(Outgoing))
 
         def inc(method: Callable[..., Any]) -> Callable[..., Any]:
-            return self._on(self.incoming, "incoming", method)
+            return self._on(self.incoming, "incoming", method, self._adopt(Incoming))
 
         return {
             "host.memory": self.memory,
@@ -70,6 +70,7 @@ class Migrations:
             "outgoing.wait_dump": out(Outgoing.wait_dump),
             "outgoing.finish": out(Outgoing.finish),
             "outgoing.rollback": self.outgoing_rollback,
+            "outgoing.take_back": out(Outgoing.take_back),
             "incoming.prepare": self.incoming_prepare,
             "incoming.receive": inc(Incoming.receive),
             "incoming.receive_wait": inc(Incoming.receive_wait),
@@ -79,16 +80,18 @@ class Migrations:
             "incoming.lazy_progress": inc(Incoming.lazy_progress),
             "incoming.finish": inc(Incoming.finish),
             "incoming.abort": self.incoming_abort,
+            "incoming.drop": inc(Incoming.drop),
             "migration.status": self.status,
             "fault": self.fault,
         }
 
     # ------------------------------------------------------------------ lookups
     @staticmethod
-    def _on(table: dict[str, Any], role: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    def _on(table: dict[str, Any], role: str, method: Callable[..., Any],
+            adopt: Callable[[str], Side | None]) -> Callable[..., Any]:
         """A handler calling ``method`` on the ``role`` side of the container it names."""
         def handler(name: str, **args: Any) -> Any:
-            side = table.get(name)
+            side = table.get(name) or adopt(name)
             if side is None:
                 raise errors.MigrationError(
                     f"No {role} migration of {name} is known on this host (its agent may have "
@@ -99,6 +102,25 @@ class Migrations:
             finally:
                 side.running.remove(method.__name__)
         return handler
+
+    ADOPTABLE = (State.FROZEN, State.RESUMED, State.SWITCHED, State.DRAINED, State.DONE)
+
+    def _adopt(self, cls: type[Side]) -> Callable[[str], Side | None]:
+        """Past the freeze, a migration whose agent died goes on with this one: its side is
+        made again from its journal (before the freeze, the undo ops clean up instead)."""
+        role, table = cls.role, (self.outgoing if cls is Outgoing else self.incoming)
+
+        def adopt(name: str) -> Side | None:
+            with self._lock:
+                if name in table:
+                    return table[name]
+                rec = self.earlier[role].get(name)
+                if rec is None or State(rec["state"]) not in self.ADOPTABLE or not rec.get("mode"):
+                    return None
+                side = cls.adopt(self.ctx, name, Mode(rec["mode"]), State(rec["state"]))
+                table[name] = side
+                return side
+        return adopt
 
     def _claim(self, table: dict[str, Side], name: str, make: Callable[[], Side]) -> Any:
         """A new migration of ``name`` on this side; refused while one is in flight."""
@@ -117,7 +139,9 @@ class Migrations:
         sides = {}
         for role, table in (("outgoing", self.outgoing), ("incoming", self.incoming)):
             side = table.get(name)
-            sides[role] = side.status() if side is not None else self.earlier[role].get(name)
+            earlier = self.earlier[role].get(name)
+            sides[role] = side.status() if side is not None else (
+                None if earlier is None else {k: earlier[k] for k in ("state", "busy", "known")})
         try:
             container = self.ctx.runtime.state(name)["status"]
         except errors.CloudmigError:
@@ -181,6 +205,7 @@ class Migrations:
             out.disarm()
         else:       # armed by an agent that died since
             dump.forget_orphan(self.ctx.runtime, name, self.ctx.migration_dir(name) / "work-src")
+            shutil.rmtree(self.ctx.migration_dir(name), ignore_errors=True)
 
     def outgoing_release_hold(self, name: str) -> int:
         out = self.outgoing.get(name)

@@ -23,7 +23,7 @@ from cloudmig import errors
 from cloudmig.agent.api import Dumped, DumpEnd, Mode, Sent
 from cloudmig.agent.side import HostContext, Side, State
 from cloudmig.network import hold
-from cloudmig.runtime import criu, dump, restore, transfer
+from cloudmig.runtime import criu, dump, mounts, restore, transfer
 from cloudmig.timing import Steps
 
 DUMP_ROLLBACK_WAIT_S = 60          # a dump told to stop serving pages ends within this
@@ -36,8 +36,19 @@ class Outgoing(Side):
         super().__init__(ctx, name)
         self.mode = mode
         self.manifest: dict = {}
-        self.dump: dump.LazyDump | None = None
+        self.dump: dump.LazyDump | dump.AdoptedDump | None = None
         self.held: hold.Hold | None = None
+        self.adopted = False
+
+    @classmethod
+    def adopt(cls, ctx: HostContext, name: str, mode: Mode, state: State) -> "Outgoing":
+        """A migration an agent that died since left here past its freeze, taken over from
+        its journal: its dump (post-copy) still serves pages; its holder died with it."""
+        out = cls(ctx, name, mode)
+        out.state, out.adopted = state, True
+        if mode.lazy:
+            out.dump = dump.AdoptedDump(out.work("src"))
+        return out
 
     # ------------------------------------------------------------------ before the freeze
     def presync(self, address: str, port: int, token: str) -> Sent:
@@ -61,6 +72,7 @@ class Outgoing(Side):
         """Undo ``arm``: the armed dump is called off; the container was never touched."""
         if self.state is State.ARMED:
             self._call_off_dump()
+            shutil.rmtree(self.dir, ignore_errors=True)
             self.advance(State.PREPARED)
 
     def hold(self, service_ip: str, endpoints: list[list], not_from: str | None = None) -> None:
@@ -74,6 +86,8 @@ class Outgoing(Side):
     def release_hold(self) -> int:
         """Let the held packets go on (after the switch: to the new home). How many there were."""
         if self.held is None:
+            if self.adopted:
+                hold.release_orphans(self.name)     # its holder died: its rules let packets pass
             return 0
         held, self.held = self.held, None
         return held.release()
@@ -122,6 +136,8 @@ class Outgoing(Side):
         packets held since the freeze follow it, then (post-copy) the source copy's uplink is
         cut: when CRIU ends the lazy dump it resumes the now stale copy for a moment before it
         is killed, and it must not talk to anyone. One call: on a WAN each is a round trip."""
+        if self.state is State.SWITCHED:
+            return 0                 # done already (a controller that reconnected asks again)
         self.expect("switch_over", State.FROZEN)
         self.net.route_service(service_ip, ifname=tunnel_ifname)
         held = self.release_hold()
@@ -132,6 +148,8 @@ class Outgoing(Side):
 
     def wait_dump(self, timeout_s: float | None = None) -> DumpEnd:
         """Post-copy: returns once the page server served its last page."""
+        if self.state is State.DONE:
+            return DumpEnd(rc=0, stats={})
         self.expect("wait_dump", State.FROZEN, State.SWITCHED)
         rc = 0
         if self.dump is not None:
@@ -145,12 +163,26 @@ class Outgoing(Side):
         """The container lives elsewhere now: remove it here, but keep its published ports,
         which forward to it. The reply pins this host had for it as a destination go: replies
         that come back here now belong to this host's own forwarded clients."""
+        if self.state is State.DONE:
+            return
         self.expect("finish", State.FROZEN, State.SWITCHED)
         self.net.unpin_replies(service_ip)
         self.runtime.remove(self.name)
         self.net.delete_container_netns(self.name)
         shutil.rmtree(self.dir, ignore_errors=True)
         self.advance(State.DONE)
+
+    def take_back(self, service_ip: str) -> None:
+        """After the switch, when the destination's copy was lost before its memory arrived:
+        the frozen copy here (post-copy dumps leave it running) runs again, as it was at the
+        freeze; what the container did on the destination since is gone."""
+        self.expect("take_back", State.FROZEN, State.SWITCHED)
+        if not self.mode.lazy:
+            raise errors.MigrationError(f"{self.name} was dumped whole (stop-and-copy); there is no "
+                                        "copy left here to take back.")
+        self._call_off_dump()
+        recover(self.ctx, self.name, self.mode, service_ip, known=True)
+        self.advance(State.ROLLED_BACK)
 
     # ------------------------------------------------------------------ failure
     def rollback(self, service_ip: str) -> None:
@@ -188,3 +220,7 @@ def recover(ctx: HostContext, name: str, mode: Mode, service_ip: str, known: boo
     if status != "running":
         raise errors.MigrationError(f"Could not resume {name} on the source: it is {status}.",
                                     hint=f"Inspect {ctx.migration_dir(name)} on the source host.")
+    # its images and CRIU's logs served their purpose (a stop-and-copy image is as big as the
+    # container's memory)
+    mounts.unmount_under(ctx.migration_dir(name))
+    shutil.rmtree(ctx.migration_dir(name), ignore_errors=True)

@@ -114,5 +114,5 @@ def read_journals(ctx: HostContext, role: str) -> dict[str, dict]:
             rec = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        found[rec["container"]] = {"state": rec["state"], "busy": None, "known": False}
+        found[rec["container"]] = {"state": rec["state"], "busy": None, "known": False, "mode": rec.get("mode")}
     return found

@@ -163,7 +163,8 @@ def states(inv: Inventory | None = None) -> list[dict]:
             if fh:
                 endpoints += [f"{fh.public_address}:{p.host_port}/{p.proto} (forwarded)" for p in fwd.ports]
         out.append({"name": c.name, "host": c.host, "service_ip": c.service_ip, "image": c.image,
-                    "endpoints": endpoints, "state": st.get("status", "unknown"),
+                    "endpoints": endpoints,
+                    "state": "lost" if c.state == "lost" else st.get("status", "unknown"),
                     "pid": st.get("pid", 0), "command": c.command,
                     "forwards": [f.model_dump() for f in c.forwards]})
     return out

@@ -105,6 +105,22 @@ class Session:
             self.data = data.model_copy(deep=True)
         return [f.host for f in self.data.container(name).forwards]
 
+    def record_back(self, name: str, source: str, destination: str) -> None:
+        """A move undone after its switch (the destination's copy was lost): ``name`` lives on
+        ``source`` again, which no longer forwards to it."""
+        with self.inv.transaction() as data:
+            rec = data.containers[name]
+            rec.forwards = [f for f in rec.forwards if f.host != source]
+            rec.host, rec.state = source, "running"
+            self.data = data.model_copy(deep=True)
+
+    def record_lost(self, name: str, host: str) -> None:
+        """``name`` is lost (its memory could not be moved): `cloudmig ps` says so until `rm`."""
+        with self.inv.transaction() as data:
+            rec = data.containers[name]
+            rec.host, rec.state = host, "lost"
+            self.data = data.model_copy(deep=True)
+
     # ------------------------------------------------------------------ the end
     def close(self) -> None:
         with self._lock:

@@ -28,6 +28,7 @@ from cloudmig import errors
 from cloudmig.agent.api import Agent, Dumped, Mode, Pin, Receiver
 from cloudmig.control import layers
 from cloudmig.control.session import Session
+from cloudmig.inventory import tunnel_key
 from cloudmig.migration import events, preflight
 from cloudmig.migration.faults import Fault, Faults
 from cloudmig.migration.journal import Journal
@@ -39,6 +40,8 @@ LAZY_POLL_S = 0.2
 LAZY_STALL_WARN_S = 10          # no page moved for this long: say so (tunnel broken?)
 DUMP_EXIT_TIMEOUT_S = 60        # after the last page, the source's dump ends within this
 FAULT_KILL_WAIT_S = 5           # a fault that kills an agent: its channel closes within this
+POST_RESUME_ATTEMPTS = 3        # a phase after the resume, again after its agent was lost
+SOURCE_LOST_S = 10              # no page, and the source's agent unreachable this long: lost
 
 
 class State(enum.Enum):
@@ -52,6 +55,7 @@ class State(enum.Enum):
     DRAINED = "drained"          # every lazy page arrived
     DONE = "done"
     ROLLED_BACK = "rolled_back"
+    LOST = "lost"                # after the resume, its memory could no longer arrive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,8 +137,7 @@ class Migration:
                 if phase.undo is not None and not resumed:
                     self._undo.append(phase)
                 try:
-                    with self.report.phase(phase.name, self._phase_event):
-                        phase.step(self)
+                    self._step(phase, resumed)
                 except BaseException as exc:
                     if self._undo:
                         self._rollback(exc)
@@ -158,7 +161,8 @@ class Migration:
             # rolled back: finished; otherwise (after the resume, or a rollback that failed
             # half way) the journal stays unfinished for `cloudmig migrate --resume`
             self.journal.update(error=self.report.error)
-            if self.state is State.ROLLED_BACK:
+            if self.state in (State.ROLLED_BACK, State.LOST):
+                self.report.state = self.state.value
                 self.journal.end(self.state.value, self.report.error)
             elif self.state in (State.NEW, State.CHECKED) and not self.report.rolled_back:
                 self.journal.end("failed", self.report.error)        # nothing was changed
@@ -168,6 +172,23 @@ class Migration:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self.report.total_ms = (time.monotonic() - t0) * 1000
 
+    def _step(self, phase: Phase, resumed: bool) -> None:
+        """Run one phase. After the resume there is no way back, so an agent lost on the way
+        (it died, or its channel broke) is reconnected, or restarted by its host's provider,
+        and the phase runs again: every step after the resume is idempotent on the agents,
+        and a restarted agent takes its side over from its journal."""
+        for attempt in range(POST_RESUME_ATTEMPTS):
+            try:
+                with self.report.phase(phase.name, self._phase_event):
+                    phase.step(self)
+                return
+            except errors.AgentLost as exc:
+                if not resumed or attempt == POST_RESUME_ATTEMPTS - 1:
+                    raise
+                self.on_event(events.Warning(f"{exc} Reconnecting; the migration goes on."))
+                for host in (self.src_name, self.dst_name):
+                    self.session.revive(host)
+
     def _phase_event(self, name: str, state: str) -> None:
         if state == "start":
             self.on_event(events.PhaseStarted(name))
@@ -176,11 +197,22 @@ class Migration:
 
     def _fire(self, point: str) -> None:
         def on_side(fault: Fault) -> None:
-            agent = self.src if fault.side == "source" else self.dst
-            peer = self.dst_addr if fault.side == "source" else self.src_addr
-            args = {"address": peer} if fault.action == "block-tcp-to" else {}
-            if fault.action != "kill-agent":
-                agent.fault(fault.action, self.name, **args)
+            src = fault.side == "source"
+            agent = self.session.revive(self.src_name if src else self.dst_name)
+            action, args = fault.action, {}
+            if action == "block-tcp-to":
+                args = {"address": self.dst_addr if src else self.src_addr}
+            elif action.startswith("wan-down-"):         # wan-down-SECONDS
+                peer = self.session.host(self.dst_name if src else self.src_name)
+                action, args = "wan-down", {"address": peer.public_address,
+                                            "seconds": float(action.removeprefix("wan-down-"))}
+            elif action == "kill-tunnel":
+                t = self.session.data.tunnels.get(tunnel_key(self.src_name, self.dst_name))
+                if t is None:
+                    return                               # no tunnel yet: nothing to kill
+                args = {"ifname": t.iface_a if (t.a == self.src_name) == src else t.iface_b}
+            if action != "kill-agent":
+                agent.fault(action, self.name, **args)
                 return
             try:
                 agent.fault(fault.action, self.name, **args)
@@ -218,7 +250,8 @@ class Migration:
         dst_rec = self.session.host(self.dst_name)
         if dst_rec.state != "ready":
             raise errors.PreflightError(f"Host {self.dst_name} is {dst_rec.state}, not ready.")
-        src, dst = self.src, self.dst
+        # an agent that died since it was last used is restarted (lab) before anything begins
+        src, dst = self.session.revive(self.src_name), self.session.revive(self.dst_name)
         preflight.check_host(self.src_name, src.doctor(), self.mode.value)
         preflight.check_host(self.dst_name, dst.doctor(), self.mode.value)
         lacks = dst.cpu_lacks(src.cpuinfo())
@@ -365,7 +398,7 @@ class Migration:
         c, src, dst = self.container, self.src, self.dst
         # the destination routes and unlocks the container as soon as it restored it; once it
         # did, the source sends the service into the tunnel and lets the held packets follow
-        self._timed("switch.go_live", lambda: dst.incoming.go_live(self.name))
+        self._timed("switch.go_live", lambda: dst.incoming.go_live(self.name, c.service_ip))
         self.report.held_packets = self._timed(
             "switch.over", lambda: src.outgoing.switch_over(self.name, c.service_ip, self.src_if))
         self._publish()
@@ -386,18 +419,29 @@ class Migration:
         dst = self.dst
         t0 = last_change = time.monotonic()
         last_copied = -1
+        stalled_since: float | None = None
+        warned = 0.0
+        self._src_unreachable_since: float | None = None
         while True:
             prog = dst.incoming.lazy_progress(self.name)
+            if prog.lost:
+                self._lost(prog.lost)
             self.on_event(events.LazyMoved(prog, time.monotonic() - t0))
             if prog.done:
                 break
+            now = time.monotonic()
             if prog.copied_pages != last_copied:
-                last_copied, last_change = prog.copied_pages, time.monotonic()
-            elif time.monotonic() - last_change > LAZY_STALL_WARN_S:
-                self.on_event(events.Warning(
-                    f"no page arrived for {LAZY_STALL_WARN_S} s; the source keeps serving them "
-                    "until the transfer completes (check `cloudmig tunnel status`)"))
-                last_change = time.monotonic()
+                if stalled_since is not None:
+                    self.on_event(events.Warning(f"pages flow again after {now - stalled_since:.1f} s"))
+                last_copied, last_change, stalled_since, warned = prog.copied_pages, now, None, 0.0
+            elif now - last_change > LAZY_STALL_WARN_S:
+                stalled_since = stalled_since or last_change
+                if now - warned > LAZY_STALL_WARN_S:
+                    warned = now
+                    self.on_event(events.Warning(
+                        f"stalled: no page for {now - last_change:.0f} s; the source keeps serving "
+                        "them until the transfer completes (check `cloudmig tunnel status`)"))
+                self._check_source(prog, now - last_change)
             time.sleep(LAZY_POLL_S)
         final = dst.incoming.finish(self.name)
         if final.rc not in (0, None):
@@ -409,6 +453,56 @@ class Migration:
         self.report.faulted_pages = final.faulted_pages
         self.report.pushed_pages = final.pushed_pages
         self.report.page_size = final.page_size
+
+    def _check_source(self, prog, stalled_s: float) -> None:
+        """While no page arrives: is the source still there? Its agent unreachable (and not
+        restartable) for SOURCE_LOST_S means its host is gone, and the pages with it."""
+        try:
+            self.session.revive(self.src_name).ping()
+            self._src_unreachable_since = None
+        except errors.AgentError as exc:
+            now = time.monotonic()
+            self._src_unreachable_since = self._src_unreachable_since or now
+            if now - self._src_unreachable_since >= SOURCE_LOST_S:
+                self._lost(f"the source host {self.src_name} is unreachable ({exc}) and no page "
+                           f"arrived for {stalled_s:.0f} s; "
+                           f"{prog.lazy_pages - prog.copied_pages} of {prog.lazy_pages} pages never arrived",
+                           source_gone=True)
+
+    def _lost(self, why: str, source_gone: bool = False) -> None:
+        """The rest of the memory cannot arrive: the destination's copy is stopped and removed
+        (the agent froze it already); the source's frozen copy, if its host still has it,
+        runs again as it was at the freeze. Raises MigrationLost saying what was lost."""
+        c = self.container
+        self.on_event(events.Warning(f"memory lost on {self.dst_name}: {why}"))
+        self.session.revive(self.dst_name).incoming.drop(self.name, c.service_ip)
+        since = time.time() - self.report.phases[-1].start
+        taken_back, problem = False, ""
+        self.report.lost = why
+        if not source_gone:
+            try:
+                self.session.revive(self.src_name).outgoing.take_back(self.name, c.service_ip)
+                taken_back = True
+            except errors.CloudmigError as exc:
+                problem = str(exc)
+        lost = f"The copy of {self.name} on {self.dst_name} lost its memory before all of it arrived ({why}); it was stopped and removed."
+        if taken_back:
+            for host in self.forwarder_ifs:        # earlier homes forward to the source again
+                t = self.session.tunnel(host, self.src_name)
+                self.session.agent(host).net.route_service(
+                    c.service_ip, ifname=t.iface_a if t.a == host else t.iface_b)
+            self.session.record_back(self.name, self.src_name, self.dst_name)
+            self.state, self.report.rolled_back = State.ROLLED_BACK, True
+            raise errors.MigrationLost(
+                f"{lost} {self.src_name} runs {self.name} again as it was at the freeze: what it did "
+                f"on {self.dst_name} in the last {since:.1f} s, and its clients' connections, are lost.",
+                hint="Choose --mode stopcopy for containers that must never lose work (README, 'Modes').")
+        self.session.record_lost(self.name, self.dst_name)
+        self.state = State.LOST
+        raise errors.MigrationLost(
+            f"{lost} Its source {self.src_name} could not take it back"
+            + (f" ({problem})" if problem else " (gone)") + f": {self.name} is lost.",
+            hint=f"Run it again from its image: cloudmig rm {self.name}; cloudmig run ...")
 
     def _cleanup(self) -> None:
         src = self.src

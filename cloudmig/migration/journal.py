@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from cloudmig import errors, paths
 
-FINAL_STATES = ("done", "rolled_back", "failed")     # failed: before anything changed
+FINAL_STATES = ("done", "rolled_back", "failed", "lost")     # failed: before anything changed
 
 
 class JournalRecord(BaseModel):

@@ -106,7 +106,7 @@ def _forward(mig: Migration, src: MigrationStatus, dst: MigrationStatus) -> None
     out = src.outgoing.state if src.outgoing else "frozen"
     with mig.report.phase("switch", mig._phase_event):
         if inc == "resumed":
-            mig.dst.incoming.go_live(mig.name)
+            mig.dst.incoming.go_live(mig.name, c.service_ip)
         if out == "frozen":
             mig.report.held_packets = mig.src.outgoing.switch_over(mig.name, c.service_ip, mig.src_if)
         mig._publish()

@@ -36,6 +36,7 @@ class Report:
     ok: bool = False
     error: str | None = None
     rolled_back: bool = False
+    lost: str | None = None             # after the resume: why its memory could not arrive
     state: str = "new"                  # how far it got (cloudmig.migration.engine.State)
     freeze_ms: float | None = None      # freeze (dump starts) to resume (restore returned)
     total_ms: float | None = None

@@ -141,6 +141,22 @@ class LazyDump:
             self._status_r = -1
 
 
+class AdoptedDump:
+    """A lazy dump an agent that died since started, still serving pages (or gone): waited
+    for by its work directory, which its command line names."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.orphan = procs.Orphan(str(work))
+
+    def wait(self, timeout_s: float | None = None) -> int:
+        self.orphan.wait(timeout_s)
+        return 0
+
+    def abort(self) -> None:
+        self.orphan.kill()
+
+
 def forget_orphan(runtime: Runtime, name: str, work: Path) -> None:
     """A dump this agent does not know, started by an agent that died since. If that agent
     died while the dump was armed, CRIU read an empty configuration and dumped with runc's

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from cloudmig import errors
-from cloudmig.runtime import criu, sockets
+from cloudmig.runtime import criu, procs, sockets
 
 LAZY_DAEMON_START_S = 10             # lazy-pages daemon creating its socket
 LAZY_CONNECT_TIMEOUT_S = 3           # from the restore's start; the daemon connects within this
@@ -23,9 +23,38 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 class LazyPagesDaemon:
-    def __init__(self, proc: subprocess.Popen, work: Path) -> None:
+    def __init__(self, proc: subprocess.Popen | None, work: Path) -> None:
         self.proc, self.work = proc, work
+        # a daemon an earlier agent started (``adopt``): found by its work directory
+        self.orphan = procs.Orphan(str(work)) if proc is None else None
         self._log_offset = self._total = self._faulted = self._copied = self._copied_live = 0
+
+    @classmethod
+    def adopt(cls, work: Path) -> "LazyPagesDaemon":
+        """The daemon of an agent that died since, still pulling pages (or gone)."""
+        return cls(None, work)
+
+    @property
+    def returncode(self) -> int | None:
+        """None while it runs; its exit code once it ended (an adopted one: 0 if its log
+        ends with the transfer's summary, 1 if not: it did not finish)."""
+        if self.proc is not None:
+            return self.proc.poll()
+        if self.orphan.alive:
+            return None
+        return 0 if self.complete_in_log() else 1
+
+    def complete_in_log(self) -> bool:
+        try:
+            return b"UFFD transferred pages" in self.log.read_bytes()
+        except OSError:
+            return False
+
+    def wait(self, timeout_s: float | None = None) -> int:
+        if self.proc is not None:
+            return self.proc.wait(timeout=timeout_s)
+        self.orphan.wait(timeout_s)
+        return self.returncode or 0
 
     @property
     def log(self) -> Path:
@@ -72,7 +101,7 @@ class LazyPagesDaemon:
 
     @property
     def done(self) -> bool:
-        return self.proc.poll() is not None
+        return self.returncode is not None
 
     def stats(self) -> dict:
         """Pages the daemon had to move, those it moved on faults, and in all. Reads only
@@ -102,6 +131,8 @@ class LazyPagesDaemon:
                 "pushed_pages": max(copied - faulted, 0)}
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
+        if self.proc is None:
+            self.orphan.kill()
+        elif self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()

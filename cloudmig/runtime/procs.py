@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 
@@ -60,3 +61,43 @@ def kill_groups_mentioning(text: str) -> None:
                 os.kill(pid, 9)
         except OSError:
             pass
+
+
+def pids_mentioning(text: str) -> list[int]:
+    """Live processes whose command line mentions ``text`` (not this one)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                if text.encode() in fh.read() and process_alive(int(entry)):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+class Orphan:
+    """Processes an earlier agent started (its children once; not ours to wait for), found
+    by a path their command lines mention: alive or gone, waited for by polling."""
+
+    POLL_S = 0.1
+
+    def __init__(self, mentions: str) -> None:
+        self.mentions = mentions
+
+    @property
+    def alive(self) -> bool:
+        return bool(pids_mentioning(self.mentions))
+
+    def wait(self, timeout_s: float | None = None) -> None:
+        """Return once they are gone; subprocess.TimeoutExpired after ``timeout_s``."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.alive:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.mentions, timeout_s)
+            time.sleep(self.POLL_S)
+
+    def kill(self) -> None:
+        kill_groups_mentioning(self.mentions)
