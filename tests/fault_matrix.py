@@ -30,6 +30,7 @@ FAULTS = {                       # name: CLOUDMIG_FAULTS side:action
     "destination agent SIGKILL": "destination:kill-agent",
     "source CRIU killed": "source:kill-criu",
     "destination CRIU killed": "destination:kill-criu",
+    "tunnel killed": "source:kill-tunnel",
     "WAN down 5 s": "destination:wan-down-5",
     "WAN down 60 s": "destination:wan-down-60",
 }
@@ -50,6 +51,8 @@ def expected(fault: str, phase: str, mode: str) -> str:
         if phase in ("preflight", "prepare", "arm", "cleanup") or (mode == "stopcopy" and after):
             return "completed"   # nothing of CRIU's runs there at that point
         return "taken back" if after else "rolled back"
+    if fault == "tunnel killed":
+        return "completed"       # brought back with its routes: at the prepare, or when pages stall
     if fault.startswith("WAN down"):
         return "completed"       # TCP and the tunnel ride it out, before and after the resume
     raise KeyError(fault)

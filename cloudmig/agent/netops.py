@@ -10,6 +10,11 @@ A thin host-side face of cloudmig.network: the container namespace naming lives 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
+import os
+import threading
+import time
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -18,12 +23,29 @@ from cloudmig.network import keys, lock, pins, proxy, replies, routing, wireguar
 
 HOST_NETNS = None  # the agent's own namespace
 
+log = logging.getLogger(__name__)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
 
 class NetOps:
     def __init__(self, host: str, netns_prefix: str, host_dir: Path) -> None:
         self.host = host
         self.netns_prefix = netns_prefix
         self.key_dir = host_dir / "wireguard"
+        # service IPs this host sends into a tunnel: put back when the tunnel is (see tunnel_up)
+        self._tunnel_routes = host_dir / "tunnel-routes.json"
+        # the tunnels this host keeps up, and how (no secret: the private key stays in its file)
+        self._tunnels_file = host_dir / "tunnels.json"
+        self._keeper: threading.Thread | None = None
+        self._keeper_lock = threading.Lock()
+        if self._kept():
+            self._start_keeper()
 
     def container_netns(self, name: str) -> str:
         return f"{self.netns_prefix}-{name}"
@@ -95,6 +117,65 @@ class NetOps:
 
     def tunnel_up(self, ifname: str, listen_port: int, address: str, peer_public_key: str,
                   peer_endpoint: str, peer_address: str, keepalive_s: int = 0) -> dict:
+        config = dict(ifname=ifname, listen_port=listen_port, address=address,
+                      peer_public_key=peer_public_key, peer_endpoint=peer_endpoint,
+                      peer_address=peer_address, keepalive_s=keepalive_s)
+        with self._keeper_lock:
+            if self._is_dead(ifname):      # wireguard-go died: its socket file lingers
+                wireguard.down(ifname, HOST_NETNS)
+            st = self._bring_up(**config)
+            self._keep(ifname, config)
+        self._start_keeper()
+        return st
+
+    # ------------------------------------------------------------------ the tunnel keeper
+    # A tunnel is kept up by the agent of each of its ends: should its wireguard-go die (or be
+    # killed), it is started again within KEEPER_PERIOD_S with the same key, port and peer, and
+    # the routes this host had through it come back; connections through it see a short
+    # outage, which they ride out (RIDE_OUT_SYSCTLS). Measured in the fault matrix.
+    KEEPER_PERIOD_S = 1.0
+
+    def _kept(self) -> dict[str, dict]:
+        try:
+            return json.loads(self._tunnels_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _keep(self, ifname: str, config: dict | None) -> None:
+        kept = self._kept()
+        if config is None:
+            kept.pop(ifname, None)
+        else:
+            kept[ifname] = config
+        _write_json(self._tunnels_file, kept)
+
+    def _start_keeper(self) -> None:
+        with self._keeper_lock:
+            if self._keeper is None:
+                self._keeper = threading.Thread(target=self._keeper_loop, name="tunnel-keeper", daemon=True)
+                self._keeper.start()
+
+    def _keeper_loop(self) -> None:
+        while True:
+            time.sleep(self.KEEPER_PERIOD_S)
+            for ifname, config in self._kept().items():
+                try:
+                    with self._keeper_lock:
+                        if ifname in self._kept() and self._is_dead(ifname):
+                            log.warning("tunnel %s was gone; bringing it back", ifname)
+                            wireguard.down(ifname, HOST_NETNS)
+                            self._bring_up(**config)
+                except Exception:         # noqa: BLE001 - it tries again next period
+                    log.exception("could not bring tunnel %s back", ifname)
+
+    @staticmethod
+    def _is_dead(ifname: str) -> bool:
+        """Recorded as up, but its interface is gone (wireguard-go's TUN device dies with it)."""
+        with IPRoute() as ipr:
+            return not ipr.link_lookup(ifname=ifname)
+
+    def _bring_up(self, ifname: str, listen_port: int, address: str, peer_public_key: str,
+                  peer_endpoint: str, peer_address: str, keepalive_s: int = 0) -> dict:
         # the peer may carry any source: replies to clients of forwarded ports come back
         # through it with the client's address (one interface per host pair makes this safe)
         peer = wireguard.Peer(public_key=peer_public_key, endpoint=peer_endpoint,
@@ -102,7 +183,32 @@ class NetOps:
                               persistent_keepalive=keepalive_s)
         st = wireguard.up(ifname, HOST_NETNS, self._key_file(ifname), listen_port,
                           f"{address}/32", [peer])
+        self._restore_routes(ifname)
         return st.to_dict()
+
+    def _restore_routes(self, ifname: str) -> None:
+        """A tunnel brought up again after its interface vanished (wireguard-go died: the
+        routes through it went with the link): what this host routed into it comes back."""
+        if any(t.ifname == ifname for t in replies.list_tracked(HOST_NETNS)):
+            replies.track_tunnel(HOST_NETNS, ifname)        # its reply route and rule
+        for service_ip, via in self._routes().items():
+            if via == ifname:
+                routing.route_service(HOST_NETNS, service_ip, ifname)
+
+    def _routes(self) -> dict[str, str]:
+        try:
+            return json.loads(self._tunnel_routes.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _remember_route(self, service_ip: str, ifname: str | None) -> None:
+        routes = self._routes()
+        if ifname is None:
+            if routes.pop(service_ip, None) is None:
+                return
+        else:
+            routes[service_ip] = ifname
+        _write_json(self._tunnel_routes, routes)
 
     def tunnel_warm(self, ifname: str, peer_address: str) -> dict:
         return dataclasses.asdict(wireguard.warm(ifname, HOST_NETNS, peer_address))
@@ -111,7 +217,12 @@ class NetOps:
         return wireguard.status(ifname, HOST_NETNS).to_dict()
 
     def tunnel_down(self, ifname: str) -> bool:
+        with self._keeper_lock:
+            self._keep(ifname, None)
         replies.untrack_tunnel(HOST_NETNS, ifname)
+        for service_ip, via in self._routes().items():
+            if via == ifname:
+                self._remember_route(service_ip, None)
         return wireguard.down(ifname, HOST_NETNS, self._key_file(ifname))
 
     def connections(self, service_ip: str) -> list[dict]:
@@ -131,4 +242,5 @@ class NetOps:
     def route_service(self, service_ip: str, ifname: str | None = None, container: str | None = None) -> None:
         """Send SERVICE_IP into tunnel ``ifname``, or back to ``container``'s own veth."""
         routing.route_service(HOST_NETNS, service_ip, ifname or self.container_veth(container or ""))
+        self._remember_route(service_ip, ifname)
 

@@ -68,6 +68,8 @@ def up(a: str, b: str, inv: Inventory | None = None, *, exist_ok: bool = False,
         existing = data.tunnels.get(tunnel_key(a, b))
         if existing:
             if exist_ok:
+                if session is not None:
+                    repair(existing, ha, hb, session)
                 return existing
             raise errors.ConfigError(f"The tunnel between {a} and {b} is already up.",
                                      hint=f"`cloudmig tunnel status` shows it; `cloudmig tunnel down {a} {b}` removes it.")
@@ -81,19 +83,42 @@ def up(a: str, b: str, inv: Inventory | None = None, *, exist_ok: bool = False,
         with stack:
             pub_a = ag_a.call("tunnel.key", ifname=rec.iface_a)
             pub_b = ag_b.call("tunnel.key", ifname=rec.iface_b)
-            ag_a.call("tunnel.up", ifname=rec.iface_a, listen_port=rec.port_a,
-                      address=ha.overlay_address, peer_public_key=pub_b,
-                      peer_endpoint=f"{hb.public_address}:{rec.port_b}",
-                      peer_address=hb.overlay_address, keepalive_s=KEEPALIVE_S)
-            ag_b.call("tunnel.up", ifname=rec.iface_b, listen_port=rec.port_b,
-                      address=hb.overlay_address, peer_public_key=pub_a,
-                      peer_endpoint=f"{ha.public_address}:{rec.port_a}",
-                      peer_address=ha.overlay_address, keepalive_s=KEEPALIVE_S)
+            _up_end(ag_a, rec.iface_a, rec.port_a, ha, hb, rec.port_b, pub_b)
+            _up_end(ag_b, rec.iface_b, rec.port_b, hb, ha, rec.port_a, pub_a)
             ag_a.call("tunnel.warm", ifname=rec.iface_a, peer_address=hb.overlay_address)
     except BaseException:
         _teardown(inv, rec)
         raise
     return rec
+
+
+def _up_end(agent, ifname: str, port: int, host, peer, peer_port: int, peer_key: str) -> None:
+    agent.call("tunnel.up", ifname=ifname, listen_port=port, address=host.overlay_address,
+               peer_public_key=peer_key, peer_endpoint=f"{peer.public_address}:{peer_port}",
+               peer_address=peer.overlay_address, keepalive_s=KEEPALIVE_S)
+
+
+def repair(rec: TunnelRecord, ha, hb, session) -> list[str]:
+    """Bring back an end of the tunnel whose interface vanished (its wireguard-go died, or
+    its host rebooted), with the same keys, port and peer; the agent puts back the routes it
+    had through it. Returns the hosts whose end was repaired (usually none: two status calls)."""
+    ag_a, ag_b = session.agent(rec.a).client, session.agent(rec.b).client
+    ends = ((ag_a, rec.iface_a, rec.port_a, ha, hb, rec.port_b, ag_b, rec.iface_b),
+            (ag_b, rec.iface_b, rec.port_b, hb, ha, rec.port_a, ag_a, rec.iface_a))
+    repaired = []
+    for agent, ifname, port, host, peer, peer_port, peer_agent, peer_if in ends:
+        try:
+            agent.call("tunnel.status", ifname=ifname)
+            continue
+        except errors.AgentLost:
+            raise
+        except errors.CloudmigError:
+            pass                      # the interface is gone
+        _up_end(agent, ifname, port, host, peer, peer_port, peer_agent.call("tunnel.key", ifname=peer_if))
+        repaired.append(host.name)
+    if repaired:
+        ag_a.call("tunnel.warm", ifname=rec.iface_a, peer_address=hb.overlay_address)
+    return repaired
 
 
 def _teardown(inv: Inventory, rec: TunnelRecord) -> None:

@@ -26,7 +26,7 @@ from typing import Callable
 
 from cloudmig import errors
 from cloudmig.agent.api import Agent, Dumped, Mode, Pin, Receiver
-from cloudmig.control import layers
+from cloudmig.control import layers, tunnels
 from cloudmig.control.session import Session
 from cloudmig.inventory import tunnel_key
 from cloudmig.migration import events, preflight
@@ -42,6 +42,7 @@ DUMP_EXIT_TIMEOUT_S = 60        # after the last page, the source's dump ends wi
 FAULT_KILL_WAIT_S = 5           # a fault that kills an agent: its channel closes within this
 POST_RESUME_ATTEMPTS = 3        # a phase after the resume, again after its agent was lost
 SOURCE_LOST_S = 10              # no page, and the source's agent unreachable this long: lost
+TUNNEL_CHECK_S = 2              # no page this long: are both ends of the tunnel there?
 
 
 class State(enum.Enum):
@@ -420,7 +421,7 @@ class Migration:
         t0 = last_change = time.monotonic()
         last_copied = -1
         stalled_since: float | None = None
-        warned = 0.0
+        warned = tunnel_checked = 0.0
         self._src_unreachable_since: float | None = None
         while True:
             prog = dst.incoming.lazy_progress(self.name)
@@ -434,7 +435,10 @@ class Migration:
                 if stalled_since is not None:
                     self.on_event(events.Warning(f"pages flow again after {now - stalled_since:.1f} s"))
                 last_copied, last_change, stalled_since, warned = prog.copied_pages, now, None, 0.0
-            elif now - last_change > LAZY_STALL_WARN_S:
+            elif now - last_change > TUNNEL_CHECK_S and now - tunnel_checked > TUNNEL_CHECK_S:
+                tunnel_checked = now
+                self._check_tunnel()
+            if prog.copied_pages == last_copied and now - last_change > LAZY_STALL_WARN_S:
                 stalled_since = stalled_since or last_change
                 if now - warned > LAZY_STALL_WARN_S:
                     warned = now
@@ -453,6 +457,15 @@ class Migration:
         self.report.faulted_pages = final.faulted_pages
         self.report.pushed_pages = final.pushed_pages
         self.report.page_size = final.page_size
+
+    def _check_tunnel(self) -> None:
+        """No page for a while: an end of the tunnel that vanished (its wireguard-go died) is
+        brought back, with the routes through it."""
+        rec = self.session.data.tunnels[tunnel_key(self.src_name, self.dst_name)]
+        hosts = {h: self.session.host(h) for h in (rec.a, rec.b)}
+        repaired = tunnels.repair(rec, hosts[rec.a], hosts[rec.b], self.session)
+        if repaired:
+            self.on_event(events.Warning(f"the tunnel's end on {', '.join(repaired)} was gone; brought back"))
 
     def _check_source(self, prog, stalled_s: float) -> None:
         """While no page arrives: is the source still there? Its agent unreachable (and not
