@@ -17,15 +17,21 @@ def test_bench_smoke(tmp_path):
     bench_lab = Lab(tmp_path / "lab", new_lab_id())
     try:
         res = cloudmig("bench", "--sizes", "32", "--modes", ",".join(MODES), "--reps", "1",
-                       "--transports", "lab,ssh", "--out", str(out), "--state-dir", str(bench_lab.state_dir),
+                       "--transports", "lab,ssh", "--outages", "0,2", "--out", str(out), "--state-dir", str(bench_lab.state_dir),
                        "--lab-id", bench_lab.lab_id, "--port", "17100", timeout=420)
     finally:
         cloudmig("lab", "down", env=bench_lab.env, check=False)
     data = json.loads((out / "results.json").read_text())
-    runs = {r["mode"]: r for r in data["runs"] if r["transport"] == "lab"}
+    runs = {r["mode"]: r for r in data["runs"] if r["transport"] == "lab" and not r["outage_s"]}
+    # post-copy again with the WAN between the hosts cut for 2 s as its lazy transfer began
+    cut = [r for r in data["runs"] if r["outage_s"] == 2 and r["transport"] == "lab"]
+    assert len(cut) == 1 and cut[0]["mode"] == "postcopy", data["runs"]
+    assert cut[0]["ok"] is True and cut[0]["state"] == "survived", cut[0]["error"]
+    assert cut[0]["recovery_s"] is not None and cut[0]["lazy_ms"] > 0
+    assert "WAN outages during the lazy transfer" in (out / "results.md").read_text()
     assert sorted(runs) == sorted(MODES), data["runs"]
     # the same moves between the lab hosts adopted over SSH
-    over_ssh = {r["mode"]: r for r in data["runs"] if r["transport"] == "ssh"}
+    over_ssh = {r["mode"]: r for r in data["runs"] if r["transport"] == "ssh" and not r["outage_s"]}
     assert sorted(over_ssh) == sorted(MODES), data["runs"]
     for mode, r in over_ssh.items():
         assert r["ok"] is True and r["state"] == ("lost" if mode == "cold" else "survived"), (mode, r["error"])
@@ -56,7 +62,8 @@ def test_bench_refuses_bad_input(tmp_path):
                           (["--write-rate", "fast"], "idle, busy or a number"),
                           (["--wan-rates", "fast"], "rate"),
                           (["--lab-id", "TOO-LONG"], "--lab-id"),
-                          (["--transports", "lab,pigeon"], "--transports")]:
+                          (["--transports", "lab,pigeon"], "--transports"),
+                          (["--outages", "-5"], "--outages")]:
         res = cloudmig("bench", *args, "--out", str(tmp_path / "o"), check=False)
         assert res.returncode == 2, (args, res.stdout, res.stderr)
         assert "Error:" in res.stderr and message in res.stderr, (args, res.stderr)

@@ -55,6 +55,8 @@ def table(results) -> Table:
               "moved\nMiB", "faulted /\npushed", "req/s before\n/ lazy", "state", box=None)
     for r in results:
         rep = r.report
+        if r.outage_s:
+            continue            # markdown's and the CLI's outage section
         if not r.ok:
             t.add_row(r.wan_rate or "-", r.transport, str(r.memory_mib), f"{r.dirty_mibps:g}", r.mode,
                       "[red]failed[/]", "", "", "", "", "", (r.error or "")[:60])
@@ -83,6 +85,8 @@ def markdown(data: dict) -> str:
     m, cfg = data["machine"], data.get("config", {})
     groups: dict[tuple, list[dict]] = {}
     for r in data["runs"]:
+        if r.get("outage_s"):
+            continue            # their own section, below
         groups.setdefault((r["wan_rate"] or "-", r.get("transport", "lab"), r["memory_mib"], r["dirty_mibps"],
                            r["mode"]), []).append(r)
     order = {mode: i for i, mode in enumerate(("postcopy", "stopcopy", "cold"))}
@@ -113,10 +117,50 @@ def markdown(data: dict) -> str:
     lines += ["", "Post-copy freeze profile (medians, ms; `dump.*` and `restore.*` are steps inside "
               "`dump` and `restore`, measured by the agents; `pins` overlaps the restore):", ""]
     lines += _profile(groups)
+    lines += _outages(data["runs"])
     lines += ["", "Targets, as the bench checked them:", ""]
     word = {True: "PASS", False: "FAIL", None: "SKIP"}
     lines += [f"- {word[t['ok']]} {t['name']}: {t['detail']}" for t in data.get("targets", [])]
     return "\n".join(lines) + "\n"
+
+
+def outage_rows(runs: list[dict]) -> list[dict]:
+    """Each post-copy run with a WAN outage against the same run without one (same WAN rate,
+    size and write rate, medians): the lazy phase against the baseline's plus the outage, and
+    how soon after the link's return pages came again."""
+    rows = []
+    keys = sorted({(r["wan_rate"] or "-", r["memory_mib"], r["dirty_mibps"], r["outage_s"])
+                   for r in runs if r.get("outage_s") and r["ok"]}, key=str)
+    for wan, mib, dirty, outage in keys:
+        same = [r for r in runs if r["ok"] and r["mode"] == "postcopy" and (r["wan_rate"] or "-") == wan
+                and r["memory_mib"] == mib and r["dirty_mibps"] == dirty]
+        cut = [r for r in same if r.get("outage_s") == outage]
+        base = _median([r for r in same if not r.get("outage_s")], lambda r: r.get("lazy_ms"))
+        lazy = _median(cut, lambda r: r.get("lazy_ms"))
+        rows.append({"wan": wan, "mib": mib, "dirty": dirty, "outage_s": outage, "base_lazy_ms": base,
+                     "lazy_ms": lazy,
+                     "ratio": lazy / (base + outage * 1000) if lazy and base is not None else None,
+                     "recovery_s": _median(cut, lambda r: r.get("recovery_s")),
+                     "wait_ms": _median(cut, lambda r: r["client_longest_wait_ms"]),
+                     "states": "/".join(sorted({r["state"] for r in cut}))})
+    return rows
+
+
+def _outages(runs: list[dict]) -> list[str]:
+    rows = outage_rows(runs)
+    if not rows:
+        return []
+    lines = ["", "WAN outages during the lazy transfer (post-copy; the destination drops everything "
+             "from and to the source for the outage, from the lazy phase's start). Ratio: the lazy "
+             "phase against the same run's without an outage plus the outage; 'next page': from "
+             "the link's return to the next page that arrived (0.2 s resolution):", "",
+             "| WAN | MiB | dirty MiB/s | outage s | lazy ms without / with | ratio | next page s "
+             "| client wait ms | state |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['wan']} | {r['mib']} | {r['dirty']:g} | {r['outage_s']:g} "
+                     f"| {_f(r['base_lazy_ms'])} / {_f(r['lazy_ms'])} | {_f(r['ratio'], '{:.2f}')}x "
+                     f"| {_f(r['recovery_s'], '{:.1f}')} | {_f(r['wait_ms'])} | {r['states']} |")
+    return lines
 
 
 PROFILE_KEYS = ("calls",          # the controller's round trips inside the freeze

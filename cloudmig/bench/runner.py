@@ -43,7 +43,8 @@ from cloudmig.agent.api import Mode
 from cloudmig.inventory import Inventory
 from cloudmig.control.session import Session
 from cloudmig.migration import events
-from cloudmig.migration.engine import Migration
+from cloudmig.migration.engine import PHASES, Migration
+from cloudmig.migration.faults import Faults
 from cloudmig.providers import lab as lab_hosts
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ class Config:
     modes: list[str] = dataclasses.field(default_factory=lambda: list(MODES))
     wan_rates: list[str | None] = dataclasses.field(default_factory=lambda: [None])
     transports: list[str] = dataclasses.field(default_factory=lambda: ["lab"])
+    # seconds the WAN between the hosts is cut as the lazy transfer begins (post-copy runs;
+    # 0: none, the baseline the outage runs are compared with)
+    outages_s: list[float] = dataclasses.field(default_factory=lambda: [0.0])
     repetitions: int = 1
     out_dir: Path = Path("bench-results")
     lab_id: str = "bn"
@@ -80,6 +84,9 @@ class RunResult:
     wan_rate: str | None
     rep: int
     transport: str = "lab"           # how the controller reached the hosts: lab (unix) or ssh
+    outage_s: float = 0.0            # the WAN cut this long as the lazy transfer began
+    recovery_s: float | None = None  # from the link's return to the next page that arrived
+    lazy_ms: float | None = None     # the lazy phase, outage included
     ok: bool = False
     error: str | None = None
     state: str = "unknown"                # survived | lost | corrupt | unknown
@@ -148,9 +155,9 @@ def _phase(report: dict, name: str) -> dict | None:
 
 def run_one(cfg: Config, addresses: dict[str, str], *, mode: str, memory_mib: int,
             dirty_mibps: float, wan_rate: str | None, rep: int, index: int,
-            transport: str = "lab") -> RunResult:
+            transport: str = "lab", outage_s: float = 0.0) -> RunResult:
     res = RunResult(mode=mode, memory_mib=memory_mib, dirty_mibps=dirty_mibps, wan_rate=wan_rate, rep=rep,
-                    transport=transport)
+                    transport=transport, outage_s=outage_s)
     src, dst = TRANSPORT_HOSTS[transport]
     name = f"bench{index}"
     publish = [f"{cfg.host_port}:{CONTAINER_PORT}"]
@@ -170,11 +177,16 @@ def run_one(cfg: Config, addresses: dict[str, str], *, mode: str, memory_mib: in
             if mode == "cold":
                 report = cold.restart(inv, name, dst, publish=publish, on_event=rec)
             else:
+                # the outage: the destination drops everything from and to the source's public
+                # address for OUTAGE s, from just before the lazy phase (a named fault point)
+                faults = Faults.parse(f"before-lazy:destination:wan-down-{outage_s:g}" if outage_s else "",
+                                      [p.name for p in PHASES])
                 with Session(inv) as session:
-                    report = Migration(session, name, dst, mode=Mode(mode), on_event=rec).run()
+                    report = Migration(session, name, dst, mode=Mode(mode), on_event=rec, faults=faults).run()
         finally:
             res.timeline = rec.events
         res.report = report.to_dict()
+        _lazy_numbers(res)
         time.sleep(AFTER_S)
         held.stop()
         if mode != "cold":
@@ -193,6 +205,23 @@ def run_one(cfg: Config, addresses: dict[str, str], *, mode: str, memory_mib: in
         except Exception as exc:
             log.warning("removing %s: %s", name, exc)
     return res
+
+
+def _lazy_numbers(res: RunResult) -> None:
+    """The lazy phase's length, and (with an outage) how long after the link's return the next
+    page arrived (progress is polled every 0.2 s: that is the resolution)."""
+    start = next((e["t"] for e in res.timeline if e.get("name") == "lazy" and e.get("state") == "start"), None)
+    end = next((e for e in res.timeline if e.get("name") == "lazy" and e.get("state") == "end"), None)
+    if start is None or end is None:
+        return
+    res.lazy_ms = end["ms"]
+    if not res.outage_s:
+        return
+    back = start + res.outage_s
+    lazy = [e for e in res.timeline if e["kind"] == "lazy"]
+    before = [e["copied_pages"] for e in lazy if e["t"] <= back]
+    after = next((e for e in lazy if e["t"] > back and e["copied_pages"] > (before[-1] if before else 0)), None)
+    res.recovery_s = (after["t"] - back) if after else (end["t"] - back if end["t"] > back else None)
 
 
 def _client_numbers(res: RunResult, held: bench_client.HeldClient) -> None:
@@ -333,14 +362,21 @@ def _sweep_in_lab(cfg: Config, progress: Callable[[str], None],
                 for dirty in cfg.dirty_mibps:
                     for rep in range(cfg.repetitions):
                         for transport in cfg.transports:
-                            for mode in cfg.modes:
+                            for mode, outage in _runs(cfg):
                                 index += 1
                                 r = run_one(cfg, addresses, mode=mode, memory_mib=memory_mib,
                                             dirty_mibps=dirty, wan_rate=wan_rate, rep=rep, index=index,
-                                            transport=transport)
+                                            transport=transport, outage_s=outage)
                                 on_result(r)
                                 progress(_summary(r))
         progress(f"lab {cfg.lab_id} removed")
+
+
+def _runs(cfg: Config) -> list[tuple[str, float]]:
+    """(mode, outage) of each run of one size: every mode without an outage, then post-copy
+    with each outage (there is no lazy transfer to cut in the other modes)."""
+    runs = [(mode, 0.0) for mode in cfg.modes]
+    return runs + [("postcopy", o) for o in cfg.outages_s if o and "postcopy" in cfg.modes]
 
 
 def _summary(r: RunResult) -> str:
@@ -349,7 +385,9 @@ def _summary(r: RunResult) -> str:
     return (f"{r.transport:<3} {r.mode:<8} {r.memory_mib:>5} MiB dirty {r.dirty_mibps:g} MiB/s "
             f"WAN {r.wan_rate or '-'}: "
             f"freeze {r.freeze_ms:.0f} ms, longest wait {r.client_longest_wait_ms:.0f} ms, "
-            f"total {r.total_ms:.0f} ms, state {r.state}")
+            f"total {r.total_ms:.0f} ms, state {r.state}"
+            + (f"; WAN cut {r.outage_s:g} s, next page {r.recovery_s:.1f} s after its return"
+               if r.outage_s and r.recovery_s is not None else ""))
 
 
 class _Pipe:

@@ -63,6 +63,16 @@ def _wan(text: str) -> list[str | None]:
     return rates or [None]
 
 
+def _outages(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise errors.ConfigError(f"--outages {text!r} is not a comma-separated list of seconds.") from None
+    if any(not 0 <= v <= 600 for v in values):
+        raise errors.ConfigError(f"--outages {text!r}: each outage must be 0-600 s.")
+    return values or [0.0]
+
+
 def _transports(text: str) -> list[str]:
     from cloudmig.bench.runner import TRANSPORT_HOSTS
     found = [t.strip() for t in text.split(",") if t.strip()]
@@ -82,6 +92,9 @@ def bench(sizes: str = typer.Option("64,256,1024", "--sizes", help=f"Memory size
           transports: str = typer.Option("lab", "--transports",
                                          help="How the controller reaches the hosts: lab (their unix sockets), "
                                               "ssh (adopted over SSH inside them), or both: lab,ssh."),
+          outages: str = typer.Option("0", "--outages",
+                                      help="Seconds the WAN between the hosts is cut as the lazy transfer "
+                                           "begins, comma-separated (post-copy runs; 0: none, the baseline)."),
           reps: int = typer.Option(1, "--reps", min=1, help="Repetitions of each run."),
           out: Path = typer.Option(Path("bench-results"), "--out", help="Directory for results.json and PNGs."),
           lab_id: str = typer.Option("bn", "--lab-id", help="The bench lab's id (1-4 lowercase chars)."),
@@ -97,20 +110,26 @@ def bench(sizes: str = typer.Option("64,256,1024", "--sizes", help=f"Memory size
     out = out.resolve()
     cfg = runner.Config(sizes_mib=_ints(sizes, "--sizes"), dirty_mibps=_dirty(write_rate),
                         modes=_modes(modes), wan_rates=_wan(wan_rates), transports=_transports(transports),
-                        repetitions=reps, out_dir=out,
+                        outages_s=_outages(outages), repetitions=reps, out_dir=out,
                         lab_id=lab_id, state_dir=(state_dir or out / "lab").resolve(), host_port=port)
     console.print(f"bench: sizes {cfg.sizes_mib} MiB, write rates {cfg.dirty_mibps} MiB/s, modes "
                   f"{cfg.modes}, WAN {[w or 'unshaped' for w in cfg.wan_rates]}, via {cfg.transports}, "
+                  f"WAN cuts {[o for o in cfg.outages_s if o] or 'none'} s, "
                   f"{reps} rep(s) -> {out}")
     results = runner.sweep(cfg, progress=lambda line: console.print("  " + escape(line)))
-    checks = targets.check(results)
+    checks = targets.check([r for r in results if not r.outage_s])
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
     path = output.write_json(results, checks, out / "results.json", machine=output.machine(), config=config)
     (out / "results.md").write_text(output.markdown(json.loads(path.read_text())))
     console.print(output.table(results), width=160, crop=False)
+    for row in output.outage_rows([dataclasses.asdict(r) for r in results]):
+        console.print(f"WAN cut {row['outage_s']:g} s ({row['mib']} MiB, WAN {row['wan']}): lazy phase "
+                      f"{output._f(row['lazy_ms'])} ms against {output._f(row['base_lazy_ms'])} ms + the outage "
+                      f"({output._f(row['ratio'], '{:.2f}')}x), next page "
+                      f"{output._f(row['recovery_s'], '{:.1f}')} s after the link's return")
     for line in output.checks_lines(checks):
         console.print(line)
-    for png in plots.write_all(results, out):
+    for png in plots.write_all([r for r in results if not r.outage_s], out):
         console.print(f"plot: {png}")
     console.print(f"results: {path}")
     if not any(r.ok for r in results):
