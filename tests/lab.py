@@ -147,7 +147,9 @@ def read_reply(f):
     raise RuntimeError(f"bad reply {line!r}")
 
 
-def connect(address: str, port: int, timeout_s: float = 10, attempts: int = 50):
+def connect(address: str, port: int, timeout_s: float = 10, attempts: int = 200):
+    """A connection once the server listens (a busy 2-core machine may take seconds to start
+    one: up to ``attempts`` tries 0.1 s apart)."""
     last = None
     for _ in range(attempts):
         try:

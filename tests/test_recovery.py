@@ -86,3 +86,27 @@ def test_resume_refuses_bad_input(lab):
     assert res.returncode != 0 and "leave out" in res.stderr
     assert "no interrupted migration" in lab.cm("recover").stdout
     runs_only_on(lab, "h2")
+
+
+def test_source_lost_after_the_resume(lab, tmp_path):
+    """The source host dies while pages are still moving (its container, CRIU and agent
+    killed): the destination's copy is stopped instead of running on with memory it never
+    got, the error says what was lost, and the inventory says lost; `rm` then clears it."""
+    start_db(lab)
+    report = tmp_path / "report.json"
+    env = dict(lab.env, CLOUDMIG_FAULTS="before-lazy:source:kill-host")
+    res = cloudmig("migrate", "db", "--to", "h2", "--report", str(report), env=env, check=False, timeout=600)
+    assert res.returncode == 9, (res.returncode, res.stdout, res.stderr)
+    said = " ".join(res.stderr.split())
+    assert "lost its memory before all of it arrived" in said and "pages never arrived" in said, said
+    assert "db is lost" in said, said
+    data = json.loads(report.read_text())
+    assert data["ok"] is False and data["state"] == "lost" and data["lost"]
+    [row] = lab.ps()
+    assert row["state"] == "lost" and row["migration"] is None
+    for h in ("h1", "h2"):                    # no copy runs anywhere, nothing of it is left
+        assert not lab.pids_in_netns(f"{lab.lab_id}-c-{h}-db")
+        assert not (lab.state_dir / "hosts" / h / "containers" / "db").exists()
+    assert not lab.processes("criu")
+    lab.cm("rm", "db")
+    assert lab.ps() == []

@@ -92,7 +92,24 @@ def _wan_down(ops: "Migrations", name: str, address: str, seconds: float) -> Non
     threading.Timer(float(seconds), back).start()
 
 
+def _kill_host(ops: "Migrations", name: str) -> None:
+    """As far as the container is concerned this host dies: every process of its copy of the
+    container (its cgroup killed), its CRIU, then its agent."""
+    from cloudmig.runtime import procs
+    freezer = ops.ctx.runtime.freezer_file(name)
+    if freezer is not None:              # SIGKILL its processes, then thaw: frozen ones die then
+        for pid in (freezer.parent / "cgroup.procs").read_text().split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        freezer.write_text("THAWED" if freezer.name == "freezer.state" else "0")
+    procs.kill_groups_mentioning(str(ops.ctx.migration_dir(name)))
+    _kill_agent(ops, name)
+
+
 ACTIONS = {
+    "kill-host": _kill_host,
     "kill-criu": _kill_criu,
     "kill-tunnel": _kill_tunnel,
     "wan-down": _wan_down,

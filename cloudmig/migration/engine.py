@@ -510,6 +510,11 @@ class Migration:
                 f"{lost} {self.src_name} runs {self.name} again as it was at the freeze: what it did "
                 f"on {self.dst_name} in the last {since:.1f} s, and its clients' connections, are lost.",
                 hint="Choose --mode stopcopy for containers that must never lose work (README, 'Modes').")
+        if not source_gone:          # what may be left of it there (a dead container) goes
+            try:
+                self.session.revive(self.src_name).outgoing.finish(self.name, c.service_ip)
+            except errors.CloudmigError as exc:
+                log.warning("cleaning %s's remains on %s: %s", self.name, self.src_name, exc)
         self.session.record_lost(self.name, self.dst_name)
         self.state = State.LOST
         raise errors.MigrationLost(
