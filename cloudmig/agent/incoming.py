@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import shutil
 import subprocess
+import threading
 
 from cloudmig import errors
 from cloudmig.agent.api import LazyProgress, Mode, Receiver, Restored
@@ -50,7 +51,13 @@ class Incoming(Side):
         inc.state = state
         if mode.lazy:
             inc.daemon = lazy_pages.LazyPagesDaemon.adopt(inc.work("dst"))
+            if state in (State.RESUMED, State.SWITCHED):
+                inc.watch()
         return inc
+
+    def watch(self) -> None:
+        """Watch the lazy-pages daemon in the background (see ``_watch_daemon``)."""
+        threading.Thread(target=self._watch_daemon, name=f"lazy-watch-{self.name}", daemon=True).start()
 
     @classmethod
     def prepare(cls, ctx: HostContext, name: str, mode: Mode, image: str, command: list[str],
@@ -124,11 +131,11 @@ class Incoming(Side):
             armed.abort()
             raise
         self.advance(State.RESUMED)
-        self._live = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+        self._live = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         self._going_live = self._live.submit(self._route_and_unlock, service_ip)
-        if self.daemon is not None:
-            self._live.submit(self._watch_daemon)
         self._live.shutdown(wait=False)
+        if self.daemon is not None:
+            self.watch()
         return Restored(pid=pid, restore_ms=steps.total_ms, steps_ms=steps.ms)
 
     def _watch_daemon(self) -> None:

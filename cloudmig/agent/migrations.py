@@ -42,6 +42,11 @@ class Migrations:
         self._lock = threading.Lock()
         # what an earlier agent on this host left (this one restarted): by role, by container
         self.earlier = {role: read_journals(ctx, role) for role in ("outgoing", "incoming")}
+        # a container restored here whose pages are still coming is watched again at once, by
+        # itself: should its lazy-pages daemon end before the last page, it is frozen
+        for name, rec in self.earlier["incoming"].items():
+            if rec.get("mode") == Mode.POSTCOPY.value and rec["state"] in ("resumed", "switched"):
+                self._adopt(Incoming)(name)
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         def out(method: Callable[..., Any]) -> Callable[..., Any]:
