@@ -112,7 +112,7 @@ def test_fault(lab, tmp_path, fault, phase, mode):
     where = _where(lab)
     intact = _data_intact(lab.public_address("h1"))
     if fault.startswith("WAN down"):        # the outage may outlast the migration: let it end
-        time.sleep(max(0.0, float(fault.split()[2]) - (time.monotonic() - t0)) + 1)
+        time.sleep(max(0.0, float(fault.split()[2]) - (time.monotonic() - t0)) + 5)
     left = _left_behind(lab, home)
     client_ok = not client.errors and client.answers >= before + 20
     survived = outcome == expected and where == [home] and intact and not left and \
