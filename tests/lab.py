@@ -96,6 +96,10 @@ class Lab:
                 out.append(f"{pid}: {cmd}")
         return out
 
+    def criu_processes(self) -> list[str]:
+        """runc and CRIU processes of this lab's hosts (other labs may run theirs meanwhile)."""
+        return [p for p in self.processes(str(self.state_dir / "hosts")) if "criu" in p]
+
     def processes_in_netns(self, netns: str) -> list[str]:
         """Command lines of the processes living in network namespace ``netns``."""
         out = []

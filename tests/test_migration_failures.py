@@ -77,7 +77,7 @@ def test_failure_before_resume_rolls_back(lab, tmp_path, case):
     # the dump was armed before the freeze: its gate is gone, CRIU's options a file again
     conf = lab.state_dir / "hosts" / "h1" / "containers" / "db" / "criu.conf"
     assert stat.S_ISREG(os.lstat(conf).st_mode) and "network-lock skip" in conf.read_text()
-    assert not lab.processes("criu swrk"), lab.processes("criu swrk")
+    assert not lab.criu_processes(), lab.criu_processes()
     # and the container can still be migrated afterwards
     if "agent killed" in case:
         lab.cm("migrate", "db", "--to", "h2", timeout=600)

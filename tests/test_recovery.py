@@ -64,7 +64,7 @@ def test_controller_killed_then_resumed(lab, tmp_path, case):
     [row] = lab.ps()
     assert row["migration"] is None
     check_data(lab.public_address("h1"))
-    assert not lab.processes("criu"), lab.processes("criu")
+    assert not lab.criu_processes(), lab.criu_processes()
     if ends_on == "h1":
         _destination_is_clean(lab, service_ip)
     # and it moves on as usual: to the other host and back
@@ -107,6 +107,6 @@ def test_source_lost_after_the_resume(lab, tmp_path):
     for h in ("h1", "h2"):                    # no copy runs anywhere, nothing of it is left
         assert not lab.pids_in_netns(f"{lab.lab_id}-c-{h}-db")
         assert not (lab.state_dir / "hosts" / h / "containers" / "db").exists()
-    assert not lab.processes("criu")
+    assert not lab.criu_processes()
     lab.cm("rm", "db")
     assert lab.ps() == []
