@@ -48,6 +48,10 @@ def test_bench_smoke(tmp_path):
     assert runs["stopcopy"]["state"] == "survived" and runs["stopcopy"]["verify_bad_pages"] == 0
     assert runs["cold"]["state"] == "lost"
     assert runs["postcopy"]["report"]["lazy_pages"] > 0
+    # the tunnel's own throughput measured in the same lab, each transfer a fraction of it
+    assert runs["postcopy"]["tunnel_mibps"] > 0 and runs["postcopy"]["transfer_of_tunnel"] > 0
+    assert runs["stopcopy"]["transfer_of_tunnel"] > 0
+    assert "wait - freeze ms" in (out / "results.md").read_text()
     assert any(e["kind"] == "lazy" for e in runs["postcopy"]["timeline"])
     assert data["targets"] and data["machine"]["kernel"]
     for png in ("freeze-vs-memory.png", "timeline-postcopy.png"):

@@ -264,6 +264,17 @@ class Probe(_Ops):
     def close(self, address: str, port: int) -> None:
         self._c.call("probe.close", address=address, port=port)
 
+    def sink(self, address: str) -> int:
+        """The tunnel's throughput, receiving end: a port on ADDRESS counting one connection's bytes."""
+        return int(self._c.call("probe.sink", address=address))
+
+    def sink_result(self, port: int) -> tuple[int, float]:
+        r = self._c.call("probe.sink_result", port=port)
+        return int(r["bytes"]), float(r["seconds"])
+
+    def blast(self, address: str, port: int, nbytes: int) -> None:
+        self._c.call("probe.blast", address=address, port=port, nbytes=nbytes)
+
 
 class Agent:
     """A connected agent, as the controller sees it."""

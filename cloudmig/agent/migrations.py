@@ -39,6 +39,7 @@ class Migrations:
         self.outgoing: dict[str, Outgoing] = {}
         self.incoming: dict[str, Incoming] = {}
         self._probes: dict[str, socket.socket] = {}
+        self._sinks: dict[int, tuple[threading.Thread, dict]] = {}
         self._lock = threading.Lock()
         # what an earlier agent on this host left (this one restarted): by role, by container
         self.earlier = {role: read_journals(ctx, role) for role in ("outgoing", "incoming")}
@@ -63,6 +64,9 @@ class Migrations:
             "probe.listen": self.probe_listen,
             "probe.connect": self.probe_connect,
             "probe.close": self.probe_close,
+            "probe.sink": self.probe_sink,
+            "probe.sink_result": self.probe_sink_result,
+            "probe.blast": probe_blast,
             "outgoing.presync": self.outgoing_presync,
             "outgoing.arm": out(Outgoing.arm),
             "outgoing.disarm": self.outgoing_disarm,
@@ -199,6 +203,27 @@ class Migrations:
         if s:
             s.close()
 
+    # the tunnel's own throughput (the bench measures each transfer as a fraction of it)
+    def probe_sink(self, address: str) -> int:
+        """Listen on ADDRESS (any port) for one connection, whose bytes are counted and dropped."""
+        srv = socket.socket()
+        srv.bind((address, 0))
+        srv.listen(1)
+        srv.settimeout(PROBE_CONNECT_TIMEOUT_S)
+        port = srv.getsockname()[1]
+        result: dict = {}
+        self._sinks[port] = (threading.Thread(target=_sink, args=(srv, result), daemon=True), result)
+        self._sinks[port][0].start()
+        return port
+
+    def probe_sink_result(self, port: int, timeout_s: float = 300) -> dict:
+        thread, result = self._sinks.pop(port)
+        thread.join(timeout_s)
+        if "error" in result or thread.is_alive():
+            raise errors.NetworkError(f"The throughput probe on port {port} failed: "
+                                      f"{result.get('error', 'no end within the timeout')}.")
+        return result
+
     # ------------------------------------------------------------------ the two sides
     def outgoing_presync(self, name: str, mode: str, address: str, port: int, token: str):
         out = self._claim(self.outgoing, name, lambda: Outgoing(self.ctx, name, Mode(mode)))
@@ -238,6 +263,35 @@ class Migrations:
 
     def fault(self, action: str, name: str, args: dict[str, Any]) -> None:
         faults.run(self, action, name, **args)
+
+
+PROBE_CHUNK = 1 << 20
+
+
+def _sink(srv: socket.socket, result: dict) -> None:
+    try:
+        conn, _ = srv.accept()
+        with conn:
+            conn.settimeout(PROBE_CONNECT_TIMEOUT_S)
+            total, start = 0, time.monotonic()
+            while chunk := conn.recv(PROBE_CHUNK):
+                total += len(chunk)
+            result.update(bytes=total, seconds=time.monotonic() - start)
+    except OSError as exc:
+        result["error"] = str(exc)
+    finally:
+        srv.close()
+
+
+def probe_blast(address: str, port: int, nbytes: int) -> None:
+    """Send ``nbytes`` zeros to a ``probe.sink`` (through the tunnel, when ADDRESS is the
+    peer's tunnel address)."""
+    block = bytes(PROBE_CHUNK)
+    with socket.create_connection((address, port), timeout=PROBE_CONNECT_TIMEOUT_S) as s:
+        left = nbytes
+        while left > 0:
+            s.sendall(block[:min(left, PROBE_CHUNK)])
+            left -= PROBE_CHUNK
 
 
 def _tree_rss(pid: int) -> int:

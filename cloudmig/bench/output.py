@@ -51,20 +51,22 @@ def _f(value, fmt="{:.0f}") -> str:
 
 
 def table(results) -> Table:
-    t = Table("WAN", "via", "MiB", "dirty\nMiB/s", "mode", "freeze\nms", "client\nwait ms", "total\nms",
-              "moved\nMiB", "faulted /\npushed", "req/s before\n/ lazy", "state", box=None)
+    t = Table("WAN", "via", "MiB", "dirty\nMiB/s", "mode", "freeze\nms", "client\nwait ms", "wait -\nfreeze",
+              "total\nms", "moved\nMiB", "transfer\n/ tunnel", "faulted /\npushed", "req/s before\n/ lazy",
+              "state", box=None)
     for r in results:
         rep = r.report
         if r.outage_s:
             continue            # markdown's and the CLI's outage section
         if not r.ok:
             t.add_row(r.wan_rate or "-", r.transport, str(r.memory_mib), f"{r.dirty_mibps:g}", r.mode,
-                      "[red]failed[/]", "", "", "", "", "", (r.error or "")[:60])
+                      "[red]failed[/]", "", "", "", "", "", "", "", (r.error or "")[:60])
             continue
         pages = f"{rep.get('faulted_pages', 0)} / {rep.get('pushed_pages', 0)}" if r.mode == "postcopy" else "-"
         state = {"survived": "[green]survived[/]", "lost": "[yellow]lost[/]"}.get(r.state, f"[red]{r.state}[/]")
         t.add_row(r.wan_rate or "-", r.transport, str(r.memory_mib), f"{r.dirty_mibps:g}", r.mode, _f(r.freeze_ms),
-                  _f(r.client_longest_wait_ms), _f(r.total_ms), _f(r.bytes_moved / MIB, "{:.1f}"), pages,
+                  _f(r.client_longest_wait_ms), _f(_wait_over_freeze(dataclasses.asdict(r))), _f(r.total_ms),
+                  _f(r.bytes_moved / MIB, "{:.1f}"), _f(r.transfer_of_tunnel, "{:.2f}"), pages,
                   f"{_f(r.rate_before_rps)} / {_f(r.rate_lazy_rps)}", state)
     return t
 
@@ -72,6 +74,13 @@ def table(results) -> Table:
 def checks_lines(checks) -> list[str]:
     word = {True: "[green]PASS[/]", False: "[red]FAIL[/]", None: "[dim]SKIP[/]"}
     return [f"{word[c.ok]} {escape(c.name)}: {escape(c.detail)}" for c in checks]
+
+
+def _wait_over_freeze(r: dict) -> float | None:
+    """How much longer than the freeze the client's longest wait was."""
+    if r.get("client_longest_wait_ms") is None or r.get("freeze_ms") is None:
+        return None
+    return r["client_longest_wait_ms"] - r["freeze_ms"]
 
 
 def _median(rows: list[dict], get) -> float | None:
@@ -93,14 +102,14 @@ def markdown(data: dict) -> str:
     lines = [f"Measured {m['date']} on `{m['hostname']}`: {m['cpus']} CPUs ({m['cpu']}), "
              f"{m['memory_gib']} GiB, kernel {m['kernel']}; medians of {cfg.get('repetitions', 1)} "
              "repetition(s).", "",
-             "| WAN | via | MiB | dirty MiB/s | mode | freeze ms | client wait ms | total ms | moved MiB "
-             "| faulted / pushed | req/s before / lazy | state |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| WAN | via | MiB | dirty MiB/s | mode | freeze ms | client wait ms | wait - freeze ms "
+             "| total ms | moved MiB | transfer / tunnel | faulted / pushed | req/s before / lazy | state |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(groups, key=lambda k: (k[0] != "-", k[0], k[1], k[2], k[3], order.get(k[4], 9))):
         wan, via, mib, dirty, mode = key
         rows = [r for r in groups[key] if r["ok"]]
         if not rows:
-            lines.append(f"| {wan} | {via} | {mib} | {dirty:g} | {mode} | failed | | | | | | "
+            lines.append(f"| {wan} | {via} | {mib} | {dirty:g} | {mode} | failed | | | | | | | | "
                          f"{(groups[key][0].get('error') or '')[:60]} |")
             continue
         rep = lambda name: _median(rows, lambda r: (r.get("report") or {}).get(name))   # noqa: E731
@@ -109,11 +118,20 @@ def markdown(data: dict) -> str:
         lines.append(
             f"| {wan} | {via} | {mib} | {dirty:g} | {mode} | {_f(_median(rows, lambda r: r['freeze_ms']))} "
             f"| {_f(_median(rows, lambda r: r['client_longest_wait_ms']))} "
+            f"| {_f(_median(rows, _wait_over_freeze))} "
             f"| {_f(_median(rows, lambda r: r['total_ms']))} "
-            f"| {_f(_median(rows, lambda r: r['bytes_moved'] / MIB), '{:.1f}')} | {pages} "
+            f"| {_f(_median(rows, lambda r: r['bytes_moved'] / MIB), '{:.1f}')} "
+            f"| {_f(_median(rows, lambda r: r.get('transfer_of_tunnel')), '{:.2f}')} | {pages} "
             f"| {_f(_median(rows, lambda r: r['rate_before_rps']))} / "
             f"{_f(_median(rows, lambda r: r['rate_lazy_rps']))} "
             f"| {'/'.join(states)} ({len(rows)}/{len(groups[key])}) |")
+    tunnels = {r["wan_rate"] or "-": r["tunnel_mibps"] for r in data["runs"] if r.get("tunnel_mibps")}
+    if tunnels:
+        lines += ["", "The tunnel's own throughput, measured in the same lab before the runs (bulk TCP "
+                  "from agent to agent through it): " + ", ".join(
+                      f"WAN {w}: {v:.0f} MiB/s" for w, v in sorted(tunnels.items())) + ". 'transfer / "
+                  "tunnel': post-copy's lazy phase, stop-and-copy's sync of its images, each as a "
+                  "fraction of that."]
     lines += ["", "Post-copy freeze profile (medians, ms; `dump.*` and `restore.*` are steps inside "
               "`dump` and `restore`, measured by the agents; `pins` overlaps the restore):", ""]
     lines += _profile(groups)

@@ -69,6 +69,7 @@ class Config:
     # 0: none, the baseline the outage runs are compared with)
     outages_s: list[float] = dataclasses.field(default_factory=lambda: [0.0])
     repetitions: int = 1
+    tunnel_mibps: dict[str, float] = dataclasses.field(default_factory=dict)   # per WAN rate, measured
     out_dir: Path = Path("bench-results")
     lab_id: str = "bn"
     state_dir: Path = Path("/tmp/cloudmig-bench")
@@ -87,6 +88,8 @@ class RunResult:
     outage_s: float = 0.0            # the WAN cut this long as the lazy transfer began
     recovery_s: float | None = None  # from the link's return to the next page that arrived
     lazy_ms: float | None = None     # the lazy phase, outage included
+    tunnel_mibps: float | None = None    # the tunnel's own throughput, measured in the same lab
+    transfer_of_tunnel: float | None = None   # memory's transfer rate / tunnel_mibps
     ok: bool = False
     error: str | None = None
     state: str = "unknown"                # survived | lost | corrupt | unknown
@@ -187,6 +190,7 @@ def run_one(cfg: Config, addresses: dict[str, str], *, mode: str, memory_mib: in
             res.timeline = rec.events
         res.report = report.to_dict()
         _lazy_numbers(res)
+        _transfer_rate(res, cfg)
         time.sleep(AFTER_S)
         held.stop()
         if mode != "cold":
@@ -222,6 +226,41 @@ def _lazy_numbers(res: RunResult) -> None:
     before = [e["copied_pages"] for e in lazy if e["t"] <= back]
     after = next((e for e in lazy if e["t"] > back and e["copied_pages"] > (before[-1] if before else 0)), None)
     res.recovery_s = (after["t"] - back) if after else (end["t"] - back if end["t"] > back else None)
+
+
+TUNNEL_PROBE_S = 3               # the throughput probe sends what the WAN rate moves in this long
+TUNNEL_PROBE_MAX = 512 << 20
+
+
+def tunnel_throughput(src: str, dst: str, wan_rate: str | None) -> float:
+    """MiB/s through the src-dst tunnel, measured with a bulk transfer from agent to agent."""
+    from cloudmig.providers.lab.topology import parse_rate
+    nbytes = TUNNEL_PROBE_MAX if wan_rate is None else min(TUNNEL_PROBE_MAX,
+                                                           parse_rate(wan_rate) // 8 * TUNNEL_PROBE_S)
+    with Session(Inventory()) as session:
+        session.tunnel(src, dst)
+        address = session.host(dst).overlay_address
+        port = session.agent(dst).probe.sink(address)
+        session.agent(src).probe.blast(address, port, nbytes)
+        got, seconds = session.agent(dst).probe.sink_result(port)
+    return got / max(seconds, 1e-6) / (1 << 20)
+
+
+def _transfer_rate(res: RunResult, cfg: Config) -> None:
+    """How fast memory crossed, as a fraction of the tunnel's own throughput: the lazy phase
+    (post-copy, without outage) or the images' sync (stop-and-copy, memory included)."""
+    res.tunnel_mibps = cfg.tunnel_mibps.get(res.wan_rate or "-")
+    rep = res.report
+    if not res.tunnel_mibps or res.outage_s:
+        return
+    if res.mode == "postcopy" and res.lazy_ms:
+        moved, seconds = rep.get("lazy_pages", 0) * rep.get("page_size", 4096), res.lazy_ms / 1000
+    elif res.mode == "stopcopy" and _phase(rep, "sync"):
+        moved, seconds = rep.get("images_bytes", 0), _phase(rep, "sync")["ms"] / 1000
+    else:
+        return
+    if moved and seconds > 0:
+        res.transfer_of_tunnel = moved / seconds / (1 << 20) / res.tunnel_mibps
 
 
 def _client_numbers(res: RunResult, held: bench_client.HeldClient) -> None:
@@ -355,6 +394,10 @@ def _sweep_in_lab(cfg: Config, progress: Callable[[str], None],
         with contextlib.ExitStack() as stack:
             addresses = stack.enter_context(lab.own_lab(cfg.state_dir, cfg.lab_id, hosts=2, wan_rate=wan_rate,
                                                         progress=lambda line: progress("  " + line)))
+            src, dst = TRANSPORT_HOSTS["lab"]
+            mibps = tunnel_throughput(src, dst, wan_rate)
+            cfg.tunnel_mibps[wan_rate or "-"] = mibps
+            progress(f"tunnel {src} -> {dst}: {mibps:.0f} MiB/s (bulk TCP through it)")
             if "ssh" in cfg.transports:
                 progress("hosts s1, s2 adopted over SSH inside h1, h2")
                 addresses |= stack.enter_context(lab.adopted_over_ssh(cfg.state_dir, addresses, progress))
