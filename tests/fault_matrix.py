@@ -6,6 +6,7 @@ A fault fires just before its phase begins (the engine's named points, CLOUDMIG_
 outcomes:
 
 - completed:    the container ends on the destination, data intact, client still connected
+- refused:      the preflight saw the problem: nothing was changed
 - rolled back:  it ends on the source, as it was, client still connected
 - taken back:   after the resume its memory could no longer arrive (post-copy's one
                 weakness): the destination's copy is stopped, the source's frozen copy runs
@@ -31,6 +32,7 @@ FAULTS = {                       # name: CLOUDMIG_FAULTS side:action
     "source CRIU killed": "source:kill-criu",
     "destination CRIU killed": "destination:kill-criu",
     "tunnel killed": "source:kill-tunnel",
+    "destination disk full": "destination:fill-disk",
     "WAN down 5 s": "destination:wan-down-5",
     "WAN down 60 s": "destination:wan-down-60",
 }
@@ -54,14 +56,20 @@ def expected(fault: str, phase: str, mode: str) -> str:
         if phase in ("preflight", "prepare", "arm", "cleanup") or (mode == "stopcopy" and after):
             return "completed"   # nothing of CRIU's runs there at that point
         return "taken back" if after else "rolled back"
+    if fault == "destination disk full":
+        # what the migration writes there (CRIU's images, work files and logs) cannot be
+        # written: refused before the resume; after it nothing needs writing any more
+        if phase == "preflight":
+            return "refused"     # the preflight sees the disk full: nothing is changed
+        return "completed" if after else "rolled back"
     if fault == "tunnel killed":
         return "completed"       # brought back with its routes: at the prepare, or when pages stall
     if fault.startswith("WAN down"):
         if after:
             return "completed"   # TCP (RTO capped at 1 s) and the tunnel ride it out
         # before the resume the freeze is bounded: a transfer that cannot get through within
-        # its timeout (the lazy-pages daemon's connect at the restore: 3 s) rolls back
-        if fault == "WAN down 60 s" or phase == "restore":
+        # its timeout (post-copy's lazy-pages daemon's connect at the restore: 3 s) rolls back
+        if fault == "WAN down 60 s" or (phase == "restore" and mode == "postcopy"):
             return "rolled back"
         return "completed"       # a 5 s outage before the restore: TCP rides it out
     raise KeyError(fault)
@@ -80,9 +88,11 @@ SLICE = [
     ("destination agent SIGKILL", "switch", "postcopy"),
     ("destination CRIU killed", "lazy", "postcopy"),
     ("WAN down 5 s", "lazy", "postcopy"),
+    ("tunnel killed", "lazy", "postcopy"),
     ("source agent SIGKILL", "cleanup", "postcopy"),
     ("destination CRIU killed", "dump", "stopcopy"),
     ("controller SIGKILL", "switch", "stopcopy"),
+    ("destination disk full", "arm", "stopcopy"),
 ]
 
 

@@ -14,8 +14,9 @@ REQUEST_TIMEOUT_S = 30         # a request unanswered this long is an error
 
 
 class HeldClient:
-    def __init__(self, address: str, port: int) -> None:
-        self.sock, self.f = connect(address, port, timeout_s=REQUEST_TIMEOUT_S)
+    def __init__(self, address: str, port: int, request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+        self.request_timeout_s = request_timeout_s
+        self.sock, self.f = connect(address, port, timeout_s=request_timeout_s)
         self.local = self.sock.getsockname()
         self.peer = self.sock.getpeername()
         self.answers = 0
@@ -56,7 +57,7 @@ class HeldClient:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(REQUEST_TIMEOUT_S * 2 + 5)
+        self._thread.join(self.request_timeout_s * 2 + 5)
         self.sock.close()
 
     def assert_healthy(self) -> None:

@@ -25,10 +25,22 @@ REDIS = ["redis-server", "--port", "6379", "--protected-mode", "no", "--save", "
          "--appendonly", "no", "--enable-debug-command", "yes"]
 
 
+MIGRATIONS_FS = "256m"   # the destination's migrations directory, a file system of its own
+
+
 @pytest.fixture
 def lab(tmp_path):
     with running_lab(tmp_path, 2, "--wan-rate", WAN_RATE) as running:
-        yield running
+        # what the destination writes for a migration (images, CRIU's work files and logs)
+        # lives on a small file system of its own, which the disk-full fault can fill
+        where = running.state_dir / "hosts" / "h2" / "migrations"
+        where.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={MIGRATIONS_FS},mode=0700", "tmpfs", str(where)],
+                       check=True)
+        try:
+            yield running
+        finally:
+            subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def _data_intact(address: str) -> bool:
@@ -82,6 +94,8 @@ def _outcome(lab: Lab, res, report: Path, fault: str, tmp_path: Path) -> str:
         return "taken back"
     if data["rolled_back"] and data["state"] == "rolled_back":
         return "rolled back"
+    if not data["rolled_back"] and data["state"] in ("new", "checked"):
+        return "refused"          # by the preflight: nothing was changed
     return f"failed ({data['state']}): {data['error']}"
 
 
@@ -93,7 +107,9 @@ def test_fault(lab, tmp_path, fault, phase, mode):
     sock, f = connect(lab.public_address("h1"), PORT)
     with sock:
         assert resp(f, "DEBUG", "POPULATE", str(KEYS), "key", str(VALUE_BYTES)) == "OK"
-    client = HeldClient(lab.public_address("h1"), PORT).start()
+    # a request may wait out a whole outage (TCP keeps the connection; the client must too)
+    client = HeldClient(lab.public_address("h1"), PORT,
+                        request_timeout_s=180 if fault == "WAN down 60 s" else 30).start()
     report = tmp_path / "report.json"
     t0 = time.monotonic()
     try:

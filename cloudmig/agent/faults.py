@@ -108,7 +108,27 @@ def _kill_host(ops: "Migrations", name: str) -> None:
     _kill_agent(ops, name)
 
 
+def _fill_disk(ops: "Migrations", name: str) -> None:
+    """The file system of this host's migrations directory fills up (a file grows until ENOSPC).
+    Only where that directory is a tmpfs of its own (the fault matrix mounts one): never on a
+    host's real disk."""
+    from cloudmig.runtime import mounts
+    where = ops.ctx.runtime.host_dir / "migrations"
+    if mounts.fstype(where) != "tmpfs":
+        raise errors.ConfigError(f"fill-disk needs {where} to be a tmpfs of its own; it is not.")
+    block = bytes(1 << 16)
+    fd = os.open(where / ".fill", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        while os.write(fd, block):
+            pass
+    except OSError:
+        pass                             # full
+    finally:
+        os.close(fd)
+
+
 ACTIONS = {
+    "fill-disk": _fill_disk,
     "kill-host": _kill_host,
     "kill-criu": _kill_criu,
     "kill-tunnel": _kill_tunnel,

@@ -159,12 +159,14 @@ class Migrations:
 
     # ------------------------------------------------------------------ preflight
     def memory(self, name: str | None = None) -> Memory:
-        """MemAvailable of this host, free disk under its state, and the container's RSS."""
+        """MemAvailable of this host, free disk where migrations go, and the container's RSS."""
         info = {}
         for line in Path("/proc/meminfo").read_text().splitlines():
             key, _, rest = line.partition(":")
             info[key] = int(rest.split()[0]) * 1024
-        usage = shutil.disk_usage(self.ctx.runtime.host_dir)
+        where = self.ctx.runtime.host_dir / "migrations"      # images and CRIU's files go here
+        where.mkdir(parents=True, exist_ok=True)
+        usage = shutil.disk_usage(where)
         rss = 0
         if name:
             st = self.ctx.runtime.state(name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ from pathlib import Path
 from cloudmig import errors
 from cloudmig.agent.netops import NetOps
 from cloudmig.runtime.runc import Runtime
+
+log = logging.getLogger(__name__)
 
 
 class State(enum.Enum):
@@ -95,11 +98,16 @@ class Side:
         """This side's state, in a file next to (not in) the migration's directory, which
         its steps remove and remake: an agent that restarts reads it (``read_journals``)."""
         path = self.journal_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"role": self.role, "container": self.name, "state": self.state.value,
-                                   "mode": getattr(self.mode, "value", None), "updated_at": time.time()}))
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"role": self.role, "container": self.name, "state": self.state.value,
+                                       "mode": getattr(self.mode, "value", None), "updated_at": time.time()}))
+            os.replace(tmp, path)
+        except OSError as exc:
+            # a full disk must not stop the migration (or its undo) half way: the journal is
+            # for an agent that restarts, and this one runs on
+            log.warning("could not write the journal of %s's %s side: %s", self.name, self.role, exc)
 
     def status(self) -> dict:
         return {"state": self.state.value, "busy": ", ".join(self.running) or None, "known": True}

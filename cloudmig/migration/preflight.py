@@ -14,6 +14,7 @@ MODES = ("postcopy", "stopcopy")
 NEEDS_SOFT_DIRTY = ("precopy", "hybrid")
 MEMORY_HEADROOM = 1.2            # the destination needs the container's RSS times this, free
 MEMORY_FLOOR_BYTES = 64 << 20    # and at least this much on top
+MIN_DISK_BYTES = 32 << 20        # post-copy: CRIU's images of all but memory, and its logs
 
 
 def check_mode(mode: str, src_doctor: list[dict]) -> None:
@@ -57,12 +58,17 @@ def check_memory(dst: str, src_mem: Memory, dst_mem: Memory, mode: str) -> None:
     need = int(src_mem.rss * MEMORY_HEADROOM) + MEMORY_FLOOR_BYTES
     if dst_mem.mem_available < need:
         raise errors.PreflightError(
-            f"Host {dst} has {dst_mem['mem_available'] >> 20} MiB available; the container needs "
+            f"Host {dst} has {dst_mem.mem_available >> 20} MiB available; the container needs "
             f"about {need >> 20} MiB.", hint="Free memory there or pick another destination.")
-    if mode == "stopcopy" and dst_mem.disk_free < src_mem.rss + MEMORY_FLOOR_BYTES:
+    # where the destination keeps a migration's images and CRIU's files: a stop-and-copy image
+    # holds the whole memory; post-copy's only the rest of the state, and logs
+    disk = src_mem.rss + MEMORY_FLOOR_BYTES if mode == "stopcopy" else MIN_DISK_BYTES
+    if dst_mem.disk_free < disk:
         raise errors.PreflightError(
-            f"Host {dst} has {dst_mem['disk_free'] >> 20} MiB of free disk; a stop-and-copy "
-            f"image of this container needs about {src_mem.rss >> 20} MiB.")
+            f"Host {dst} has {dst_mem.disk_free >> 20} MiB of free disk for migrations; "
+            + (f"a stop-and-copy image of this container needs about {src_mem.rss >> 20} MiB."
+               if mode == "stopcopy" else f"a post-copy migration needs at least {MIN_DISK_BYTES >> 20} MiB."),
+            hint="Free disk space there or pick another destination.")
 
 
 def check_ports(data, container, dst: str) -> None:

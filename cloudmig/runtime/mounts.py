@@ -42,6 +42,13 @@ def is_mounted(path: Path) -> bool:
     return any(mountpoint == target for mountpoint, _, _ in mounts())
 
 
+def fstype(path: Path) -> str | None:
+    """The file system type of the mount at exactly ``path`` (None: not a mount point)."""
+    target = str(path)
+    found = [kind for mountpoint, kind, _ in mounts() if mountpoint == target]
+    return found[-1] if found else None
+
+
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
