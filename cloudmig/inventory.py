@@ -60,6 +60,7 @@ class ContainerRecord(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     ports: list[PortMapping] = Field(default_factory=list)
     memory_limit_bytes: int | None = None   # cgroup limit; travels with the container
+    labels: dict[str, str] = Field(default_factory=dict)   # `run --label k=v`; plans select by them
     state: str = "running"
     forwards: list[ForwardRecord] = Field(default_factory=list)
     created_at: float = 0.0

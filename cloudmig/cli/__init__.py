@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from cloudmig import errors
 from cloudmig.cli import _app, agent, bench, containers, doctor, hosts, lab, migrate, setup, tunnel  # noqa: F401  (registers commands)
+from cloudmig.cli import plan  # noqa: F401,E402  (plan, evacuate, rebalance)
 
 app = _app.app
 

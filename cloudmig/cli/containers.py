@@ -19,10 +19,11 @@ def run(host: str = typer.Argument(..., help="Host to run on (see `cloudmig host
                                   "registry image REGISTRY/NAME:TAG (pulled here with skopeo)."),
         publish: list[str] = typer.Option([], "--publish", "-p", help="PORT\\[:CONTAINER_PORT]\\[/udp] on the host's public address."),
         env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE for the container."),
-        memory: int = typer.Option(None, "--memory-mib", help="Memory limit (cgroup), MiB.")) -> None:
+        memory: int = typer.Option(None, "--memory-mib", help="Memory limit (cgroup), MiB."),
+        label: list[str] = typer.Option([], "--label", "-l", help="KEY=VALUE, for plans to select by.")) -> None:
     """Run a container on HOST: cloudmig run HOST NAME (options) -- CMD ARGS..."""
     rec = containers.run(host=host, name=name, image=image, command=list(command or []),
-                         publish=publish, env=env,
+                         publish=publish, env=env, labels=label,
                          memory_limit_bytes=memory * 2**20 if memory is not None else None,
                          progress=lambda msg: err_console.print(msg, markup=False))
     console.print(f"{rec.name} running on {rec.host}, service IP {rec.service_ip}")
@@ -41,12 +42,13 @@ def ps(json_out: bool = typer.Option(False, "--json", help="Machine-readable out
     if json_out:
         print_json(rows)
         return
-    table = Table("NAME", "HOST", "SERVICE IP", "ENDPOINTS", "STATE", box=None)
+    table = Table("NAME", "HOST", "SERVICE IP", "ENDPOINTS", "STATE", "LABELS", box=None)
     for r in rows:
         state, m = r["state"], r["migration"]
         if m is not None:     # "in flight" or "interrupted" (then `migrate --resume` ends it)
             state += f"; migration {m['status']}: {m['source']} -> {m['destination']} at {m['phase']}"
-        table.add_row(r["name"], r["host"], r["service_ip"], "\n".join(r["endpoints"]) or "-", state)
+        table.add_row(r["name"], r["host"], r["service_ip"], "\n".join(r["endpoints"]) or "-", state,
+                      ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items())) or "-")
     console.print(table)
 
 

@@ -25,6 +25,7 @@ from cloudmig.inventory import ContainerRecord, Inventory, PortMapping
 from cloudmig.network import addressing
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,30}$")
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$")
 PUBLISH_RE = re.compile(r"^(\d{1,5})(?::(\d{1,5}))?(?:/(tcp|udp))?$")
 
 
@@ -73,8 +74,19 @@ def ports_in_use(data, host: str) -> set[tuple[int, str]]:
 MIN_MEMORY_LIMIT_BYTES = 8 << 20     # below this runc and the container's shell cannot start
 
 
+def parse_labels(items: list[str]) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not LABEL_RE.match(key) or not LABEL_RE.match(value):
+            raise errors.ConfigError(f"--label {item!r} is not KEY=VALUE (letters, digits, '.', '_', '-', '/').")
+        labels[key] = value
+    return labels
+
+
 def run(*, host: str, name: str, image: str, command: list[str], publish: list[str],
-        env: list[str], memory_limit_bytes: int | None = None, inv: Inventory | None = None,
+        env: list[str], memory_limit_bytes: int | None = None, labels: list[str] | None = None,
+        inv: Inventory | None = None,
         progress: layer_shipping.Progress | None = None) -> ContainerRecord:
     """Run a container; ``progress`` hears about layers being sent to the host."""
     inv = inv or Inventory()
@@ -89,6 +101,7 @@ def run(*, host: str, name: str, image: str, command: list[str], publish: list[s
                                  hint="Pass --memory-mib with a larger number, or leave it out for no limit.")
     ports = parse_publish(publish)
     env_map = parse_env(env)
+    label_map = parse_labels(labels or [])
     with inv.transaction() as data:
         hrec = data.host(host)
         if hrec.state != "ready":
@@ -105,7 +118,7 @@ def run(*, host: str, name: str, image: str, command: list[str], publish: list[s
         service_ip = str(addressing.service_ip(used_ips))
         record = ContainerRecord(name=name, host=host, service_ip=service_ip, image=image,
                                  command=command, env=env_map, ports=ports, state="creating",
-                                 memory_limit_bytes=memory_limit_bytes,
+                                 memory_limit_bytes=memory_limit_bytes, labels=label_map,
                                  created_at=time.time())
         data.containers[name] = record  # reserves the name, IP and ports
     try:
@@ -165,7 +178,7 @@ def states(inv: Inventory | None = None) -> list[dict]:
         out.append({"name": c.name, "host": c.host, "service_ip": c.service_ip, "image": c.image,
                     "endpoints": endpoints,
                     "state": "lost" if c.state == "lost" else st.get("status", "unknown"),
-                    "pid": st.get("pid", 0), "command": c.command,
+                    "pid": st.get("pid", 0), "command": c.command, "labels": c.labels,
                     "forwards": [f.model_dump() for f in c.forwards]})
     return out
 

@@ -1,0 +1,117 @@
+"""`cloudmig plan validate|apply|status|resume|abort|schema`, `cloudmig evacuate`, `cloudmig rebalance`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from cloudmig.cli._app import app, console, print_json
+from cloudmig.plans import control, model
+
+plan_app = typer.Typer(help="Vendor-exit plans: many containers, in waves, durable (DBOS).", no_args_is_help=True)
+app.add_typer(plan_app, name="plan")
+
+STATE_STYLE = {"done": "green", "already": "green", "back": "yellow", "moving": "cyan", "moving back": "cyan",
+               "checking": "cyan", "queued": "blue", "failed": "red", "unhealthy": "red", "skipped": "yellow",
+               "aborted": "yellow"}
+
+
+def _table(name: str) -> Table:
+    [st] = control.status(name)
+    table = Table("WAVE", "CONTAINER", "FROM", "TO", "STATE", "DETAIL",
+                  title=f"plan {name}: {st['state']} (attempt {st['attempt']})", box=None)
+    for c in st["containers"]:
+        state = c["state"] + (f" ({c['phase']})" if c["phase"] else "")
+        table.add_row(str(c["wave"] + 1), c["container"], c["source"], c["destination"],
+                      f"[{STATE_STYLE.get(c['state'], 'white')}]{state}[/]", (c["detail"] or "")[:80])
+    return table
+
+
+def _live(name: str, work) -> str:
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        state = work(lambda: live.update(_table(name)))
+        live.update(_table(name))
+    from cloudmig.plans import report
+    console.print()
+    console.print(f"plan {name}: [bold]{state}[/]; report in {report.directory(name)}/report.md")
+    if state != "done":
+        raise typer.Exit(1)
+    return state
+
+
+def print_dry_run(resolved, tunnel_mibps: float) -> None:
+    limits = ", ".join(f"{k} {v}" for k, v in resolved.limits.items() if v) or "none"
+    console.print(f"plan {resolved.name}: {len(resolved.steps())} containers in {len(resolved.waves)} waves; "
+                  f"at most at once: {limits}")
+    total = 0.0
+    for i, w in enumerate(control.estimate(resolved, tunnel_mibps), 1):
+        total += w["estimate_s"]
+        console.print(f"wave {i} {w['wave']} (on failure: {w['on_failure']}), about {w['estimate_s']:.0f} s:")
+        for j, level in enumerate(w["levels"], 1):
+            for line in level:
+                console.print(f"  {j}. {line}")
+    console.print(f"about {total:.0f} s in all at {tunnel_mibps:g} MiB/s through the tunnels")
+
+
+@plan_app.command("schema")
+def schema() -> None:
+    """Print the plan file's JSON schema."""
+    typer.echo(model.schema_json())
+
+
+@plan_app.command("validate")
+def validate(file: Path = typer.Argument(..., help="Plan file (YAML).")) -> None:
+    """Check a plan (keys, references, dependencies, each host, capacity); change nothing."""
+    _, resolved, _ = control.validate(file)
+    console.print(f"plan {resolved.name} is valid: {len(resolved.steps())} containers in {len(resolved.waves)} waves")
+
+
+@plan_app.command("apply")
+def apply(file: Path = typer.Argument(..., help="Plan file (YAML)."),
+          dry_run: bool = typer.Option(False, "--dry-run", help="Print the waves, order and estimates; change nothing."),
+          tunnel_mibps: float = typer.Option(control.DEFAULT_TUNNEL_MIBPS, "--tunnel-mibps",
+                                             help="Tunnel rate for the dry run's estimate, MiB/s.")) -> None:
+    """Apply a plan: waves in order, limits, health checks; durable (`plan resume` after a crash)."""
+    plan, resolved, text = control.validate(file)
+    if dry_run:
+        print_dry_run(resolved, tunnel_mibps)
+        return
+    control.begin(plan, resolved, text)
+    _live(plan.name, lambda tick: control.run(plan.name, tick))
+
+
+@plan_app.command("resume")
+def resume(name: str = typer.Argument(None, help="Plan to go on with; default: every interrupted plan.")) -> None:
+    """Go on with an interrupted, failed or aborted plan; nothing already moved moves again."""
+    if name:
+        _live(name, lambda tick: control.resume(name, tick))
+        return
+    done = control.resume_all()
+    if not done:
+        console.print("no interrupted plan")
+    if any(code != 0 for _, code in done):
+        raise typer.Exit(1)
+
+
+@plan_app.command("abort")
+def abort(name: str = typer.Argument(..., help="Plan to stop.")) -> None:
+    """Stop a plan: the migrations in flight finish (or roll back), no new one starts."""
+    control.abort(name)
+    console.print(f"plan {name}: aborting; migrations in flight finish first")
+
+
+@plan_app.command("status")
+def status(name: str = typer.Argument(None, help="One plan (default: all)."),
+           json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Plans and their containers' states."""
+    rows = control.status(name)
+    if json_out:
+        print_json(rows)
+        return
+    if not rows:
+        console.print("no plans")
+    for row in rows:
+        console.print(_table(row["plan"]))

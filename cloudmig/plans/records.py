@@ -1,0 +1,202 @@
+"""The plans' own records, in the same database as DBOS's checkpoints (SQLite under the state
+directory by default; ``$CLOUDMIG_PLANS_DB``, a PostgreSQL URL, for many controllers).
+
+- ``cloudmig_plans``: one row per plan: its file, its resolved steps, state, attempt, abort flag,
+  the controller process applying it;
+- ``cloudmig_plan_steps``: one row per container: where from, where to, its state now;
+- ``cloudmig_plan_runs``: one row per call of the migration engine (a move, or a move back),
+  written when it starts and when it ends, on which hosts, with its report's numbers. A
+  container moved twice would have two rows; tests check the limits from these rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from functools import lru_cache
+from typing import Any
+
+import sqlalchemy as sa
+
+from cloudmig import errors, paths
+
+meta = sa.MetaData()
+plans = sa.Table(
+    "cloudmig_plans", meta,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),    # running | done | failed | aborted
+    sa.Column("attempt", sa.Integer, nullable=False, default=1),
+    sa.Column("abort", sa.Boolean, nullable=False, default=False),
+    sa.Column("file", sa.Text, nullable=False),
+    sa.Column("resolved", sa.Text, nullable=False),
+    sa.Column("owner_pid", sa.Integer),
+    sa.Column("owner_host", sa.String(255)),
+    sa.Column("started_at", sa.Float),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("outcome", sa.Text),
+)
+steps = sa.Table(
+    "cloudmig_plan_steps", meta,
+    sa.Column("plan", sa.String(64), primary_key=True),
+    sa.Column("container", sa.String(64), primary_key=True),
+    sa.Column("wave", sa.Integer, nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("destination", sa.String(64), nullable=False),
+    # pending | queued | moving | checking | done | already | failed | skipped | aborted | back
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("phase", sa.String(16)),
+    sa.Column("detail", sa.Text),
+)
+runs = sa.Table(
+    "cloudmig_plan_runs", meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("plan", sa.String(64), nullable=False),
+    sa.Column("container", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(8), nullable=False),         # move | back
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("destination", sa.String(64), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("ok", sa.Boolean),
+    sa.Column("error", sa.Text),
+    sa.Column("freeze_ms", sa.Float),
+    sa.Column("total_ms", sa.Float),
+    sa.Column("memory_bytes", sa.BigInteger),
+    sa.Column("pid", sa.Integer),
+)
+
+
+def db_url() -> str:
+    url = os.environ.get("CLOUDMIG_PLANS_DB")
+    if url:
+        return url
+    d = paths.ensure_private_dir(paths.state_dir() / "plans")
+    return f"sqlite:///{d / 'plans.sqlite'}"
+
+
+@lru_cache(maxsize=4)
+def _engine_for(url: str) -> sa.Engine:
+    args = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
+    engine = sa.create_engine(url, **args)
+    meta.create_all(engine)
+    return engine
+
+
+def engine() -> sa.Engine:
+    return _engine_for(db_url())
+
+
+# ---------------------------------------------------------------------- plans
+def get(name: str) -> dict | None:
+    with engine().connect() as c:
+        row = c.execute(sa.select(plans).where(plans.c.name == name)).mappings().first()
+    return dict(row) if row else None
+
+
+def all_plans() -> list[dict]:
+    with engine().connect() as c:
+        return [dict(r) for r in c.execute(sa.select(plans).order_by(plans.c.started_at)).mappings()]
+
+
+def create(name: str, file_text: str, resolved: dict, step_rows: list[dict]) -> None:
+    with engine().begin() as c:
+        c.execute(sa.delete(steps).where(steps.c.plan == name))
+        c.execute(sa.delete(plans).where(plans.c.name == name))
+        c.execute(sa.insert(plans).values(name=name, state="running", attempt=1, abort=False, file=file_text,
+                                          resolved=json.dumps(resolved), started_at=time.time(),
+                                          owner_pid=os.getpid(), owner_host=socket.gethostname()))
+        if step_rows:
+            c.execute(sa.insert(steps), [dict(plan=name, state="pending", **r) for r in step_rows])
+
+
+def update(name: str, **values: Any) -> None:
+    with engine().begin() as c:
+        c.execute(sa.update(plans).where(plans.c.name == name).values(**values))
+
+
+def claim(name: str) -> None:
+    """This process applies the plan now."""
+    update(name, owner_pid=os.getpid(), owner_host=socket.gethostname())
+
+
+def interrupted(row: dict) -> bool:
+    """Running, but its controller is gone (on this machine: its process ended)."""
+    if row["state"] != "running":
+        return False
+    if row["owner_host"] != socket.gethostname() or not row["owner_pid"]:
+        return False
+    try:
+        os.kill(row["owner_pid"], 0)
+    except ProcessLookupError:
+        return True
+    return _is_zombie(row["owner_pid"])
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def abort_requested(name: str) -> bool:
+    row = get(name)
+    return bool(row and row["abort"])
+
+
+def require(name: str) -> dict:
+    row = get(name)
+    if row is None:
+        known = ", ".join(p["name"] for p in all_plans()) or "none"
+        raise errors.PlanError(f"Unknown plan {name!r} (plans: {known}).", hint="`cloudmig plan status` lists them.")
+    return row
+
+
+# ---------------------------------------------------------------------- steps and runs
+def set_step(plan: str, container: str, **values: Any) -> None:
+    with engine().begin() as c:
+        c.execute(sa.update(steps).where(steps.c.plan == plan, steps.c.container == container).values(**values))
+
+
+def plan_steps(plan: str) -> list[dict]:
+    with engine().connect() as c:
+        return [dict(r) for r in c.execute(sa.select(steps).where(steps.c.plan == plan)
+                                           .order_by(steps.c.wave, steps.c.container)).mappings()]
+
+
+def run_started(plan: str, container: str, kind: str, source: str, destination: str) -> int:
+    with engine().begin() as c:
+        res = c.execute(sa.insert(runs).values(plan=plan, container=container, kind=kind, source=source,
+                                               destination=destination, started_at=time.time(), pid=os.getpid()))
+        return int(res.inserted_primary_key[0])
+
+
+def run_ended(run_id: int, ok: bool, error: str | None, report: dict) -> None:
+    with engine().begin() as c:
+        c.execute(sa.update(runs).where(runs.c.id == run_id).values(
+            ended_at=time.time(), ok=ok, error=error, freeze_ms=report.get("freeze_ms"),
+            total_ms=report.get("total_ms"), memory_bytes=report.get("memory_bytes")))
+
+
+def plan_runs(plan: str) -> list[dict]:
+    with engine().connect() as c:
+        return [dict(r) for r in c.execute(sa.select(runs).where(runs.c.plan == plan).order_by(runs.c.id)).mappings()]
+
+
+def most_at_once(rows: list[dict], key: str | None = None) -> int:
+    """The most runs that overlapped in time (per ``key``'s value, e.g. "source", if given);
+    an unfinished run counts until now."""
+    groups: dict[Any, list[tuple[float, int]]] = {}
+    for r in rows:
+        g = groups.setdefault(r[key] if key else None, [])
+        g += [(r["started_at"], 1), (r["ended_at"] or time.time(), -1)]
+    best = 0
+    for events in groups.values():
+        n = 0
+        for _, delta in sorted(events, key=lambda e: (e[0], e[1])):   # an end before a start at one instant
+            n += delta
+            best = max(best, n)
+    return best

@@ -1,0 +1,230 @@
+"""A plan as DBOS workflows: checkpointed steps, queues for the limits, recovery on launch.
+
+    workflows.launch("vendor-exit", limits)          # DBOS up; this plan's queues, its recovery
+    handle = workflows.start("vendor-exit", 1, resolved)
+
+The plan's workflow walks its waves in order and, inside a wave, its dependency levels; each
+container's move is a child workflow enqueued on three queues in turn, each holding its slot
+while the next waits: ``<plan>.all`` (at most ``limits.total`` at once), ``<plan>.from``
+partitioned by source host (``per_source``) and ``<plan>.to`` partitioned by destination
+(``per_destination``). The innermost runs the migration as one step, and the health check as
+another. DBOS records each step's result: a controller killed and relaunched (`plan resume`)
+skips finished steps and re-runs the one it was in, which looks at the inventory first, so a
+container already on its destination is not moved again.
+
+Every process gets the executor id ``plan-<name>``: launching recovers that plan's pending
+workflows and no other plan's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from dbos import DBOS, SetEnqueueOptions, SetWorkflowID
+
+from cloudmig import errors, paths
+from cloudmig.agent.api import Mode
+from cloudmig.control.session import Session
+from cloudmig.inventory import Inventory
+from cloudmig.migration import events
+from cloudmig.migration.engine import Migration
+from cloudmig.plans import faults, health, records, report
+from cloudmig.plans.model import Health
+from cloudmig.plans.resolve import Resolved, Step
+
+log = logging.getLogger(__name__)
+
+APP_VERSION = "cloudmig-plans-1"     # fixed: recovery needs the same version across processes
+QUEUE_POLL_S = 0.2
+UNLIMITED = 10_000                   # a partitioned queue needs some partition limit
+
+OK = ("done", "already")
+
+
+def workflow_id(name: str, attempt: int) -> str:
+    return f"plan:{name}:{attempt}"
+
+
+def queue_names(name: str) -> tuple[str, str, str]:
+    return f"{name}.all", f"{name}.from", f"{name}.to"
+
+
+def launch(name: str, limits: dict[str, int | None]) -> None:
+    """DBOS in this process for plan ``name``: its database, its queues, its recovery."""
+    config: Any = {"name": "cloudmig", "system_database_url": records.db_url(),
+                   "application_version": APP_VERSION, "executor_id": f"plan-{name}",
+                   "log_level": "ERROR", "run_migrations": True}
+    paths.ensure_private_dir(paths.state_dir() / "plans")
+    DBOS(config=config)
+    DBOS.listen_queues(list(queue_names(name)))
+    DBOS.launch()
+    q_all, q_from, q_to = queue_names(name)
+    DBOS.register_queue(q_all, global_concurrency=limits.get("total"), polling_interval_sec=QUEUE_POLL_S,
+                        on_conflict="always_update")
+    DBOS.register_queue(q_from, partition_concurrency=limits.get("per_source") or UNLIMITED,
+                        polling_interval_sec=QUEUE_POLL_S, on_conflict="always_update")
+    DBOS.register_queue(q_to, partition_concurrency=limits.get("per_destination") or UNLIMITED,
+                        polling_interval_sec=QUEUE_POLL_S, on_conflict="always_update")
+
+
+def shutdown() -> None:
+    DBOS.destroy(destroy_registry=False)
+
+
+def start(name: str, attempt: int, resolved: dict):
+    with SetWorkflowID(workflow_id(name, attempt)):
+        return DBOS.start_workflow(plan_workflow, name, resolved)
+
+
+def retrieve(name: str, attempt: int):
+    return DBOS.retrieve_workflow(workflow_id(name, attempt))
+
+
+# ---------------------------------------------------------------------- the plan
+@DBOS.workflow(name="cloudmig.plan")
+def plan_workflow(name: str, resolved_raw: dict) -> str:
+    resolved = Resolved.model_validate(resolved_raw)
+    outcome: dict[str, str] = {}
+    failures = False
+    for wave in resolved.waves:
+        wave_failed = False
+        for level in wave.levels():
+            if _aborted(name):
+                return _finish(name, "aborted")
+            handles = []
+            for step in level:
+                blocked = [d for d in step.after if d in outcome and outcome[d] not in OK]
+                if blocked:
+                    outcome[step.container] = _mark(name, step.container, "skipped",
+                                                    f"after {blocked[0]}, which {outcome[blocked[0]]}")
+                    continue
+                _mark(name, step.container, "queued", None)
+                handles.append((step, DBOS.retrieve_queue(queue_names(name)[0])
+                                .enqueue(slot_source, name, step.model_dump(), "move")))
+            for step, handle in handles:
+                outcome[step.container] = handle.get_result()
+            wave_failed = wave_failed or any(outcome[s.container] not in OK for s in level)
+            if wave_failed and wave.on_failure != "continue":
+                break
+        if wave_failed:
+            failures = True
+            if wave.on_failure == "rollback-wave":
+                _move_back(name, [s for s in wave.steps if outcome.get(s.container) in OK + ("unhealthy",)])
+            if wave.on_failure != "continue":
+                return _finish(name, "failed")
+    return _finish(name, "partial" if failures else "done")     # partial: some failed, on_failure: continue
+
+
+def _move_back(name: str, steps: list[Step]) -> None:
+    queue = DBOS.retrieve_queue(queue_names(name)[0])
+    handles = [queue.enqueue(slot_source, name, s.model_dump(), "back") for s in steps]
+    for h in handles:
+        h.get_result()
+
+
+@DBOS.step(name="cloudmig.plan.aborted")
+def _aborted(name: str) -> bool:
+    return records.abort_requested(name)
+
+
+@DBOS.step(name="cloudmig.plan.mark")
+def _mark(name: str, container: str, state: str, detail: str | None) -> str:
+    records.set_step(name, container, state=state, detail=detail)
+    return state
+
+
+@DBOS.step(name="cloudmig.plan.finish")
+def _finish(name: str, state: str) -> str:
+    records.update(name, state=state, ended_at=time.time())
+    report.write(name)
+    return state
+
+
+# ---------------------------------------------------------------------- one container
+@DBOS.workflow(name="cloudmig.plan.slot_source")
+def slot_source(name: str, step: dict, kind: str) -> str:
+    """Holds a slot of ``<plan>.all``; waits for one of its source host's."""
+    return _wait_slot(name, 1, step["source"] if kind == "move" else step["destination"],
+                      slot_destination, step, kind)
+
+
+@DBOS.workflow(name="cloudmig.plan.slot_destination")
+def slot_destination(name: str, step: dict, kind: str) -> str:
+    """Holds its source's slot; waits for one of its destination host's."""
+    return _wait_slot(name, 2, step["destination"] if kind == "move" else step["source"],
+                      move_workflow, step, kind)
+
+
+def _wait_slot(name: str, queue: int, host: str, then, step: dict, kind: str) -> str:
+    with SetEnqueueOptions(queue_partition_key=host):
+        handle = DBOS.retrieve_queue(queue_names(name)[queue]).enqueue(then, name, step, kind)
+    return handle.get_result()
+
+
+@DBOS.workflow(name="cloudmig.plan.move")
+def move_workflow(name: str, step: dict, kind: str) -> str:
+    result = migrate_step(name, step, kind)
+    if result not in OK or kind != "move" or not step.get("health"):
+        return result
+    return health_step(name, step)
+
+
+@DBOS.step(name="cloudmig.plan.migrate")
+def migrate_step(name: str, raw: dict, kind: str) -> str:
+    """Move one container, unless the inventory says it is already there (a step re-run after
+    a crash), or the plan is being aborted."""
+    step = Step.model_validate(raw)
+    src, dst = (step.source, step.destination) if kind == "move" else (step.destination, step.source)
+    if kind == "move" and records.abort_requested(name):
+        return _set(name, step.container, "aborted", "the plan was aborted before it started")
+    inv = Inventory()
+    data = inv.read()
+    c = data.containers.get(step.container)
+    if c is None:
+        return _set(name, step.container, "failed", "no longer in the inventory")
+    if c.host == dst:
+        return _set(name, step.container, "already" if kind == "move" else "back", f"found on {dst}")
+    if c.host != src:
+        return _set(name, step.container, "failed", f"runs on {c.host}, neither {src} nor {dst}")
+    _set(name, step.container, "moving" if kind == "move" else "moving back", None)
+    run_id = records.run_started(name, step.container, kind, src, dst)
+
+    def on_event(event: events.Event) -> None:
+        if isinstance(event, events.PhaseStarted):
+            records.set_step(name, step.container, phase=event.name)
+
+    try:
+        with Session(inv) as session:
+            mig = Migration(session, step.container, dst, mode=Mode(step.mode), on_event=on_event)
+            try:
+                rep = mig.run()
+            except errors.CloudmigError as exc:
+                records.run_ended(run_id, False, str(exc), mig.report.to_dict())
+                return _set(name, step.container, "failed", str(exc))
+    except errors.CloudmigError as exc:         # before the engine began (a host unreachable)
+        records.run_ended(run_id, False, str(exc), {})
+        return _set(name, step.container, "failed", str(exc))
+    records.run_ended(run_id, True, None, rep.to_dict())
+    faults.fire("after-move", step.container)
+    return _set(name, step.container, "done" if kind == "move" else "back",
+                f"freeze {rep.freeze_ms or 0:.0f} ms, total {rep.total_ms or 0:.0f} ms")
+
+
+@DBOS.step(name="cloudmig.plan.health")
+def health_step(name: str, raw: dict) -> str:
+    step = Step.model_validate(raw)
+    records.set_step(name, step.container, state="checking")
+    problem = health.check(Health.model_validate(raw["health"]), Inventory().read(), step.container)
+    if problem:
+        return _set(name, step.container, "unhealthy", problem)
+    return _set(name, step.container, "done", None, keep_detail=True)
+
+
+def _set(name: str, container: str, state: str, detail: str | None, keep_detail: bool = False) -> str:
+    values: dict[str, Any] = {"state": state, "phase": None}
+    if not keep_detail:
+        values["detail"] = detail
+    records.set_step(name, container, **values)
+    return state
