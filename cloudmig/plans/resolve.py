@@ -133,9 +133,8 @@ def resolve(plan: Plan, where: Located, data: InventoryData,
                 if not targets:
                     raise where.error(loc + ("to",), f"container {c.name!r} already runs on {c.host}, "
                                       "the only destination given")
-                # the most room (in 256 MiB steps: hosts sharing one machine read it at
-                # different moments), then the fewest planned here, then the order given
-                best = max(targets, key=lambda h: (room_of(h) >> 28, -planned.get(h, 0), -move.to.index(h)))
+                # the most room, then the fewest planned here, then the order given
+                best = max(targets, key=lambda h: (room_of(h), -planned.get(h, 0), -move.to.index(h)))
                 planned[best] = planned.get(best, 0) + 1
                 if room_of(best) < need:
                     raise where.error(loc + ("to",), f"capacity exceeded: {c.name} needs about "

@@ -93,6 +93,7 @@ def plan_workflow(name: str, resolved_raw: dict) -> str:
         for level in wave.levels():
             if _aborted(name):
                 return _finish(name, "aborted")
+            _tunnels(name, [s.model_dump() for s in level])
             handles = []
             for step in level:
                 blocked = [d for d in step.after if d in outcome and outcome[d] not in OK]
@@ -118,10 +119,32 @@ def plan_workflow(name: str, resolved_raw: dict) -> str:
 
 
 def _move_back(name: str, steps: list[Step]) -> None:
+    _tunnels(name, [dict(s.model_dump(), destination=s.source) for s in steps])
     queue = DBOS.retrieve_queue(queue_names(name)[0])
     handles = [queue.enqueue(slot_source, name, s.model_dump(), "back") for s in steps]
     for h in handles:
         h.get_result()
+
+
+@DBOS.step(name="cloudmig.plan.tunnels")
+def _tunnels(name: str, level: list[dict]) -> None:
+    """Every tunnel the level's migrations use, brought up one by one before they start (the
+    engine brings up a missing tunnel itself, but two migrations doing it for one host pair at
+    once would race)."""
+    data = Inventory().read()
+    pairs = set()
+    for raw in level:
+        c = data.containers.get(raw["container"])
+        if c is None or c.host == raw["destination"]:
+            continue
+        pairs.add(tuple(sorted((c.host, raw["destination"]))))
+        pairs |= {tuple(sorted((f.host, raw["destination"]))) for f in c.forwards if f.host != raw["destination"]}
+    with Session(Inventory()) as session:
+        for a, b in sorted(pairs):
+            try:
+                session.tunnel(a, b)
+            except errors.CloudmigError as exc:      # the migration will fail and say why
+                log.warning("tunnel %s-%s: %s", a, b, exc)
 
 
 @DBOS.step(name="cloudmig.plan.aborted")

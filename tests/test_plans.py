@@ -1,0 +1,241 @@
+"""Plans (`cloudmig plan ...`) on real lab hosts: small redis-servers (the `host` image), each
+with a client holding one TCP connection through its source's public address, moved by DBOS
+workflows in waves, within limits checked from the plan's own records; a controller SIGKILLed
+mid-wave and resumed; every on-failure policy; bad plans refused."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+from lab import Lab, cloudmig, connect, lab_fixture, resp
+from redis_client import HeldClient
+
+REDIS = ["redis-server", "--port", "6379", "--protected-mode", "no", "--save", "", "--appendonly", "no",
+         "--enable-debug-command", "yes"]
+
+lab3 = lab_fixture(3)
+lab2 = lab_fixture(2)
+
+
+def start(lab: Lab, host: str, name: str, port: int, *labels: str) -> None:
+    args = [a for label in labels for a in ("--label", label)]
+    lab.cm("run", host, name, "--publish", f"{port}:6379", *args, "--", *REDIS)
+    sock, f = connect(lab.public_address(host), port)
+    with sock:
+        assert resp(f, "DEBUG", "POPULATE", "1000", "key", "100") == "OK"     # what HeldClient reads
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def status(lab: Lab, name: str) -> dict:
+    [row] = json.loads(lab.cm("plan", "status", name, "--json").stdout)
+    return row
+
+
+def hosts_of(lab: Lab) -> dict[str, str]:
+    return {r["name"]: r["host"] for r in lab.ps() if r["state"] == "running"}
+
+
+def most_at_once(runs: list[dict], key: str | None = None) -> int:
+    """From the plan's records: the most migrations whose [start, end] overlapped."""
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault(r[key] if key else None, []).extend([(r["started_at"], 1), (r["ended_at"], -1)])
+    best = 0
+    for points in groups.values():
+        n = 0
+        for _, d in sorted(points):
+            n += d
+            best = max(best, n)
+    return best
+
+
+PLAN = """\
+name: exit-h1
+limits: {total: 2, per_destination: 2}
+groups:
+  web: {labels: {tier: web}}
+waves:
+  - name: data
+    moves:
+      - select: {containers: [db]}
+        to: [h3]
+        health: {tcp: 6379}
+      - select: {containers: [cache]}
+        to: [h3]
+        after: [db]              # a dependency inside the wave
+  - name: web
+    moves:
+      - select: {group: web}
+        to: [h2, h3]
+        health: {command: [sh, -c, 'test -n "$CLOUDMIG_ADDRESS"']}
+  - name: api
+    moves:
+      - select: {hosts: [h2]}    # what runs on h2 when the plan is applied
+        to: [h1]
+        after: [web]
+"""
+
+
+def test_plan_in_three_waves_within_its_limits(lab3, tmp_path):
+    ports = {"db": 16391, "cache": 16392, "web1": 16393, "web2": 16394, "api1": 16395, "api2": 16396}
+    for name in ("db", "cache", "web1", "web2"):
+        start(lab3, "h1", name, ports[name], *(["tier=web"] if name.startswith("web") else []))
+    for name in ("api1", "api2"):
+        start(lab3, "h2", name, ports[name], "tier=api")
+    assert "tier=web" in lab3.cm("ps").stdout
+    plan = write(tmp_path, "exit", PLAN)
+    dry = lab3.cm("plan", "apply", str(plan), "--dry-run").stdout
+    assert "wave 1 data" in dry and "wave 3 api" in dry and "cache: h1 -> h3" in dry, dry
+    assert not (lab3.state_dir / "plans" / "exit-h1").exists()          # the dry run changed nothing
+    clients = {n: HeldClient(lab3.public_address("h1" if not n.startswith("api") else "h2"), p).start()
+               for n, p in ports.items()}
+    try:
+        for c in clients.values():
+            c.wait_answers(10)
+        lab3.cm("plan", "apply", str(plan), timeout=300)
+        for c in clients.values():
+            before = c.answers
+            c.wait_answers(before + 10)
+    finally:
+        for c in clients.values():
+            c.stop()
+    for c in clients.values():
+        c.assert_healthy()
+    where = hosts_of(lab3)
+    assert where["db"] == where["cache"] == "h3"
+    assert {where["web1"], where["web2"]} <= {"h2", "h3"}
+    assert where["api1"] == where["api2"] == "h1"
+    row = status(lab3, "exit-h1")
+    assert row["state"] == "done"
+    runs = row["migrations"]
+    assert sorted(r["container"] for r in runs) == sorted(ports)         # each moved exactly once
+    assert all(r["ok"] and r["kind"] == "move" for r in runs)
+    for r in runs:
+        assert r["destination"] == where[r["container"]]
+    assert most_at_once(runs) <= 2
+    assert most_at_once(runs, "destination") <= 2
+    by = {r["container"]: r for r in runs}
+    assert by["cache"]["started_at"] >= by["db"]["ended_at"]              # after its dependency
+    waves = [[by[n] for n in names] for names in (("db", "cache"), ("web1", "web2"), ("api1", "api2"))]
+    for earlier, later in zip(waves, waves[1:]):
+        assert min(r["started_at"] for r in later) >= max(r["ended_at"] for r in earlier)
+    report = lab3.state_dir / "plans" / "exit-h1"
+    rep = json.loads((report / "report.json").read_text())
+    assert rep["state"] == "done" and all(c["freeze_ms"] > 0 for c in rep["containers"])
+    assert "| 1 | db | h1 | h3 | done |" in (report / "report.md").read_text()
+    assert (report / "timeline.png").stat().st_size > 0
+    # applied again: refused, the plan is done (nothing moves)
+    again = lab3.cm("plan", "resume", "exit-h1")
+    assert "done" in again.stdout and len(status(lab3, "exit-h1")["migrations"]) == 6
+
+
+def test_controller_killed_mid_wave_then_resumed(lab2, tmp_path):
+    ports = {"k1": 16381, "k2": 16382, "k3": 16383}
+    for name, port in ports.items():
+        start(lab2, "h1", name, port)
+    plan = write(tmp_path, "k", "name: crash\nlimits: {total: 1}\nwaves:\n  - name: all\n    moves:\n"
+                                "      - select: {hosts: [h1]}\n        to: [h2]\n")
+    clients = {n: HeldClient(lab2.public_address("h1"), p).start() for n, p in ports.items()}
+    try:
+        for c in clients.values():
+            c.wait_answers(10)
+        # killed once k2 has moved and before DBOS recorded it: k3 not started yet
+        res = cloudmig("plan", "apply", str(plan), check=False, timeout=300,
+                       env={**lab2.env, "CLOUDMIG_PLAN_FAULTS": "after-move:k2:kill"})
+        assert res.returncode == -signal.SIGKILL, res.stderr
+        row = status(lab2, "crash")
+        assert row["state"] == "interrupted"
+        assert {c["container"]: c["state"] for c in row["containers"]}["k3"] in ("pending", "queued")
+        assert hosts_of(lab2) == {"k1": "h2", "k2": "h2", "k3": "h1"}
+        lab2.cm("plan", "resume", timeout=300)           # every interrupted plan
+        for c in clients.values():
+            before = c.answers
+            c.wait_answers(before + 10)
+    finally:
+        for c in clients.values():
+            c.stop()
+    for c in clients.values():
+        c.assert_healthy()                       # none lost, none left frozen: each still answers
+    assert hosts_of(lab2) == {"k1": "h2", "k2": "h2", "k3": "h2"}
+    row = status(lab2, "crash")
+    assert row["state"] == "done"
+    assert sorted(r["container"] for r in row["migrations"]) == ["k1", "k2", "k3"]   # k2 not moved twice
+    states = {c["container"]: c["state"] for c in row["containers"]}
+    assert states == {"k1": "done", "k2": "already", "k3": "done"}
+    assert "no interrupted plan" in lab2.cm("plan", "resume").stdout
+
+
+def test_each_on_failure_policy(lab2, tmp_path):
+    for name, host, port in (("a", "h1", 16371), ("b", "h1", 16372), ("c", "h1", 16373), ("d", "h2", 16374)):
+        start(lab2, host, name, port)
+    start(lab2, "h2", "block-c", 16373)          # c's port is taken on h2: c cannot move there
+    start(lab2, "h1", "block-d", 16374)          # and d's on h1
+
+    def plan(name: str, policy: str, waves: str) -> Path:
+        return write(tmp_path, name, f"name: {name}\non_failure: {policy}\nwaves:\n{waves}")
+
+    stop = plan("p-stop", "stop", "  - name: one\n    moves:\n"
+                "      - {select: {containers: [a]}, to: [h2]}\n"
+                "      - {select: {containers: [c]}, to: [h2], after: [a]}\n"
+                "  - name: two\n    moves:\n      - {select: {containers: [b]}, to: [h2]}\n")
+    res = lab2.cm("plan", "apply", str(stop), check=False)
+    assert res.returncode == 1
+    row = status(lab2, "p-stop")
+    states = {c["container"]: c["state"] for c in row["containers"]}
+    assert row["state"] == "failed" and states["c"] == "failed" and states["b"] == "pending"
+    assert "16373/tcp is already published on h2" in {c["container"]: c["detail"] for c in row["containers"]}["c"]
+    assert hosts_of(lab2)["a"] == "h2" and hosts_of(lab2)["b"] == "h1" and hosts_of(lab2)["c"] == "h1"
+
+    cont = plan("p-continue", "continue", "  - name: one\n    moves:\n"
+                "      - {select: {containers: [c]}, to: [h2]}\n"
+                "  - name: two\n    moves:\n      - {select: {containers: [b]}, to: [h2]}\n")
+    res = lab2.cm("plan", "apply", str(cont), check=False)
+    assert res.returncode == 1 and status(lab2, "p-continue")["state"] == "partial"
+    assert hosts_of(lab2)["b"] == "h2" and hosts_of(lab2)["c"] == "h1"
+
+    back = plan("p-back", "rollback-wave", "  - name: one\n    moves:\n"
+                "      - {select: {containers: [a, b]}, to: [h1]}\n"
+                "      - {select: {containers: [d]}, to: [h1], after: [a, b]}\n")
+    res = lab2.cm("plan", "apply", str(back), check=False)
+    assert res.returncode == 1
+    row = status(lab2, "p-back")
+    assert row["state"] == "failed"
+    kinds = sorted((r["container"], r["kind"], r["ok"]) for r in row["migrations"])
+    assert kinds == [("a", "back", True), ("a", "move", True), ("b", "back", True), ("b", "move", True),
+                     ("d", "move", False)]
+    where = hosts_of(lab2)
+    assert (where["a"], where["b"], where["d"]) == ("h2", "h2", "h2")     # moved back where they were
+
+
+def test_bad_plans_refused_with_line_and_reason(lab2, tmp_path):
+    start(lab2, "h1", "x", 16361)
+    start(lab2, "h1", "y", 16362)
+    head = "name: bad\n"
+    cases = {
+        "unknown host": (head + "waves:\n  - name: w\n    moves:\n      - select: {containers: [x]}\n"
+                         "        to: [h9]\n", ":6: unknown host 'h9'"),
+        "unknown key": (head + "waves:\n  - name: w\n    moves:\n      - select: {containers: [x]}\n"
+                        "        to: [h2]\n        colour: red\n", ":7: unknown key 'colour'"),
+        "cycle": (head + "waves:\n  - name: w\n    moves:\n      - select: {containers: [x]}\n        to: [h2]\n"
+                  "        after: [y]\n      - select: {containers: [y]}\n        to: [h2]\n        after: [x]\n",
+                  ":7: dependency cycle: x -> y -> x"),
+        "capacity": (head + "hosts:\n  h2: {max_memory_mib: 40}\nwaves:\n  - name: w\n    moves:\n"
+                     "      - select: {hosts: [h1]}\n        to: [h2]\n", ":8: capacity exceeded: x needs"),
+    }
+    before = lab2.ps()
+    for what, (text, message) in cases.items():
+        path = write(tmp_path, what.replace(" ", "-"), text)
+        for verb in ("validate", "apply"):
+            res = cloudmig("plan", verb, str(path), check=False, env={**lab2.env, "COLUMNS": "500"})
+            assert res.returncode == 2, (what, verb, res.stdout, res.stderr)
+            assert message in res.stderr, (what, verb, res.stderr)
+    assert lab2.ps() == before
+    assert "no plans" in lab2.cm("plan", "status").stdout
+    assert json.loads(lab2.cm("plan", "schema").stdout)["properties"]["waves"]
