@@ -5,6 +5,7 @@ mid-wave and resumed; every on-failure policy; bad plans refused."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 from pathlib import Path
@@ -25,6 +26,26 @@ def start(lab: Lab, host: str, name: str, port: int, *labels: str) -> None:
     sock, f = connect(lab.public_address(host), port)
     with sock:
         assert resp(f, "DEBUG", "POPULATE", "1000", "key", "100") == "OK"     # what HeldClient reads
+
+
+@contextlib.contextmanager
+def held_clients(endpoints: dict[str, tuple[str, int]]):
+    """A client per container, each on one TCP connection, answering before the block and
+    still answering after it; every answer in order and none missing."""
+    clients = {n: HeldClient(address, port).start() for n, (address, port) in endpoints.items()}
+    try:
+        for c in clients.values():
+            c.wait_answers(10)
+        yield clients
+        for c in clients.values():
+            before = c.answers
+            c.wait_answers(before + 10)
+            assert c.answers >= before + 10, "no answers after the plan"
+    finally:
+        for c in clients.values():
+            c.stop()
+    for c in clients.values():
+        c.assert_healthy()
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -94,20 +115,9 @@ def test_plan_in_three_waves_within_its_limits(lab3, tmp_path):
     dry = lab3.cm("plan", "apply", str(plan), "--dry-run").stdout
     assert "wave 1 data" in dry and "wave 3 api" in dry and "cache: h1 -> h3" in dry, dry
     assert not (lab3.state_dir / "plans" / "exit-h1").exists()          # the dry run changed nothing
-    clients = {n: HeldClient(lab3.public_address("h1" if not n.startswith("api") else "h2"), p).start()
-               for n, p in ports.items()}
-    try:
-        for c in clients.values():
-            c.wait_answers(10)
+    with held_clients({n: (lab3.public_address("h2" if n.startswith("api") else "h1"), p)
+                       for n, p in ports.items()}):
         lab3.cm("plan", "apply", str(plan), timeout=300)
-        for c in clients.values():
-            before = c.answers
-            c.wait_answers(before + 10)
-    finally:
-        for c in clients.values():
-            c.stop()
-    for c in clients.values():
-        c.assert_healthy()
     where = hosts_of(lab3)
     assert where["db"] == where["cache"] == "h3"
     assert {where["web1"], where["web2"]} <= {"h2", "h3"}
@@ -142,10 +152,8 @@ def test_controller_killed_mid_wave_then_resumed(lab2, tmp_path):
         start(lab2, "h1", name, port)
     plan = write(tmp_path, "k", "name: crash\nlimits: {total: 1}\nwaves:\n  - name: all\n    moves:\n"
                                 "      - select: {hosts: [h1]}\n        to: [h2]\n")
-    clients = {n: HeldClient(lab2.public_address("h1"), p).start() for n, p in ports.items()}
-    try:
-        for c in clients.values():
-            c.wait_answers(10)
+    # none lost, none left frozen or locked: each client still answers afterwards
+    with held_clients({n: (lab2.public_address("h1"), p) for n, p in ports.items()}):
         # killed once k2 has moved and before DBOS recorded it: k3 not started yet
         res = cloudmig("plan", "apply", str(plan), check=False, timeout=300,
                        env={**lab2.env, "CLOUDMIG_PLAN_FAULTS": "after-move:k2:kill"})
@@ -155,14 +163,6 @@ def test_controller_killed_mid_wave_then_resumed(lab2, tmp_path):
         assert {c["container"]: c["state"] for c in row["containers"]}["k3"] in ("pending", "queued")
         assert hosts_of(lab2) == {"k1": "h2", "k2": "h2", "k3": "h1"}
         lab2.cm("plan", "resume", timeout=300)           # every interrupted plan
-        for c in clients.values():
-            before = c.answers
-            c.wait_answers(before + 10)
-    finally:
-        for c in clients.values():
-            c.stop()
-    for c in clients.values():
-        c.assert_healthy()                       # none lost, none left frozen: each still answers
     assert hosts_of(lab2) == {"k1": "h2", "k2": "h2", "k3": "h2"}
     row = status(lab2, "crash")
     assert row["state"] == "done"
