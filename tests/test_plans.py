@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import time
 import signal
 from pathlib import Path
 
-from lab import Lab, cloudmig, connect, lab_fixture, resp
+from lab import CLOUDMIG, Lab, cloudmig, connect, lab_fixture, resp
 from redis_client import HeldClient
 
 REDIS = ["redis-server", "--port", "6379", "--protected-mode", "no", "--save", "", "--appendonly", "no",
@@ -171,6 +174,33 @@ def test_controller_killed_mid_wave_then_resumed(lab2, tmp_path):
     assert states == {"k1": "done", "k2": "already", "k3": "done"}
     assert "no interrupted plan" in lab2.cm("plan", "resume").stdout
 
+    # back to h1, aborted while the first migration is in flight: it finishes, nothing else
+    # starts; resumed, the plan goes on with the rest
+    back = write(tmp_path, "back", "name: back\nlimits: {total: 1}\nwaves:\n  - name: all\n    moves:\n"
+                                   "      - select: {hosts: [h2]}\n        to: [h1]\n")
+    with held_clients({n: (lab2.public_address("h1"), p) for n, p in ports.items()}):
+        proc = subprocess.Popen([CLOUDMIG, "plan", "apply", str(back)], env={**os.environ, **lab2.env},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            for _ in range(600):
+                rows = json.loads(lab2.cm("plan", "status", "--json").stdout)
+                if any(c["state"] == "moving" for r in rows if r["plan"] == "back" for c in r["containers"]):
+                    break
+                time.sleep(0.05)
+            lab2.cm("plan", "abort", "back")
+            out, err = proc.communicate(timeout=300)
+        finally:
+            proc.kill()
+        assert proc.returncode == 1, (out, err)
+        row = status(lab2, "back")
+        assert row["state"] == "aborted"
+        assert len(row["migrations"]) == 1 and row["migrations"][0]["ok"]
+        assert sorted(c["state"] for c in row["containers"]) == ["aborted", "aborted", "done"]
+        lab2.cm("plan", "resume", "back", timeout=300)
+    assert set(hosts_of(lab2).values()) == {"h1"}
+    row = status(lab2, "back")
+    assert row["state"] == "done" and sorted(r["container"] for r in row["migrations"]) == ["k1", "k2", "k3"]
+
 
 def test_each_on_failure_policy(lab2, tmp_path):
     for name, host, port in (("a", "h1", 16371), ("b", "h1", 16372), ("c", "h1", 16373), ("d", "h2", 16374)):
@@ -239,3 +269,29 @@ def test_bad_plans_refused_with_line_and_reason(lab2, tmp_path):
     assert lab2.ps() == before
     assert "no plans" in lab2.cm("plan", "status").stdout
     assert json.loads(lab2.cm("plan", "schema").stdout)["properties"]["waves"]
+
+
+def test_evacuate_and_rebalance_ask_then_apply_a_plan(lab3, tmp_path):
+    for name, port in (("e1", 16351), ("e2", 16352), ("e3", 16353)):
+        start(lab3, "h1", name, port)
+    before = hosts_of(lab3)
+    res = cloudmig("evacuate", "h1", "--to", "h2,h3", env=lab3.env, input="n\n", check=False)
+    assert res.returncode == 1 and "select:" in res.stdout and "nothing changed" in res.stdout, res.stdout
+    assert hosts_of(lab3) == before and "no plans" in lab3.cm("plan", "status").stdout
+
+    # rebalance: h1 above the threshold sheds its largest containers onto the least loaded hosts
+    shown = lab3.cm("rebalance", "--max-memory-pct", "100").stdout
+    assert "nothing to move" in shown
+    h1_pct = float(shown.split("h1: 3 containers")[1].split("%")[0].split()[-1])
+    res = lab3.cm("rebalance", "--max-memory-pct", f"{h1_pct * 0.6:.6f}", "--yes")
+    assert "rebalance" in res.stdout
+    where = hosts_of(lab3)
+    moved = [n for n in where if where[n] != "h1"]
+    assert 1 <= len(moved) <= 2 and "h1" not in {where[n] for n in moved}
+
+    res = lab3.cm("evacuate", "h1", "--yes")
+    where = hosts_of(lab3)
+    assert set(where.values()) <= {"h2", "h3"} and len(where) == 3
+    plans = json.loads(lab3.cm("plan", "status", "--json").stdout)
+    assert [p["state"] for p in plans] == ["done", "done"]
+    assert "nothing runs on h1" in lab3.cm("evacuate", "h1", "--yes").stdout

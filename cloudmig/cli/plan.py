@@ -115,3 +115,53 @@ def status(name: str = typer.Argument(None, help="One plan (default: all)."),
         console.print("no plans")
     for row in rows:
         console.print(_table(row["plan"]))
+
+
+def _confirm_and_apply(text: str, yes: bool, tunnel_mibps: float) -> None:
+    plan, where = model.parse(text, "<generated plan>")
+    resolved = control.validate_text(plan, where)
+    console.print(text.rstrip(), markup=False, highlight=False)
+    print_dry_run(resolved, tunnel_mibps)
+    if not yes and not typer.confirm("Apply this plan?", default=False):
+        console.print("nothing changed")
+        raise typer.Exit(1)
+    control.begin(plan, resolved, text)
+    _live(plan.name, lambda tick: control.run(plan.name, tick))
+
+
+@app.command()
+def evacuate(host: str = typer.Argument(..., help="Host to empty (maintenance)."),
+             to: str = typer.Option(None, "--to", help="H1,H2,...: destinations (default: every other "
+                                    "ready host, the least loaded first)."),
+             limit: int = typer.Option(2, "--limit", min=1, help="At most this many migrations at once."),
+             yes: bool = typer.Option(False, "--yes", "-y", help="Apply without asking."),
+             tunnel_mibps: float = typer.Option(control.DEFAULT_TUNNEL_MIBPS, "--tunnel-mibps",
+                                                help="Tunnel rate for the estimate, MiB/s.")) -> None:
+    """Move every container off HOST, as a plan (printed first; `plan resume` after a crash)."""
+    from cloudmig.plans import generate
+    text = generate.evacuate(host, [h for h in to.split(",") if h] if to else None, limit)
+    if text is None:
+        console.print(f"nothing runs on {host}")
+        return
+    _confirm_and_apply(text, yes, tunnel_mibps)
+
+
+@app.command()
+def rebalance(max_memory_pct: float = typer.Option(80.0, "--max-memory-pct", min=0.0, max=100.0,
+                                                   help="Move containers off hosts whose containers use more "
+                                                   "than this share of their memory."),
+              limit: int = typer.Option(2, "--limit", min=1, help="At most this many migrations at once."),
+              yes: bool = typer.Option(False, "--yes", "-y", help="Apply without asking."),
+              tunnel_mibps: float = typer.Option(control.DEFAULT_TUNNEL_MIBPS, "--tunnel-mibps",
+                                                 help="Tunnel rate for the estimate, MiB/s.")) -> None:
+    """Move containers off hosts above a memory threshold onto the least loaded ones, as a plan."""
+    from cloudmig.plans import generate
+    text, loads = generate.rebalance(max_memory_pct, limit)
+    for h, load in loads.items():
+        console.print(f"{h}: {len(load['containers'])} containers, {load['used'] >> 20} MiB, "
+                      f"{generate.pct(load):.3f}% of {load['capacity'] >> 20} MiB")
+    if text is None:
+        console.print(f"nothing to move: no host is above {max_memory_pct:g}% with room for its "
+                      "containers elsewhere")
+        return
+    _confirm_and_apply(text, yes, tunnel_mibps)

@@ -106,6 +106,8 @@ def plan_workflow(name: str, resolved_raw: dict) -> str:
                                 .enqueue(slot_source, name, step.model_dump(), "move")))
             for step, handle in handles:
                 outcome[step.container] = handle.get_result()
+            if "aborted" in (outcome[s.container] for s in level):
+                return _finish(name, "aborted")
             wave_failed = wave_failed or any(outcome[s.container] not in OK for s in level)
             if wave_failed and wave.on_failure != "continue":
                 break
