@@ -124,6 +124,10 @@ def resolve(plan: Plan, where: Located, data: InventoryData,
                 raise where.error(loc + ("select",), "selects no container")
             for c in chosen:
                 if c.name in steps:
+                    # named twice: refused; matched again by a label, host or group: the
+                    # earlier move has it (a later "everything else on h1" is natural)
+                    if c.name not in move.select.containers:
+                        continue
                     first = origin[c.name]
                     raise where.error(loc + ("select",), f"container {c.name!r} is already moved by "
                                       f"wave {plan.waves[first[1]].name} (line {where.line(first)})")
