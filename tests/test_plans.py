@@ -14,6 +14,7 @@ import signal
 from pathlib import Path
 
 from lab import CLOUDMIG, Lab, cloudmig, connect, lab_fixture, resp
+from postgres_server import postgres_server
 from redis_client import HeldClient
 
 REDIS = ["redis-server", "--port", "6379", "--protected-mode", "no", "--save", "", "--appendonly", "no",
@@ -295,3 +296,42 @@ def test_evacuate_and_rebalance_ask_then_apply_a_plan(lab3, tmp_path):
     plans = json.loads(lab3.cm("plan", "status", "--json").stdout)
     assert [p["state"] for p in plans] == ["done", "done"]
     assert "nothing runs on h1" in lab3.cm("evacuate", "h1", "--yes").stdout
+
+
+def test_two_controllers_share_one_plan_on_postgresql(lab3, tmp_path):
+    names = [f"p{i}" for i in range(1, 7)]
+    for i, name in enumerate(names):
+        start(lab3, "h1", name, 16341 + i)
+    plan = write(tmp_path, "shared", "name: shared\nlimits: {total: 2, per_controller: 1}\nwaves:\n"
+                                     "  - name: all\n    moves:\n      - select: {hosts: [h1]}\n        to: [h2, h3]\n")
+    with postgres_server() as url:
+        env = {**os.environ, **lab3.env, "CLOUDMIG_PLANS_DB": url}
+
+        def controller(ident: str, *extra: str) -> subprocess.Popen:
+            return subprocess.Popen([CLOUDMIG, "plan", "apply", str(plan), *extra],
+                                    env={**env, "CLOUDMIG_CONTROLLER_ID": ident},
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        a = controller("a")
+        try:
+            for _ in range(600):       # the plan is recorded: the second controller joins it
+                res = cloudmig("plan", "status", "--json", env={**lab3.env, "CLOUDMIG_PLANS_DB": url})
+                if json.loads(res.stdout):
+                    break
+                time.sleep(0.05)
+            b = controller("b", "--join")
+            try:
+                outs = [p.communicate(timeout=300) for p in (a, b)]
+            finally:
+                b.kill()
+        finally:
+            a.kill()
+        assert a.returncode == 0 and b.returncode == 0, outs
+        res = cloudmig("plan", "status", "shared", "--json", env={**lab3.env, "CLOUDMIG_PLANS_DB": url})
+        [row] = json.loads(res.stdout)
+    assert row["state"] == "done"
+    runs = row["migrations"]
+    assert sorted(r["container"] for r in runs) == names and all(r["ok"] for r in runs)   # each exactly once
+    assert {r["pid"] for r in runs} == {a.pid, b.pid}          # both controllers moved some
+    where = hosts_of(lab3)
+    assert set(where[n] for n in names) <= {"h2", "h3"}
+    assert most_at_once(runs) <= 2

@@ -73,8 +73,14 @@ def validate(file: Path = typer.Argument(..., help="Plan file (YAML).")) -> None
 def apply(file: Path = typer.Argument(..., help="Plan file (YAML)."),
           dry_run: bool = typer.Option(False, "--dry-run", help="Print the waves, order and estimates; change nothing."),
           tunnel_mibps: float = typer.Option(control.DEFAULT_TUNNEL_MIBPS, "--tunnel-mibps",
-                                             help="Tunnel rate for the dry run's estimate, MiB/s.")) -> None:
+                                             help="Tunnel rate for the dry run's estimate, MiB/s."),
+          join: bool = typer.Option(False, "--join", help="Help another controller apply this plan "
+                                    "(shared PostgreSQL database, own CLOUDMIG_CONTROLLER_ID).")) -> None:
     """Apply a plan: waves in order, limits, health checks; durable (`plan resume` after a crash)."""
+    if join:
+        plan, _, _ = model.load(file)
+        _live(plan.name, lambda tick: control.join(plan.name, tick))
+        return
     plan, resolved, text = control.validate(file)
     if dry_run:
         print_dry_run(resolved, tunnel_mibps)

@@ -137,6 +137,29 @@ def apply(path: Path, on_progress: Callable[[], None] | None = None) -> str:
     return run(plan.name, on_progress)
 
 
+def join(name: str, on_progress: Callable[[], None] | None = None) -> str:
+    """Work on a plan another controller applies (they share a PostgreSQL database): take
+    migrations from its queues until it ends. This process needs its own
+    ``$CLOUDMIG_CONTROLLER_ID``."""
+    from cloudmig.plans import workflows
+    if not os.environ.get("CLOUDMIG_CONTROLLER_ID"):
+        raise errors.PlanError("Joining a plan needs CLOUDMIG_CONTROLLER_ID set, unique per controller.")
+    row = records.require(name)
+    if row["state"] != "running":
+        return row["state"]
+    workflows.launch(name, resolve.Resolved.model_validate_json(row["resolved"]).limits)
+    try:
+        while True:
+            row = records.require(name)
+            if on_progress:
+                on_progress()
+            if row["state"] in TERMINAL:
+                return row["state"]
+            time.sleep(0.3)
+    finally:
+        workflows.shutdown()
+
+
 def resume(name: str, on_progress: Callable[[], None] | None = None) -> str:
     row = records.require(name)
     if row["state"] == "done":
@@ -183,6 +206,6 @@ def status(name: str | None = None) -> list[dict]:
                     "containers": [{k: s[k] for k in ("container", "wave", "source", "destination", "state",
                                                       "phase", "detail")} for s in records.plan_steps(row["name"])],
                     "migrations": [{k: r[k] for k in ("container", "kind", "source", "destination", "started_at",
-                                                      "ended_at", "ok", "error", "freeze_ms", "total_ms")}
+                                                      "ended_at", "ok", "error", "freeze_ms", "total_ms", "pid")}
                                    for r in records.plan_runs(row["name"])]})
     return out

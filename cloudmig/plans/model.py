@@ -65,6 +65,8 @@ class Limits(_Strict):
     total: int | None = Field(None, ge=1, description="in the whole plan")
     per_source: int | None = Field(None, ge=1, description="leaving any one host")
     per_destination: int | None = Field(None, ge=1, description="arriving on any one host")
+    per_controller: int | None = Field(None, ge=1, description="run by any one controller process "
+                                       "(several share a plan on PostgreSQL: `plan apply --join`)")
 
 
 class Move(_Strict):

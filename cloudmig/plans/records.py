@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from functools import lru_cache
@@ -76,8 +77,14 @@ def db_url() -> str:
     return f"sqlite:///{d / 'plans.sqlite'}"
 
 
+def sqlalchemy_url(url: str) -> str:
+    """The URL as SQLAlchemy wants it: PostgreSQL through psycopg 3 (what DBOS uses too)."""
+    return re.sub(r"^postgres(ql)?://", "postgresql+psycopg://", url)
+
+
 @lru_cache(maxsize=4)
 def _engine_for(url: str) -> sa.Engine:
+    url = sqlalchemy_url(url)
     args = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
     engine = sa.create_engine(url, **args)
     meta.create_all(engine)

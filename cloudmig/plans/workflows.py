@@ -12,13 +12,15 @@ another. DBOS records each step's result: a controller killed and relaunched (`p
 skips finished steps and re-runs the one it was in, which looks at the inventory first, so a
 container already on its destination is not moved again.
 
-Every process gets the executor id ``plan-<name>``: launching recovers that plan's pending
-workflows and no other plan's.
+Every process gets the executor id ``plan-<name>`` (``plan-<name>-<id>`` with
+``$CLOUDMIG_CONTROLLER_ID``, for several controllers sharing a plan on PostgreSQL): launching
+recovers that executor's pending workflows and no other plan's.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -51,10 +53,15 @@ def queue_names(name: str) -> tuple[str, str, str]:
     return f"{name}.all", f"{name}.from", f"{name}.to"
 
 
+def executor_id(name: str) -> str:
+    controller = os.environ.get("CLOUDMIG_CONTROLLER_ID")
+    return f"plan-{name}-{controller}" if controller else f"plan-{name}"
+
+
 def launch(name: str, limits: dict[str, int | None]) -> None:
     """DBOS in this process for plan ``name``: its database, its queues, its recovery."""
     config: Any = {"name": "cloudmig", "system_database_url": records.db_url(),
-                   "application_version": APP_VERSION, "executor_id": f"plan-{name}",
+                   "application_version": APP_VERSION, "executor_id": executor_id(name),
                    "log_level": "ERROR", "run_migrations": True}
     paths.ensure_private_dir(paths.state_dir() / "plans")
     DBOS(config=config)
@@ -65,7 +72,9 @@ def launch(name: str, limits: dict[str, int | None]) -> None:
                         on_conflict="always_update")
     DBOS.register_queue(q_from, partition_concurrency=limits.get("per_source") or UNLIMITED,
                         polling_interval_sec=QUEUE_POLL_S, on_conflict="always_update")
+    # the innermost queue's entries run the migrations: per_controller bounds them per process
     DBOS.register_queue(q_to, partition_concurrency=limits.get("per_destination") or UNLIMITED,
+                        worker_concurrency=limits.get("per_controller"),
                         polling_interval_sec=QUEUE_POLL_S, on_conflict="always_update")
 
 
