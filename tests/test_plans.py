@@ -202,6 +202,21 @@ def test_controller_killed_mid_wave_then_resumed(lab2, tmp_path):
     row = status(lab2, "back")
     assert row["state"] == "done" and sorted(r["container"] for r in row["migrations"]) == ["k1", "k2", "k3"]
 
+    # killed inside a migration, while k1 is frozen: resumed, the engine's recovery rolls that
+    # migration back (k1 thawed on h1), then the plan moves it and the others
+    again = write(tmp_path, "again", "name: again\nlimits: {total: 1}\nwaves:\n  - name: all\n    moves:\n"
+                                     "      - select: {hosts: [h1]}\n        to: [h2]\n")
+    with held_clients({n: (lab2.public_address("h1"), p) for n, p in ports.items()}):
+        res = cloudmig("plan", "apply", str(again), check=False, timeout=300,
+                       env={**lab2.env, "CLOUDMIG_FAULTS": "after-dump:controller:kill"})
+        assert res.returncode == -signal.SIGKILL, res.stderr
+        assert status(lab2, "again")["state"] == "interrupted"
+        lab2.cm("plan", "resume", "again", timeout=300)
+    assert set(hosts_of(lab2).values()) == {"h2"}
+    runs = status(lab2, "again")["migrations"]
+    assert sorted((r["container"], r["ok"]) for r in runs) == [("k1", False), ("k1", True), ("k2", True),
+                                                               ("k3", True)]
+
 
 def test_each_on_failure_policy(lab2, tmp_path):
     for name, host, port in (("a", "h1", 16371), ("b", "h1", 16372), ("c", "h1", 16373), ("d", "h2", 16374)):

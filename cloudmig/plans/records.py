@@ -45,7 +45,7 @@ steps = sa.Table(
     sa.Column("wave", sa.Integer, nullable=False),
     sa.Column("source", sa.String(64), nullable=False),
     sa.Column("destination", sa.String(64), nullable=False),
-    # pending | queued | moving | checking | done | already | failed | skipped | aborted | back
+    # pending | queued | recovering | moving | checking | done | already | failed | skipped | aborted | back
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("phase", sa.String(16)),
     sa.Column("detail", sa.Text),
@@ -186,6 +186,14 @@ def run_ended(run_id: int, ok: bool, error: str | None, report: dict) -> None:
         c.execute(sa.update(runs).where(runs.c.id == run_id).values(
             ended_at=time.time(), ok=ok, error=error, freeze_ms=report.get("freeze_ms"),
             total_ms=report.get("total_ms"), memory_bytes=report.get("memory_bytes")))
+
+
+def dangling_run(plan: str, container: str) -> int | None:
+    """The run of ``container`` that started and never ended (its controller died), if any."""
+    with engine().connect() as c:
+        row = c.execute(sa.select(runs.c.id).where(runs.c.plan == plan, runs.c.container == container,
+                                                   runs.c.ended_at.is_(None)).order_by(runs.c.id.desc())).first()
+    return int(row[0]) if row else None
 
 
 def plan_runs(plan: str) -> list[dict]:

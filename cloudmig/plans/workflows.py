@@ -30,8 +30,9 @@ from cloudmig import errors, paths
 from cloudmig.agent.api import Mode
 from cloudmig.control.session import Session
 from cloudmig.inventory import Inventory
-from cloudmig.migration import events
+from cloudmig.migration import events, recovery
 from cloudmig.migration.engine import Migration
+from cloudmig.migration.journal import Journal
 from cloudmig.plans import faults, health, records, report
 from cloudmig.plans.model import Health
 from cloudmig.plans.resolve import Resolved, Step
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 APP_VERSION = "cloudmig-plans-1"     # fixed: recovery needs the same version across processes
 QUEUE_POLL_S = 0.2
+RESULT_POLL_S = 0.1               # a parent waiting for its child (DBOS polls: 1 s by default)
 UNLIMITED = 10_000                   # a partitioned queue needs some partition limit
 
 OK = ("done", "already")
@@ -114,7 +116,7 @@ def plan_workflow(name: str, resolved_raw: dict) -> str:
                 handles.append((step, DBOS.retrieve_queue(queue_names(name)[0])
                                 .enqueue(slot_source, name, step.model_dump(), "move")))
             for step, handle in handles:
-                outcome[step.container] = handle.get_result()
+                outcome[step.container] = handle.get_result(polling_interval_sec=RESULT_POLL_S)
             if "aborted" in (outcome[s.container] for s in level):
                 return _finish(name, "aborted")
             wave_failed = wave_failed or any(outcome[s.container] not in OK for s in level)
@@ -134,7 +136,7 @@ def _move_back(name: str, steps: list[Step]) -> None:
     queue = DBOS.retrieve_queue(queue_names(name)[0])
     handles = [queue.enqueue(slot_source, name, s.model_dump(), "back") for s in steps]
     for h in handles:
-        h.get_result()
+        h.get_result(polling_interval_sec=RESULT_POLL_S)
 
 
 @DBOS.step(name="cloudmig.plan.tunnels")
@@ -194,7 +196,7 @@ def slot_destination(name: str, step: dict, kind: str) -> str:
 def _wait_slot(name: str, queue: int, host: str, then, step: dict, kind: str) -> str:
     with SetEnqueueOptions(queue_partition_key=host):
         handle = DBOS.retrieve_queue(queue_names(name)[queue]).enqueue(then, name, step, kind)
-    return handle.get_result()
+    return handle.get_result(polling_interval_sec=RESULT_POLL_S)
 
 
 @DBOS.workflow(name="cloudmig.plan.move")
@@ -213,6 +215,7 @@ def migrate_step(name: str, raw: dict, kind: str) -> str:
     src, dst = (step.source, step.destination) if kind == "move" else (step.destination, step.source)
     if kind == "move" and records.abort_requested(name):
         return _set(name, step.container, "aborted", "the plan was aborted before it started")
+    _recover(name, step.container)
     inv = Inventory()
     data = inv.read()
     c = data.containers.get(step.container)
@@ -244,6 +247,26 @@ def migrate_step(name: str, raw: dict, kind: str) -> str:
     faults.fire("after-move", step.container)
     return _set(name, step.container, "done" if kind == "move" else "back",
                 f"freeze {rep.freeze_ms or 0:.0f} ms, total {rep.total_ms or 0:.0f} ms")
+
+
+def _recover(name: str, container: str) -> None:
+    """A migration of ``container`` that a dead controller left half done (this plan's, re-run
+    after a crash, or anyone's) is finished or rolled back by the engine's recovery first; the
+    plan's record of that run gets its end."""
+    try:
+        view = Journal.load(container)
+    except errors.ConfigError:        # never migrated
+        return
+    if view.status != "interrupted":
+        return
+    _set(name, container, "recovering", f"{view.record.source} -> {view.record.destination} was "
+         f"interrupted at {view.record.phase or view.record.state}")
+    with Session(Inventory()) as session:
+        outcome, rep = recovery.recover(session, container)
+    run_id = records.dangling_run(name, container)
+    if run_id is not None:
+        records.run_ended(run_id, outcome == "completed",
+                          None if outcome == "completed" else "the controller died; rolled back", rep.to_dict())
 
 
 @DBOS.step(name="cloudmig.plan.health")
