@@ -150,21 +150,29 @@ def test_plan_in_three_waves_within_its_limits(lab3, tmp_path):
     assert "done" in again.stdout and len(status(lab3, "exit-h1")["migrations"]) == 6
 
 
+def one_by_one(tmp_path: Path, name: str, source: str, destination: str) -> Path:
+    """A plan of one wave: everything on ``source`` to ``destination``, one at a time."""
+    return write(tmp_path, name, f"name: {name}\nlimits: {{total: 1}}\nwaves:\n  - name: all\n    moves:\n"
+                                 f"      - select: {{hosts: [{source}]}}\n        to: [{destination}]\n")
+
+
+def killed(lab: Lab, plan: Path, name: str, fault: dict[str, str]) -> None:
+    """`plan apply` SIGKILLed by ``fault``; the plan shows as interrupted."""
+    res = cloudmig("plan", "apply", str(plan), check=False, timeout=300, env={**lab.env, **fault})
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    assert status(lab, name)["state"] == "interrupted"
+
+
 def test_controller_killed_mid_wave_then_resumed(lab2, tmp_path):
     ports = {"k1": 16381, "k2": 16382, "k3": 16383}
     for name, port in ports.items():
         start(lab2, "h1", name, port)
-    plan = write(tmp_path, "k", "name: crash\nlimits: {total: 1}\nwaves:\n  - name: all\n    moves:\n"
-                                "      - select: {hosts: [h1]}\n        to: [h2]\n")
+    plan = one_by_one(tmp_path, "crash", "h1", "h2")
     # none lost, none left frozen or locked: each client still answers afterwards
     with held_clients({n: (lab2.public_address("h1"), p) for n, p in ports.items()}):
         # killed once k2 has moved and before DBOS recorded it: k3 not started yet
-        res = cloudmig("plan", "apply", str(plan), check=False, timeout=300,
-                       env={**lab2.env, "CLOUDMIG_PLAN_FAULTS": "after-move:k2:kill"})
-        assert res.returncode == -signal.SIGKILL, res.stderr
-        row = status(lab2, "crash")
-        assert row["state"] == "interrupted"
-        assert {c["container"]: c["state"] for c in row["containers"]}["k3"] in ("pending", "queued")
+        killed(lab2, plan, "crash", {"CLOUDMIG_PLAN_FAULTS": "after-move:k2:kill"})
+        assert {c["container"]: c["state"] for c in status(lab2, "crash")["containers"]}["k3"] in ("pending", "queued")
         assert hosts_of(lab2) == {"k1": "h2", "k2": "h2", "k3": "h1"}
         lab2.cm("plan", "resume", timeout=300)           # every interrupted plan
     assert hosts_of(lab2) == {"k1": "h2", "k2": "h2", "k3": "h2"}
@@ -177,8 +185,7 @@ def test_controller_killed_mid_wave_then_resumed(lab2, tmp_path):
 
     # back to h1, aborted while the first migration is in flight: it finishes, nothing else
     # starts; resumed, the plan goes on with the rest
-    back = write(tmp_path, "back", "name: back\nlimits: {total: 1}\nwaves:\n  - name: all\n    moves:\n"
-                                   "      - select: {hosts: [h2]}\n        to: [h1]\n")
+    back = one_by_one(tmp_path, "back", "h2", "h1")
     with held_clients({n: (lab2.public_address("h1"), p) for n, p in ports.items()}):
         proc = subprocess.Popen([CLOUDMIG, "plan", "apply", str(back)], env={**os.environ, **lab2.env},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -204,13 +211,9 @@ def test_controller_killed_mid_wave_then_resumed(lab2, tmp_path):
 
     # killed inside a migration, while k1 is frozen: resumed, the engine's recovery rolls that
     # migration back (k1 thawed on h1), then the plan moves it and the others
-    again = write(tmp_path, "again", "name: again\nlimits: {total: 1}\nwaves:\n  - name: all\n    moves:\n"
-                                     "      - select: {hosts: [h1]}\n        to: [h2]\n")
+    again = one_by_one(tmp_path, "again", "h1", "h2")
     with held_clients({n: (lab2.public_address("h1"), p) for n, p in ports.items()}):
-        res = cloudmig("plan", "apply", str(again), check=False, timeout=300,
-                       env={**lab2.env, "CLOUDMIG_FAULTS": "after-dump:controller:kill"})
-        assert res.returncode == -signal.SIGKILL, res.stderr
-        assert status(lab2, "again")["state"] == "interrupted"
+        killed(lab2, again, "again", {"CLOUDMIG_FAULTS": "after-dump:controller:kill"})
         lab2.cm("plan", "resume", "again", timeout=300)
     assert set(hosts_of(lab2).values()) == {"h2"}
     runs = status(lab2, "again")["migrations"]

@@ -109,9 +109,13 @@ def all_plans() -> list[dict]:
 
 def create(name: str, file_text: str, resolved: dict, step_rows: list[dict]) -> None:
     with engine().begin() as c:
+        # a plan applied again under a finished one's name: its attempts go on counting, so
+        # its workflow ids (plan:NAME:ATTEMPT) are new
+        last = c.execute(sa.select(plans.c.attempt).where(plans.c.name == name)).scalar()
         c.execute(sa.delete(steps).where(steps.c.plan == name))
         c.execute(sa.delete(plans).where(plans.c.name == name))
-        c.execute(sa.insert(plans).values(name=name, state="running", attempt=1, abort=False, file=file_text,
+        c.execute(sa.insert(plans).values(name=name, state="running", attempt=(last or 0) + 1, abort=False,
+                                          file=file_text,
                                           resolved=json.dumps(resolved), started_at=time.time(),
                                           owner_pid=os.getpid(), owner_host=socket.gethostname()))
         if step_rows:

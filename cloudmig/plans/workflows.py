@@ -64,7 +64,10 @@ def launch(name: str, limits: dict[str, int | None]) -> None:
     """DBOS in this process for plan ``name``: its database, its queues, its recovery."""
     config: Any = {"name": "cloudmig", "system_database_url": records.db_url(),
                    "application_version": APP_VERSION, "executor_id": executor_id(name),
-                   "log_level": "ERROR", "run_migrations": True}
+                   "log_level": "ERROR", "run_migrations": True,
+                   # DBOS's background threads wake this often (default 1 s): sooner
+                   # notifications, and a shutdown that does not wait a second for them
+                   "notification_listener_polling_interval_sec": QUEUE_POLL_S}
     paths.ensure_private_dir(paths.state_dir() / "plans")
     DBOS(config=config)
     DBOS.listen_queues(list(queue_names(name)))
