@@ -85,8 +85,9 @@ def unpin(netns: str | None, service_ip: str) -> int:
 _FIELD = re.compile(r"(\w+)=(\S+)")
 
 
-def connections_of(service_ip: str) -> list[Connection]:
-    """TCP connections of ``service_ip`` in the *current* namespace's conntrack table."""
+def connections_of(service_ip: str, established_only: bool = False) -> list[Connection]:
+    """TCP connections of ``service_ip`` in the *current* namespace's conntrack table (only
+    those still ESTABLISHED if asked: closed ones linger in TIME_WAIT for minutes)."""
     try:
         with open(CONNTRACK) as fh:
             lines = fh.readlines()
@@ -96,7 +97,7 @@ def connections_of(service_ip: str) -> list[Connection]:
     by_id = {t.mark_id: t.ifname for t in replies.list_tracked(None)}
     found = []
     for line in lines:
-        if " tcp " not in line:
+        if " tcp " not in line or (established_only and " ESTABLISHED " not in line):
             continue
         pairs = _FIELD.findall(line)
         src = [v for k, v in pairs if k == "src"]

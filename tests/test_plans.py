@@ -353,3 +353,41 @@ def test_two_controllers_share_one_plan_on_postgresql(lab3, tmp_path):
     where = hosts_of(lab3)
     assert set(where[n] for n in names) <= {"h2", "h3"}
     assert most_at_once(runs) <= 2
+
+
+def test_plan_creates_a_host_and_decommissions_the_emptied_one(lab2, tmp_path):
+    start(lab2, "h1", "d1", 16331)
+    plan = write(tmp_path, "dc", "name: dc\ncreate:\n  h3: {provider: lab}\ndrain_timeout_s: 120\n"
+                                 "waves:\n  - name: all\n    moves:\n      - select: {hosts: [h1]}\n        to: [h3]\n")
+    client = HeldClient(lab2.public_address("h1"), 16331).start()      # through h1, forwarded once moved
+    try:
+        client.wait_answers(10)
+        proc = subprocess.Popen([CLOUDMIG, "plan", "apply", str(plan), "--decommission"],
+                                env={**os.environ, **lab2.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            for _ in range(1200):      # h1 waits for the client's connection to end
+                rows = json.loads(lab2.cm("plan", "status", "--json").stdout)
+                if rows and rows[0]["outcome"] == "draining h1":
+                    break
+                time.sleep(0.05)
+            assert rows[0]["outcome"] == "draining h1", rows
+            before = client.answers
+            client.wait_answers(before + 10)         # still answered through h1 while it drains
+        finally:
+            client.stop()
+            client.f.close()       # the socket's file too: the connection ends only with both
+            client.assert_healthy()
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, (out, err)
+    finally:
+        proc.kill()
+    row = status(lab2, "dc")
+    assert row["state"] == "done" and row["outcome"] == "h1: destroyed"      # drained, not timed out
+    assert sorted(h["name"] for h in json.loads(lab2.cm("hosts", "--json").stdout)) == ["h2", "h3"]
+    assert not [n for n in lab2.netns() if n.startswith(f"{lab2.lab_id}-h1")]
+    [c] = lab2.ps()
+    assert c["host"] == "h3" and c["forwards"] == [] and c["state"] == "running"
+    sock, f = connect(lab2.public_address("h3"), 16331)
+    with sock:
+        assert resp(f, "PING") == "PONG"

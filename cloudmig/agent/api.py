@@ -231,8 +231,10 @@ class Net(_Ops):
     def track_tunnel(self, ifname: str) -> None:
         self._c.call("net.track_tunnel", ifname=ifname)
 
-    def connections(self, service_ip: str) -> list[Connection]:
-        return [Connection(**c) for c in self._c.call("net.connections", service_ip=service_ip)]
+    def connections(self, service_ip: str, established_only: bool = False) -> list[Connection]:
+        """``established_only``: without the closed ones conntrack still keeps (plans' drain)."""
+        args = {"established_only": True} if established_only else {}
+        return [Connection(**c) for c in self._c.call("net.connections", service_ip=service_ip, **args)]
 
     def pin_replies(self, service_ip: str, pins: list[Pin]) -> None:
         self._c.call("net.pin_replies", service_ip=service_ip,

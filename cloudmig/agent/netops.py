@@ -225,8 +225,8 @@ class NetOps:
                 self._remember_route(service_ip, None)
         return wireguard.down(ifname, HOST_NETNS, self._key_file(ifname))
 
-    def connections(self, service_ip: str) -> list[dict]:
-        return [dataclasses.asdict(c) for c in pins.connections_of(service_ip)]
+    def connections(self, service_ip: str, established_only: bool = False) -> list[dict]:
+        return [dataclasses.asdict(c) for c in pins.connections_of(service_ip, established_only)]
 
     def pin_replies(self, service_ip: str, connections: list[dict]) -> int:
         return pins.pin(HOST_NETNS, service_ip, [pins.Pin(**c) for c in connections])

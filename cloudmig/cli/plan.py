@@ -22,7 +22,7 @@ STATE_STYLE = {"done": "green", "already": "green", "back": "yellow", "moving": 
 def _table(name: str) -> Table:
     [st] = control.status(name)
     table = Table("WAVE", "CONTAINER", "FROM", "TO", "STATE", "DETAIL",
-                  title=f"plan {name}: {st['state']} (attempt {st['attempt']})", box=None)
+                  title=f"plan {name}: {st['state']} (attempt {st['attempt']})", caption=st["outcome"], box=None)
     for c in st["containers"]:
         state = c["state"] + (f" ({c['phase']})" if c["phase"] else "")
         table.add_row(str(c["wave"] + 1), c["container"], c["source"], c["destination"],
@@ -46,6 +46,8 @@ def print_dry_run(resolved, tunnel_mibps: float) -> None:
     limits = ", ".join(f"{k} {v}" for k, v in resolved.limits.items() if v) or "none"
     console.print(f"plan {resolved.name}: {len(resolved.steps())} containers in {len(resolved.waves)} waves; "
                   f"at most at once: {limits}")
+    for h in resolved.create:
+        console.print(f"first, create host {h.name} ({h.provider})")
     total = 0.0
     for i, w in enumerate(control.estimate(resolved, tunnel_mibps), 1):
         total += w["estimate_s"]
@@ -54,6 +56,9 @@ def print_dry_run(resolved, tunnel_mibps: float) -> None:
             for line in level:
                 console.print(f"  {j}. {line}")
     console.print(f"about {total:.0f} s in all at {tunnel_mibps:g} MiB/s through the tunnels")
+    if resolved.decommission:
+        console.print(f"then destroy {', '.join(resolved.sources())} once emptied and drained "
+                      f"(at most {resolved.drain_timeout_s:g} s)")
 
 
 @plan_app.command("schema")
@@ -75,13 +80,17 @@ def apply(file: Path = typer.Argument(..., help="Plan file (YAML)."),
           tunnel_mibps: float = typer.Option(control.DEFAULT_TUNNEL_MIBPS, "--tunnel-mibps",
                                              help="Tunnel rate for the dry run's estimate, MiB/s."),
           join: bool = typer.Option(False, "--join", help="Help another controller apply this plan "
-                                    "(shared PostgreSQL database, own CLOUDMIG_CONTROLLER_ID).")) -> None:
+                                    "(shared PostgreSQL database, own CLOUDMIG_CONTROLLER_ID)."),
+          decommission: bool = typer.Option(False, "--decommission",
+                                            help="Once every container moved, destroy the source hosts the "
+                                            "plan emptied (after their forwarded endpoints drained).")) -> None:
     """Apply a plan: waves in order, limits, health checks; durable (`plan resume` after a crash)."""
     if join:
         plan, _, _ = model.load(file)
         _live(plan.name, lambda tick: control.join(plan.name, tick))
         return
     plan, resolved, text = control.validate(file)
+    resolved.decommission = decommission
     if dry_run:
         print_dry_run(resolved, tunnel_mibps)
         return

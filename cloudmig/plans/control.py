@@ -41,6 +41,8 @@ def validate_text(plan: model.Plan, where: model.Located) -> resolve.Resolved:
             return int(agent(c.host).memory(c.name).rss)
 
         def available(host: str) -> int:
+            if host not in data.hosts:          # created by the plan: only its cap is known
+                return 1 << 62
             return int(agent(host).memory().mem_available)
 
         return resolve.resolve(plan, where, data, memory=memory, available=available)
@@ -200,7 +202,7 @@ def status(name: str | None = None) -> list[dict]:
     out = []
     for row in rows:
         state = "interrupted" if records.interrupted(row) else row["state"]
-        out.append({"plan": row["name"], "state": state, "attempt": row["attempt"],
+        out.append({"plan": row["name"], "state": state, "attempt": row["attempt"], "outcome": row["outcome"],
                     "abort_requested": bool(row["abort"]), "started_at": row["started_at"],
                     "ended_at": row["ended_at"],
                     "containers": [{k: s[k] for k in ("container", "wave", "source", "destination", "state",

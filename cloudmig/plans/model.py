@@ -89,10 +89,25 @@ class Destination(_Strict):
     max_memory_mib: int | None = Field(None, ge=1, description="cap on what the plan may place here")
 
 
+class Create(_Strict):
+    """Hosts the plan creates before its first wave (skipped when they exist already)."""
+    provider: str = Field(description="lab, aws, azure, ... (`cloudmig host create --provider`)")
+    count: int = Field(1, ge=1, le=50, description="more than 1: named <name><first>, <name><first+1>, ...")
+    first: int = Field(1, ge=0)
+    options: dict[str, str] = Field(default_factory=dict, description="the provider's options")
+
+    def names(self, key: str) -> list[str]:
+        return [key] if self.count == 1 else [f"{key}{self.first + i}" for i in range(self.count)]
+
+
 class Plan(_Strict):
     name: str = Field(pattern=NAME_RE)
+    create: dict[str, Create] = Field(default_factory=dict)
     hosts: dict[str, Destination] = Field(default_factory=dict,
                                           description="hosts the plan may fill, with optional caps")
+    drain_timeout_s: float = Field(60.0, ge=0, le=86400,
+                                   description="with `apply --decommission`: how long an emptied source "
+                                   "host's forwarded endpoints may keep connections before it is destroyed")
     groups: dict[str, Selector] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
     mode: Literal["postcopy", "stopcopy"] = "postcopy"

@@ -35,7 +35,7 @@ def build(name: str) -> dict:
             "migrations": [{k: r[k] for k in ("kind", "source", "destination", "started_at", "ended_at", "ok",
                                               "error", "freeze_ms", "total_ms")} for r in mine],
         })
-    return {"plan": name, "state": plan["state"], "attempt": plan["attempt"],
+    return {"plan": name, "state": plan["state"], "attempt": plan["attempt"], "outcome": plan["outcome"],
             "started_at": plan["started_at"], "ended_at": plan["ended_at"],
             "limits": json.loads(plan["resolved"])["limits"],
             "most_at_once": records.most_at_once(runs),
@@ -43,7 +43,7 @@ def build(name: str) -> dict:
 
 
 def markdown(rep: dict) -> str:
-    lines = [f"# Plan {rep['plan']}: {rep['state']}", "",
+    lines = [f"# Plan {rep['plan']}: {rep['state']}", "", *([rep["outcome"], ""] if rep["outcome"] else []),
              f"Most migrations at once: {rep['most_at_once']} (limits: "
              + ", ".join(f"{k} {v}" for k, v in rep["limits"].items() if v) + ")", "",
              "| wave | container | from | to | state | freeze | total | client wait |",

@@ -47,10 +47,22 @@ class WaveSteps(BaseModel):
         return [out[k] for k in sorted(out)]
 
 
+class NewHost(BaseModel):
+    name: str
+    provider: str
+    options: dict[str, str] = Field(default_factory=dict)
+
+
 class Resolved(BaseModel):
     name: str
     limits: dict[str, int | None]
     waves: list[WaveSteps]
+    create: list[NewHost] = Field(default_factory=list)
+    decommission: bool = False          # `apply --decommission`: destroy emptied source hosts
+    drain_timeout_s: float = 60.0
+
+    def sources(self) -> list[str]:
+        return sorted({s.source for s in self.steps()})
 
     def steps(self) -> list[Step]:
         return [s for w in self.waves for s in w.steps]
@@ -91,8 +103,10 @@ def resolve(plan: Plan, where: Located, data: InventoryData,
     """The plan's steps; ``memory`` gives a container's resident memory, ``available`` a
     host's available memory (the caller asks the agents; validation without hosts uses the
     limits the containers were run with)."""
+    created = _created(plan, where, data)
+    known = set(data.hosts) | {h.name for h in created}
     for name in plan.hosts:
-        if name not in data.hosts:
+        if name not in known:
             raise where.error(("hosts", name), f"unknown host {name!r}", hint="`cloudmig hosts` lists them.")
     for name, sel in plan.groups.items():
         if sel.group is not None:
@@ -117,7 +131,7 @@ def resolve(plan: Plan, where: Located, data: InventoryData,
         for mi, move in enumerate(wave.moves):
             loc = ("waves", wi, "moves", mi)
             for ti, host in enumerate(move.to):
-                if host not in data.hosts:
+                if host not in known:
                     raise where.error(loc + ("to", ti), f"unknown host {host!r}", hint="`cloudmig hosts` lists them.")
             chosen = selected(move.select, loc + ("select",), plan, where, data)
             if not chosen:
@@ -176,7 +190,24 @@ def resolve(plan: Plan, where: Located, data: InventoryData,
                     s.after = sorted(set(deps) - {s.container})
     for wi, wave in enumerate(waves):
         _levels(wave, wi, where, origin)
-    return Resolved(name=plan.name, limits=plan.limits.model_dump(), waves=waves)
+    return Resolved(name=plan.name, limits=plan.limits.model_dump(), waves=waves, create=created,
+                    drain_timeout_s=plan.drain_timeout_s)
+
+
+def _created(plan: Plan, where: Located, data: InventoryData) -> list[NewHost]:
+    """The hosts the plan creates; one that exists already with that provider is kept as it is."""
+    from cloudmig import providers
+    out = []
+    for key, spec in plan.create.items():
+        if spec.provider not in providers.available():
+            raise where.error(("create", key, "provider"), f"unknown provider {spec.provider!r} "
+                              f"(providers: {', '.join(sorted(providers.available()))})")
+        for name in spec.names(key):
+            have = data.hosts.get(name)
+            if have is not None and have.provider != spec.provider:
+                raise where.error(("create", key), f"host {name} exists already, with provider {have.provider}")
+            out.append(NewHost(name=name, provider=spec.provider, options=spec.options))
+    return out
 
 
 def _levels(wave: WaveSteps, wi: int, where: Located, origin: dict[str, tuple[Any, ...]]) -> None:

@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 APP_VERSION = "cloudmig-plans-1"     # fixed: recovery needs the same version across processes
 QUEUE_POLL_S = 0.2
 RESULT_POLL_S = 0.1               # a parent waiting for its child (DBOS polls: 1 s by default)
-UNLIMITED = 10_000                   # a partitioned queue needs some partition limit
+UNLIMITED = 10_000
+DRAIN_POLL_S = 0.5                   # a partitioned queue needs some partition limit
 
 OK = ("done", "already")
 
@@ -102,6 +103,10 @@ def plan_workflow(name: str, resolved_raw: dict) -> str:
     resolved = Resolved.model_validate(resolved_raw)
     outcome: dict[str, str] = {}
     failures = False
+    for host in resolved.create:
+        problem = _create_host(name, host.model_dump())
+        if problem:
+            return _finish(name, "failed", problem)
     for wave in resolved.waves:
         wave_failed = False
         for level in wave.levels():
@@ -131,7 +136,12 @@ def plan_workflow(name: str, resolved_raw: dict) -> str:
                 _move_back(name, [s for s in wave.steps if outcome.get(s.container) in OK + ("unhealthy",)])
             if wave.on_failure != "continue":
                 return _finish(name, "failed")
-    return _finish(name, "partial" if failures else "done")     # partial: some failed, on_failure: continue
+    if failures:
+        return _finish(name, "partial")       # some failed, on_failure: continue
+    if resolved.decommission:
+        gone = [_decommission(name, host, resolved.drain_timeout_s) for host in resolved.sources()]
+        return _finish(name, "done", "; ".join(gone))
+    return _finish(name, "done")
 
 
 def _move_back(name: str, steps: list[Step]) -> None:
@@ -174,9 +184,57 @@ def _mark(name: str, container: str, state: str, detail: str | None) -> str:
     return state
 
 
+@DBOS.step(name="cloudmig.plan.create_host")
+def _create_host(name: str, raw: dict) -> str | None:
+    """A host the plan needs, created by its provider unless it is ready already (a plan
+    resumed after a crash in here finds a half-made one: destroyed, then made again).
+    Returns why it failed, or None."""
+    from cloudmig import providers
+    from cloudmig.control import hosts
+    spec = providers.HostSpec(name=raw["name"], provider=raw["provider"], options=dict(raw["options"]))
+    have = Inventory().read().hosts.get(spec.name)
+    if have is not None and have.state == "ready":
+        return None
+    records.update(name, outcome=f"creating host {spec.name} ({spec.provider})")
+    try:
+        if have is not None:
+            hosts.destroy(have)
+        providers.load(spec.provider).create_host(spec)
+    except errors.CloudmigError as exc:
+        return f"creating host {spec.name} failed: {exc}"
+    return None
+
+
+@DBOS.step(name="cloudmig.plan.decommission")
+def _decommission(name: str, host: str, drain_timeout_s: float) -> str:
+    """Destroy ``host`` if the plan emptied it: once no connection comes in through the
+    endpoints it forwards (or after ``drain_timeout_s``), its forwards end and it goes."""
+    from cloudmig.control import hosts
+    data = Inventory().read()
+    if host not in data.hosts:
+        return f"{host}: gone already"
+    if any(c.host == host for c in data.containers.values()):
+        return f"{host}: kept (containers run there)"
+    forwarded = [c for c in data.containers.values() if any(f.host == host for f in c.forwards)]
+    records.update(name, outcome=f"draining {host}")
+    deadline = time.monotonic() + drain_timeout_s
+    with Session(Inventory()) as session:
+        agent = session.agent(host)
+        while forwarded and time.monotonic() < deadline:
+            if not any(agent.net.connections(c.service_ip, established_only=True) for c in forwarded):
+                break
+            time.sleep(DRAIN_POLL_S)
+    left = time.monotonic() >= deadline and bool(forwarded)
+    with Inventory().transaction() as d:
+        for c in d.containers.values():
+            c.forwards = [f for f in c.forwards if f.host != host]
+    hosts.destroy(Inventory().read().host(host))
+    return f"{host}: destroyed" + (" (connections were left at the deadline)" if left else "")
+
+
 @DBOS.step(name="cloudmig.plan.finish")
-def _finish(name: str, state: str) -> str:
-    records.update(name, state=state, ended_at=time.time())
+def _finish(name: str, state: str, outcome: str | None = None) -> str:
+    records.update(name, state=state, ended_at=time.time(), outcome=outcome)
     report.write(name)
     return state
 
