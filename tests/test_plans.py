@@ -368,7 +368,7 @@ def test_plan_creates_a_host_and_decommissions_the_emptied_one(lab2, tmp_path):
         try:
             for _ in range(1200):      # h1 waits for the client's connection to end
                 rows = json.loads(lab2.cm("plan", "status", "--json").stdout)
-                if rows and rows[0]["outcome"] == "draining h1":
+                if rows and (rows[0]["outcome"] == "draining h1" or rows[0]["state"] != "running"):
                     break
                 time.sleep(0.05)
             assert rows[0]["outcome"] == "draining h1", rows
@@ -389,5 +389,46 @@ def test_plan_creates_a_host_and_decommissions_the_emptied_one(lab2, tmp_path):
     [c] = lab2.ps()
     assert c["host"] == "h3" and c["forwards"] == [] and c["state"] == "running"
     sock, f = connect(lab2.public_address("h3"), 16331)
+    with sock:
+        assert resp(f, "PING") == "PONG"
+
+
+def test_cut_over_runs_the_hook_then_drains_the_old_endpoint(lab2, tmp_path):
+    start(lab2, "h1", "co", 16321)
+    hooked = tmp_path / "hook.out"
+    plan = write(tmp_path, "co", "name: co\nwaves:\n  - name: all\n    moves:\n      - select: {containers: [co]}\n"
+                                 "        to: [h2]\n        health: {tcp: 6379}\n"
+                                 "        cutover:\n          drain_timeout_s: 120\n          hook: [sh, -c, "
+                                 f"'echo $CLOUDMIG_OLD_ADDRESS $CLOUDMIG_ADDRESS > {hooked}']\n")
+    client = HeldClient(lab2.public_address("h1"), 16321).start()      # on the old endpoint
+    try:
+        client.wait_answers(10)
+        proc = subprocess.Popen([CLOUDMIG, "plan", "apply", str(plan)], env={**os.environ, **lab2.env},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            for _ in range(1200):      # the old endpoint drains while the client holds its connection
+                rows = json.loads(lab2.cm("plan", "status", "--json").stdout)
+                if rows and (rows[0]["containers"][0]["state"] == "draining" or rows[0]["state"] != "running"):
+                    break
+                time.sleep(0.05)
+            assert rows[0]["containers"][0]["state"] == "draining", rows
+            assert hooked.read_text().split() == [f"{lab2.public_address('h1')}:16321",
+                                                  f"{lab2.public_address('h2')}:16321"]
+            before = client.answers
+            client.wait_answers(before + 10)
+        finally:
+            client.stop()
+            client.f.close()
+            client.assert_healthy()
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, (out, err)
+    finally:
+        proc.kill()
+    [c] = status(lab2, "co")["containers"]
+    assert c["state"] == "done" and c["detail"] == "cut over from h1"
+    [row] = lab2.ps()
+    assert row["host"] == "h2" and row["forwards"] == []
+    assert row["endpoints"] == [f"{lab2.public_address('h2')}:16321/tcp"]
+    sock, f = connect(lab2.public_address("h2"), 16321)
     with sock:
         assert resp(f, "PING") == "PONG"

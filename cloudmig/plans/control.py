@@ -127,7 +127,12 @@ def run(name: str, on_progress: Callable[[], None] | None = None, new_attempt: b
                 break
             time.sleep(0.3)
         if status != "SUCCESS":
-            handle.get_result()          # raises the workflow's error
+            try:
+                handle.get_result()
+            except Exception as exc:     # a bug, not a failed migration (those are outcomes)
+                records.update(name, state="failed", ended_at=time.time(), outcome=f"error: {exc!r}")
+                raise errors.PlanError(f"Plan {name} stopped on an error: {exc!r}.",
+                                       hint=f"`cloudmig plan resume {name}` tries again.") from exc
         return handle.get_result()
     finally:
         workflows.shutdown()

@@ -49,15 +49,18 @@ def _http(address: str, port: int, path: str, timeout: float) -> str | None:
     return None
 
 
-def _command(argv: list[str], name: str, host: str, ep: tuple[str, int] | None, timeout: float) -> str | None:
+def run_command(argv: list[str], name: str, host: str, ep: tuple[str, int] | None, timeout: float,
+                extra_env: dict[str, str] | None = None) -> str | None:
+    """Run ``argv`` on the controller for container ``name`` (now on ``host``, endpoint ``ep``):
+    None if it exited 0, else why not."""
     env = dict(os.environ, CLOUDMIG_CONTAINER=name, CLOUDMIG_HOST=host,
-               CLOUDMIG_ADDRESS=f"{ep[0]}:{ep[1]}" if ep else "")
+               CLOUDMIG_ADDRESS=f"{ep[0]}:{ep[1]}" if ep else "", **(extra_env or {}))
     try:
         res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"health command {argv[0]}: {exc}"
+        return f"command {argv[0]}: {exc}"
     if res.returncode != 0:
-        return f"health command {' '.join(argv)} exited {res.returncode}: {res.stderr.strip()[-200:]}"
+        return f"command {' '.join(argv)} exited {res.returncode}: {res.stderr.strip()[-200:]}"
     return None
 
 
@@ -70,7 +73,7 @@ def check(health: Health, data: InventoryData, name: str) -> str | None:
     while True:
         left = max(deadline - time.monotonic(), 0.5)
         if health.command is not None:
-            problem = _command(health.command, name, data.container(name).host, ep, left)
+            problem = run_command(health.command, name, data.container(name).host, ep, left)
         elif health.http is not None:
             problem = _http(ep[0], ep[1], health.http, min(left, 5))
         else:

@@ -60,6 +60,15 @@ class Health(_Strict):
         return self
 
 
+class Cutover(_Strict):
+    """After a healthy move, instead of forwarding from the old endpoint for good: run a hook
+    (a DNS update, say), then drain the old endpoint and stop forwarding from it."""
+    hook: list[str] | None = Field(None, description="run on the controller; exit 0 (env CLOUDMIG_CONTAINER, "
+                                   "CLOUDMIG_HOST, CLOUDMIG_ADDRESS and CLOUDMIG_OLD_ADDRESS, the endpoints)")
+    drain_timeout_s: float = Field(60.0, ge=0, le=86400, description="wait this long at most for the old "
+                                   "endpoint's connections to end")
+
+
 class Limits(_Strict):
     """At most this many migrations at once."""
     total: int | None = Field(None, ge=1, description="in the whole plan")
@@ -77,6 +86,7 @@ class Move(_Strict):
                              description="containers or groups whose moves must finish first")
     mode: Literal["postcopy", "stopcopy"] | None = None
     health: Health | None = None
+    cutover: Cutover | None = Field(None, description="default: keep forwarding from the old endpoint")
 
 
 class Wave(_Strict):

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from cloudmig import errors
 from cloudmig.inventory import ContainerRecord, InventoryData
 from cloudmig.migration.preflight import MEMORY_FLOOR_BYTES, MEMORY_HEADROOM
-from cloudmig.plans.model import Health, Located, Plan, Selector
+from cloudmig.plans.model import Cutover, Health, Located, Plan, Selector
 
 
 class Step(BaseModel):
@@ -32,6 +32,7 @@ class Step(BaseModel):
     after: list[str] = Field(default_factory=list)     # containers of this plan, moved first
     level: int = 0                                     # within its wave: after every dependency
     health: Health | None = None
+    cutover: Cutover | None = None
     memory_bytes: int = 0
 
 
@@ -161,7 +162,8 @@ def resolve(plan: Plan, where: Located, data: InventoryData,
                                       hint="Add destinations, raise hosts.<name>.max_memory_mib or move fewer.")
                 room[best] -= need
                 steps[c.name] = Step(container=c.name, wave=wi, source=c.host, destination=best,
-                                     mode=move.mode or plan.mode, health=move.health, memory_bytes=rss)
+                                     mode=move.mode or plan.mode, health=move.health, cutover=move.cutover,
+                                     memory_bytes=rss)
                 origin[c.name] = loc
                 wsteps.append(steps[c.name])
         waves.append(WaveSteps(name=wave.name, on_failure=wave.on_failure or plan.on_failure, steps=wsteps))

@@ -34,7 +34,7 @@ from cloudmig.migration import events, recovery
 from cloudmig.migration.engine import Migration
 from cloudmig.migration.journal import Journal
 from cloudmig.plans import faults, health, records, report
-from cloudmig.plans.model import Health
+from cloudmig.plans.model import Cutover, Health
 from cloudmig.plans.resolve import Resolved, Step
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 APP_VERSION = "cloudmig-plans-1"     # fixed: recovery needs the same version across processes
 QUEUE_POLL_S = 0.2
 RESULT_POLL_S = 0.1               # a parent waiting for its child (DBOS polls: 1 s by default)
-UNLIMITED = 10_000
-DRAIN_POLL_S = 0.5                   # a partitioned queue needs some partition limit
+UNLIMITED = 10_000                   # a partitioned queue needs some partition limit
+DRAIN_POLL_S = 0.5                   # how often a drain asks the old host for connections
+HOOK_TIMEOUT_S = 120.0               # a cut-over hook (a DNS update) ends within this
 
 OK = ("done", "already")
 
@@ -263,9 +264,13 @@ def _wait_slot(name: str, queue: int, host: str, then, step: dict, kind: str) ->
 @DBOS.workflow(name="cloudmig.plan.move")
 def move_workflow(name: str, step: dict, kind: str) -> str:
     result = migrate_step(name, step, kind)
-    if result not in OK or kind != "move" or not step.get("health"):
+    if result not in OK or kind != "move":
         return result
-    return health_step(name, step)
+    if step.get("health"):
+        result = health_step(name, step)
+    if result in OK and step.get("cutover"):
+        result = cutover_step(name, step)
+    return result
 
 
 @DBOS.step(name="cloudmig.plan.migrate")
@@ -338,6 +343,40 @@ def health_step(name: str, raw: dict) -> str:
     if problem:
         return _set(name, step.container, "unhealthy", problem)
     return _set(name, step.container, "done", None, keep_detail=True)
+
+
+@DBOS.step(name="cloudmig.plan.cutover")
+def cutover_step(name: str, raw: dict) -> str:
+    """The hook, then the old endpoint drained and no longer forwarded (each part skipped when
+    a re-run finds it done: the forward gone)."""
+    step = Step.model_validate(raw)
+    cut = Cutover.model_validate(raw["cutover"])
+    data = Inventory().read()
+    c = data.container(step.container)
+    old = next((f for f in c.forwards if f.host == step.source), None)
+    if old is None:
+        return _set(name, step.container, "done", None, keep_detail=True)
+    if cut.hook:
+        records.set_step(name, step.container, state="cutting over")
+        new_ep = health.endpoint(data, step.container, None)
+        old_address = data.host(step.source).public_address or ""
+        env = {"CLOUDMIG_OLD_ADDRESS": f"{old_address}:{old.ports[0].host_port}" if old.ports else ""}
+        problem = health.run_command(cut.hook, step.container, c.host, new_ep, HOOK_TIMEOUT_S, env)
+        if problem:
+            return _set(name, step.container, "unhealthy", f"cut-over hook: {problem}")
+    records.set_step(name, step.container, state="draining")
+    deadline = time.monotonic() + cut.drain_timeout_s
+    with Session(Inventory()) as session:
+        agent = session.agent(step.source)
+        while time.monotonic() < deadline and agent.net.connections(c.service_ip, established_only=True):
+            time.sleep(DRAIN_POLL_S)
+        left = time.monotonic() >= deadline
+        agent.client.call("net.unpublish", owner=step.container)
+    with Inventory().transaction() as d:
+        d.containers[step.container].forwards = [f for f in d.containers[step.container].forwards
+                                                 if f.host != step.source]
+    return _set(name, step.container, "done", f"cut over from {step.source}"
+                + (" (connections were left at the deadline)" if left else ""))
 
 
 def _set(name: str, container: str, state: str, detail: str | None, keep_detail: bool = False) -> str:
