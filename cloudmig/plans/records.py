@@ -87,7 +87,14 @@ def _engine_for(url: str) -> sa.Engine:
     url = sqlalchemy_url(url)
     args = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
     engine = sa.create_engine(url, **args)
-    meta.create_all(engine)
+    for attempt in range(3):
+        try:
+            meta.create_all(engine)
+            break
+        except sa.exc.DatabaseError:    # another process created them between check and create
+            if attempt == 2:
+                raise
+            time.sleep(0.2)
     return engine
 
 
