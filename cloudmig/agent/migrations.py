@@ -14,8 +14,10 @@ agent restarted to clean up finds what its predecessor left by its files and pro
 from __future__ import annotations
 
 import base64
+import contextlib
 import shutil
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -176,10 +178,22 @@ class Migrations:
         return Memory(mem_available=info.get("MemAvailable", 0), disk_free=usage.free, rss=rss)
 
     def cpuinfo(self) -> str:
-        return base64.b64encode(criu.cpuinfo_dump(self.ctx.runtime.host_dir / "cpuinfo")).decode()
+        with self._scratch("cpuinfo-") as scratch:
+            return base64.b64encode(criu.cpuinfo_dump(scratch)).decode()
 
     def cpu_lacks(self, image_b64: str) -> str | None:
-        return criu.cpuinfo_check(self.ctx.runtime.host_dir / "cpuinfo-incoming", base64.b64decode(image_b64))
+        with self._scratch("cpuinfo-incoming-") as scratch:
+            return criu.cpuinfo_check(scratch, base64.b64decode(image_b64))
+
+    @contextlib.contextmanager
+    def _scratch(self, prefix: str):
+        """A directory of this call's own: migrations running at once (a plan's) each check
+        CPUs, and one fixed path let one read a file the other was writing."""
+        d = Path(tempfile.mkdtemp(prefix=prefix, dir=self.ctx.runtime.host_dir))
+        try:
+            yield d
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
 
     def probe_listen(self, address: str, port: int) -> None:
         """Listen on ADDRESS:PORT so the other host can prove it reaches it (then close)."""
