@@ -69,7 +69,9 @@ def expected(fault: str, phase: str, mode: str) -> str:
             return "completed"   # TCP (RTO capped at 1 s) and the tunnel ride it out
         # before the resume the freeze is bounded: a transfer that cannot get through within
         # its timeout (post-copy's lazy-pages daemon's connect at the restore: 3 s) rolls back
-        if fault == "WAN down 60 s" or (phase == "restore" and mode == "postcopy"):
+        if phase == "restore" and mode == "stopcopy":
+            return "completed"   # its restore needs nothing from the source any more
+        if fault == "WAN down 60 s" or phase == "restore":
             return "rolled back"
         return "completed"       # a 5 s outage before the restore: TCP rides it out
     raise KeyError(fault)
