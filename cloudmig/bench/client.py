@@ -42,8 +42,8 @@ class Sample:
 
 
 class _Conn:
-    def __init__(self, address: str, port: int) -> None:
-        self.sock = socket.create_connection((address, port), timeout=REQUEST_TIMEOUT_S)
+    def __init__(self, address: str, port: int, request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+        self.sock = socket.create_connection((address, port), timeout=request_timeout_s)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.f = self.sock.makefile("rwb")
 
@@ -59,11 +59,12 @@ class _Conn:
         self.sock.close()
 
 
-def connect(address: str, port: int, timeout_s: float = 10) -> _Conn:
+def connect(address: str, port: int, timeout_s: float = 10,
+            request_timeout_s: float = REQUEST_TIMEOUT_S) -> _Conn:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return _Conn(address, port)
+            return _Conn(address, port, request_timeout_s)
         except OSError:
             if time.monotonic() > deadline:
                 raise
@@ -71,9 +72,12 @@ def connect(address: str, port: int, timeout_s: float = 10) -> _Conn:
 
 
 class HeldClient:
-    def __init__(self, address: str, port: int, fallback: str | None = None) -> None:
+    def __init__(self, address: str, port: int, fallback: str | None = None,
+                 request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+        """``request_timeout_s``: how long one answer may take (an outage's runs: longer than it)."""
         self.address, self.port, self.fallback = address, port, fallback
-        self.conn = connect(address, port)
+        self.request_timeout_s = request_timeout_s
+        self.conn = connect(address, port, request_timeout_s=request_timeout_s)
         self.seed, self.pages, start_counter, _ = self.conn.ask("INFO")
         self.expected_counter = start_counter + 1
         self.samples: list[Sample] = []
@@ -99,7 +103,7 @@ class HeldClient:
     def stop(self) -> None:
         """End the request loop (the connection stays open for :meth:`verify`)."""
         self._stop.set()
-        self._thread.join(REQUEST_TIMEOUT_S + RECONNECT_TIMEOUT_S + 5)
+        self._thread.join(self.request_timeout_s + RECONNECT_TIMEOUT_S + 5)
 
     def close(self) -> None:
         self.conn.close()

@@ -171,8 +171,10 @@ def run_one(cfg: Config, addresses: dict[str, str], *, mode: str, memory_mib: in
     try:
         conn = bench_client.connect(addresses[src], cfg.host_port, READY_TIMEOUT_S)
         conn.close()
+        # a request sent into an outage waits it out (and the client's own back-off after it)
         held = bench_client.HeldClient(addresses[src], cfg.host_port,
-                                       fallback=addresses[dst] if mode == "cold" else None).start()
+                                       fallback=addresses[dst] if mode == "cold" else None,
+                                       request_timeout_s=bench_client.REQUEST_TIMEOUT_S + 2 * outage_s).start()
         time.sleep(BASELINE_S)
         log_dir = cfg.out_dir / "criu-logs" / name if cfg.keep_criu_logs else None
         rec = _Recorder(name, src, dst, log_dir)
