@@ -62,11 +62,17 @@ def _kill_criu(ops: "Migrations", name: str) -> None:
 
 def _kill_tunnel(ops: "Migrations", name: str, ifname: str) -> None:
     """The tunnel's wireguard-go process on this host, SIGKILLed (its interface goes with it)."""
+    import time
+    from pyroute2 import IPRoute
     from cloudmig.runtime import procs
     for pid in procs.pids_mentioning(ifname):
         with open(f"/proc/{pid}/comm") as fh:
             if fh.read().strip().startswith("wireguard"):
                 os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 2             # dead, and its interface gone with it
+    with IPRoute() as ipr:
+        while ipr.link_lookup(ifname=ifname) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 WAN_TABLE = "cmwan"

@@ -158,15 +158,24 @@ class NetOps:
     def _keeper_loop(self) -> None:
         while True:
             time.sleep(self.KEEPER_PERIOD_S)
-            for ifname, config in self._kept().items():
-                try:
-                    with self._keeper_lock:
-                        if ifname in self._kept() and self._is_dead(ifname):
-                            log.warning("tunnel %s was gone; bringing it back", ifname)
-                            wireguard.down(ifname, HOST_NETNS)
-                            self._bring_up(**config)
-                except Exception:         # noqa: BLE001 - it tries again next period
-                    log.exception("could not bring tunnel %s back", ifname)
+            self.ensure_tunnels()
+
+    def ensure_tunnels(self) -> list[str]:
+        """One pass of the keeper, now: the kept tunnels whose interface is gone are brought
+        back. A migration calls it before it binds the page server to its tunnel address (the
+        keeper's next pass may be a second away). Returns the tunnels brought back."""
+        back = []
+        for ifname, config in self._kept().items():
+            try:
+                with self._keeper_lock:
+                    if ifname in self._kept() and self._is_dead(ifname):
+                        log.warning("tunnel %s was gone; bringing it back", ifname)
+                        wireguard.down(ifname, HOST_NETNS)
+                        self._bring_up(**config)
+                        back.append(ifname)
+            except Exception:         # noqa: BLE001 - the keeper tries again next period
+                log.exception("could not bring tunnel %s back", ifname)
+        return back
 
     @staticmethod
     def _is_dead(ifname: str) -> bool:

@@ -61,6 +61,7 @@ class Outgoing(Side):
         ``checkpoint``. Returns the container's stdio paths (the destination's runc needs
         them before its CRIU starts)."""
         self.expect("arm", State.PREPARED)
+        self.net.ensure_tunnels()          # the page server binds this host's tunnel address
         descriptors = self.runtime.external_descriptors(self.name)
         if self.mode.lazy:
             self.dump = dump.LazyDump.arm(self.runtime, self.name, self.images, self.work("src"),
@@ -98,6 +99,8 @@ class Outgoing(Side):
         works: they cannot change once the container is locked)."""
         self.expect("checkpoint", State.ARMED)
         steps = Steps()
+        with steps("tunnel_check"):     # ~1 ms: the page server about to bind needs its address
+            self.net.ensure_tunnels()
         # silence the container before CRIU freezes it: see cloudmig.network.lock
         with steps("lock"):
             self.net.lock_container(self.name)
@@ -121,6 +124,7 @@ class Outgoing(Side):
 
     def final_sync(self, address: str, port: int, token: str) -> Sent:
         self.expect("final_sync", State.FROZEN)
+        self.net.ensure_tunnels()          # ~1 ms; a tunnel that died is back before we send
         upper = self.runtime.bundle(self.name).upper
         only, delete = transfer.changes(self.manifest, transfer.manifest(upper))
         sent = transfer.send(upper, address, port, token, only=only, delete=delete)
@@ -128,6 +132,7 @@ class Outgoing(Side):
 
     def send_images(self, address: str, port: int, token: str) -> Sent:
         self.expect("send_images", State.FROZEN)
+        self.net.ensure_tunnels()
         return Sent(bytes=transfer.send_files(self.images, address, port, token))
 
     # ------------------------------------------------------------------ after the resume
@@ -139,6 +144,7 @@ class Outgoing(Side):
         if self.state is State.SWITCHED:
             return 0                 # done already (a controller that reconnected asks again)
         self.expect("switch_over", State.FROZEN)
+        self.net.ensure_tunnels()          # the service IP is about to be routed into it
         self.net.route_service(service_ip, ifname=tunnel_ifname)
         held = self.release_hold()
         if self.mode.lazy:
