@@ -43,6 +43,8 @@ class HostSpec:
     tunnel_peers: list[str] = dataclasses.field(default_factory=list)
     # address (CIDR) of the operator, allowed to reach SSH
     operator_cidr: str | None = None
+    # an operator CIDR of /0 (SSH open to everyone) is refused unless this is set
+    allow_ssh_from_anywhere: bool = False
     ssh_public_key: str | None = None
     # cloud-init user-data that bootstraps the host and starts the agent
     user_data: str | None = None

@@ -28,7 +28,10 @@ __all__ = ["translated", "translate", "error_code", "is_not_found"]
 class _Kind:
     codes: frozenset[str]
     fragments: tuple[str, ...]     # matched anywhere in the code
-    hint: str
+    hint: str | dict[str, str]     # one hint, or one per provider
+
+    def hint_for(self, provider: str) -> str | None:
+        return self.hint if isinstance(self.hint, str) else self.hint.get(provider)
 
 
 # One row per kind of failure; codes are compared case-insensitively.
@@ -40,9 +43,10 @@ _KINDS: dict[str, _Kind] = {
             "InvalidAuthenticationToken", "InvalidAuthenticationTokenTenant", "ExpiredAuthenticationToken",
             "AuthenticationFailed", "CredentialUnavailable", "ClientAuthentication")),
         ("invalidauthenticationtoken",),
-        "Check the credentials: for aws, AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
-        "(`aws sts get-caller-identity` must work); for azure, `az login` or AZURE_CLIENT_ID/"
-        "AZURE_TENANT_ID/AZURE_CLIENT_SECRET (DefaultAzureCredential)."),
+        {"aws": "Check the AWS credentials: AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(`aws sts get-caller-identity` must work).",
+         "azure": "Sign in with `az login`, or set AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET "
+                  "(a service principal)."}),
     "permission": _Kind(
         frozenset(c.lower() for c in ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException",
                                       "AuthorizationFailed", "LinkedAuthorizationFailed")),
@@ -148,14 +152,22 @@ def _cloud_message(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+# azure-identity's credential chain explains each credential it tried, over many lines: its
+# failure is said in one sentence instead.
+_NO_CREDENTIAL_CODES = frozenset({"ClientAuthentication", "CredentialUnavailable"})
+
+
 def translate(exc: BaseException, provider: str, action: str) -> errors.ProviderError:
     """A ProviderError for ``exc``, raised by a cloud SDK while ``action`` was under way."""
     code = error_code(exc)
     kind = _kind_of(code)
+    if provider == "azure" and code in _NO_CREDENTIAL_CODES:
+        return errors.ProviderError(f"azure: no usable Azure credentials (needed for {action}).",
+                                    hint=kind.hint_for(provider) if kind else None, code=code)
     detail = _cloud_message(exc)
     shown = f"{code}: {detail}" if code and not detail.startswith(code) else detail
     return errors.ProviderError(f"{provider} refused {action} ({shown}).",
-                                hint=kind.hint if kind else None, code=code)
+                                hint=kind.hint_for(provider) if kind else None, code=code)
 
 
 def _is_sdk_error(exc: BaseException) -> bool:

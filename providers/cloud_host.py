@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import re
 import secrets
 import shutil
 import time
@@ -28,7 +29,8 @@ from cloudmig.providers.ssh.remote import AgentLayout
 log = logging.getLogger(__name__)
 
 __all__ = ["TAG_HOST", "TAG_MANAGED", "WIREGUARD_PORT", "SSH_PORT", "ownership_tags", "check_name",
-           "parse_options", "flag", "CheckedSpec", "check_spec", "tags_line", "wireguard_port", "check_network_spec", "peer_cidr",
+           "parse_options", "flag", "check_flag", "check_pattern", "CheckedSpec", "check_spec",
+           "operator_network", "open_ssh_warning", "tags_line", "wireguard_port", "check_network_spec", "peer_cidr",
            "HostAccess", "prepare_access", "user_data_for", "forget_access", "Rollback",
            "reserve", "save", "forget", "forget_host", "mark_running"]
 
@@ -74,16 +76,41 @@ def wireguard_port(options: dict[str, str]) -> int:
     return int(raw)
 
 
-def check_network_spec(spec: HostSpec) -> tuple[str, list[str]]:
-    """The operator CIDR (SSH source) and tunnel peers as /32 CIDRs, validated."""
-    if not spec.operator_cidr:
+def operator_network(cidr: str | None, name: str, allow_anywhere: bool = False) -> str:
+    """The operator's CIDR (the only SSH source), checked: IPv4 or IPv6, no host bits, and not
+    the whole internet unless ``allow_anywhere``."""
+    if not cidr:
         raise errors.ConfigError(
-            f"Host {spec.name} needs the operator's address: SSH is opened only to it.",
+            f"Host {name} needs the operator's address: SSH is opened only to it.",
             hint="Pass --operator-cidr with your public address, e.g. --operator-cidr 203.0.113.7/32.")
     try:
-        operator = str(ipaddress.ip_network(spec.operator_cidr, strict=False))
+        net = ipaddress.ip_network(cidr.strip(), strict=False)
     except ValueError:
-        raise errors.ConfigError(f"--operator-cidr {spec.operator_cidr!r} is not an address or CIDR.") from None
+        raise errors.ConfigError(f"--operator-cidr {cidr!r} is not an IPv4 or IPv6 address or CIDR.") from None
+    if net.network_address != ipaddress.ip_interface(cidr.strip()).ip:
+        # 203.0.113.7/24 would open the whole /24: say which of the two was meant
+        single = f"{ipaddress.ip_interface(cidr.strip()).ip}/{net.max_prefixlen}"
+        raise errors.ConfigError(f"--operator-cidr {cidr} has host bits set: it names {net}, a whole network.",
+                                 hint=f"Give {single} for this one address, or {net} if the whole network "
+                                      f"is meant.")
+    if net.prefixlen == 0 and not allow_anywhere:
+        raise errors.ConfigError(f"--operator-cidr {net} would open SSH to the whole internet.",
+                                 hint="Give your own public address (e.g. 203.0.113.7/32); if you really want "
+                                      "SSH open to everyone, add --allow-ssh-from-anywhere.")
+    return str(net)
+
+
+def open_ssh_warning(operator: str) -> str | None:
+    """A loud line when SSH is opened to every address (asked for explicitly)."""
+    if ipaddress.ip_network(operator).prefixlen == 0:
+        return (f"WARNING: SSH (tcp/{SSH_PORT}) is open to the whole internet ({operator}), as asked "
+                f"with --allow-ssh-from-anywhere; only the host's key login stands in the way.")
+    return None
+
+
+def check_network_spec(spec: HostSpec) -> tuple[str, list[str]]:
+    """The operator CIDR (SSH source) and tunnel peers as /32 CIDRs, validated."""
+    operator = operator_network(spec.operator_cidr, spec.name, spec.allow_ssh_from_anywhere)
     return operator, [peer_cidr(p) for p in spec.tunnel_peers]
 
 
@@ -92,7 +119,12 @@ def peer_cidr(address: str) -> str:
     try:
         return f"{ipaddress.IPv4Address(address)}/32"
     except ValueError:
-        raise errors.ConfigError(f"Tunnel peer {address!r} is not an IPv4 address.") from None
+        raise errors.ConfigError(f"Tunnel peer {address!r} is not an IPv4 address (tunnels run over "
+                                 f"IPv4 public addresses).") from None
+
+
+OptionCheck = Callable[[str, str], None]
+"""Raises ConfigError if ``value`` is not a valid value of option ``key``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,12 +139,35 @@ class CheckedSpec:
         peers = ", ".join(self.peers) or "no peer yet (opened per tunnel)"
         return f"tcp/{SSH_PORT} from {self.operator_cidr}; udp/{self.wg_port} from {peers}"
 
+    @property
+    def warning(self) -> str | None:
+        return open_ssh_warning(self.operator_cidr)
 
-def check_spec(provider: str, spec: HostSpec, known_options: dict[str, str]) -> CheckedSpec:
+
+def check_spec(provider: str, spec: HostSpec, known_options: dict[str, str],
+               option_checks: dict[str, OptionCheck] | None = None) -> CheckedSpec:
+    """Every check that needs no cloud call: names, options (each value), addresses."""
     options = parse_options(provider, spec.options, known_options)
     check_name(provider, spec.name)
+    for key, check in (option_checks or {}).items():
+        if key in options:
+            check(key, options[key])
     operator, peers = check_network_spec(spec)
     return CheckedSpec(options=options, operator_cidr=operator, peers=peers, wg_port=wireguard_port(options))
+
+
+def check_flag(key: str, value: str) -> None:
+    flag({key: value}, key)
+
+
+def check_pattern(pattern: str, example: str) -> OptionCheck:
+    """An option check: the value must match ``pattern`` (e.g. an AMI id), ``example`` shown."""
+    compiled = re.compile(pattern)
+
+    def check(key: str, value: str) -> None:
+        if not compiled.fullmatch(value):
+            raise errors.ConfigError(f"Option {key} {value!r} is not valid.", hint=f"For example {key}={example}.")
+    return check
 
 
 def tags_line(name: str) -> str:

@@ -20,7 +20,7 @@ app.add_typer(host_app, name="host")
 
 
 def _progress(line: str) -> None:
-    console.print(f"  {line}", markup=False)
+    console.print(f"  {line}", markup=False, style="bold red" if line.startswith("WARNING") else None)
 
 
 def _parse_options(pairs: list[str]) -> dict[str, str]:
@@ -60,6 +60,9 @@ def create(name: str = typer.Argument(..., help="Host name, unique across provid
            option: list[str] = typer.Option(None, "--option", help="Provider-only option KEY=VALUE (repeatable)."),
            operator_cidr: str = typer.Option(None, "--operator-cidr",
                                              help="Your address/CIDR: the only source allowed to reach SSH."),
+           allow_ssh_from_anywhere: bool = typer.Option(False, "--allow-ssh-from-anywhere",
+                                                        help="Accept an --operator-cidr of 0.0.0.0/0 or ::/0 "
+                                                             "(SSH open to everyone; warned loudly)."),
            tunnel_peer: list[str] = typer.Option(None, "--tunnel-peer",
                                                  help="Public address allowed to reach WireGuard (repeatable)."),
            ssh_public_key: str = typer.Option(None, "--ssh-public-key",
@@ -72,12 +75,12 @@ def create(name: str = typer.Argument(..., help="Host name, unique across provid
     key = Path(ssh_public_key).read_text().strip() if ssh_public_key else None
     spec = providers.HostSpec(name=name, provider=provider, options=_parse_options(option or []),
                               tunnel_peers=list(tunnel_peer or []), operator_cidr=operator_cidr,
-                              ssh_public_key=key)
+                              allow_ssh_from_anywhere=allow_ssh_from_anywhere, ssh_public_key=key)
     impl = providers.load(provider)
     if dry_run:
         console.print(f"would create host {name} with {provider}:")
         for line in impl.plan_create(spec):
-            console.print(f"  {line}", markup=False)
+            _progress(line)
         return
     with console.status(f"creating {name} with {provider}"):
         record = impl.create_host(spec, _progress)

@@ -36,7 +36,7 @@ class AwsProvider:
 
     # ------------------------------------------------------------------ provider verbs
     def plan_create(self, spec: HostSpec) -> list[str]:
-        checked = cloud_host.check_spec(self.name, spec, self.option_help)
+        checked = cloud_host.check_spec(self.name, spec, self.option_help, facts.option_checks())
         opts = checked.options
         region = opts.get("region") or "(region from AWS_REGION / the profile)"
         itype = opts.get("instance_type", facts.DEFAULT_INSTANCE_TYPE)
@@ -50,12 +50,12 @@ class AwsProvider:
         if cloud_host.flag(opts, "elastic_ip"):
             lines.append("Elastic IP, associated with the instance")
         lines.append(cloud_host.tags_line(spec.name))
-        return lines
+        return lines + ([checked.warning] if checked.warning else [])
 
     def create_host(self, spec: HostSpec, progress: Progress = _no_progress) -> HostRecord:
         from cloudmig.providers.aws import ec2 as ec2_ops
 
-        checked = cloud_host.check_spec(self.name, spec, self.option_help)
+        checked = cloud_host.check_spec(self.name, spec, self.option_help, facts.option_checks())
         opts = checked.options
         itype = opts.get("instance_type", facts.DEFAULT_INSTANCE_TYPE)
         ec2 = self._client(opts.get("region"))
@@ -65,6 +65,8 @@ class AwsProvider:
         image = ec2_ops.get_image(ec2, opts["image"], arch) if opts.get("image") else ec2_ops.find_debian_image(ec2, arch)
         vpc = ec2_ops.default_vpc(ec2)
         progress(f"{spec.name}: {itype} ({arch}) in {region}, image {image['ImageId']} ({image.get('Name', '?')})")
+        if checked.warning:
+            progress(checked.warning)
 
         record = cloud_host.reserve(self.inv, spec, {**opts, "region": region})
         try:
@@ -76,7 +78,7 @@ class AwsProvider:
                 progress(f"key pair {key}")
                 sg = ec2_ops.create_security_group(ec2, spec.name, vpc, checked.operator_cidr, checked.peers,
                                                    checked.wg_port)
-                undo.push(f"security group {sg}", lambda: ec2_ops.delete_security_group(ec2, sg))
+                undo.push(f"security group {sg}", lambda: ec2_ops.delete_security_group(ec2, sg, progress))
                 progress(f"security group {sg}: {checked.firewall_line()}")
                 inst = ec2_ops.run_instance(ec2, spec.name, image["ImageId"], itype, key, sg, user_data)
                 undo.push(f"instance {inst}", lambda: ec2_ops.terminate_instance(ec2, inst, progress))

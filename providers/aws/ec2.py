@@ -12,6 +12,7 @@ Every call runs inside ``cloud_errors.translated`` so callers see ProviderError 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import itertools
 import logging
 import time
@@ -92,6 +93,13 @@ def default_vpc(ec2) -> str:
 
 
 # ---------------------------------------------------------------------- create
+def _source(cidr: str, description: str) -> dict:
+    """The part of an IpPermission naming one source: IpRanges for IPv4, Ipv6Ranges for IPv6."""
+    if ipaddress.ip_network(cidr).version == 6:
+        return {"Ipv6Ranges": [{"CidrIpv6": cidr, "Description": description}]}
+    return {"IpRanges": [{"CidrIp": cidr, "Description": description}]}
+
+
 def import_key_pair(ec2, host: str, public_key: str) -> str:
     name = resource_name(host)
     with cloud_errors.translated("aws", f"importing key pair {name}"):
@@ -108,7 +116,7 @@ def create_security_group(ec2, host: str, vpc_id: str, operator_cidr: str, peers
             Description=f"cloudmig host {host}: SSH from the operator, WireGuard from tunnel peers",
             TagSpecifications=_tag_specs(host, "security-group"))["GroupId"]
     rules = [{"IpProtocol": "tcp", "FromPort": cloud_host.SSH_PORT, "ToPort": cloud_host.SSH_PORT,
-              "IpRanges": [{"CidrIp": operator_cidr, "Description": "cloudmig operator (SSH)"}]}]
+              **_source(operator_cidr, "cloudmig operator (SSH)")}]
     if peers:
         rules.append({"IpProtocol": "udp", "FromPort": wg_port, "ToPort": wg_port,
                       "IpRanges": [{"CidrIp": p, "Description": "cloudmig tunnel peer"} for p in peers]})
@@ -241,13 +249,29 @@ def terminate_instance(ec2, instance_id: str, progress: Progress) -> None:
     wait_instance(ec2, instance_id, "terminated", facts.INSTANCE_TERMINATED_TIMEOUT_S, progress)
 
 
-def delete_security_group(ec2, sg_id: str) -> None:
-    try:
-        with cloud_errors.translated("aws", f"deleting security group {sg_id}"):
-            ec2.delete_security_group(GroupId=sg_id)
-    except errors.ProviderError as exc:
-        if exc.code != "InvalidGroup.NotFound":
-            raise
+def delete_security_group(ec2, sg_id: str, progress: Progress = lambda _line: None) -> None:
+    """Delete a security group; while EC2 still counts the instance that just terminated as its
+    user it answers DependencyViolation: retry then, for at most SG_IN_USE_TIMEOUT_S."""
+    deadline = time.monotonic() + facts.SG_IN_USE_TIMEOUT_S
+    sleeps = _sleeps()
+    while True:
+        try:
+            with cloud_errors.translated("aws", f"deleting security group {sg_id}"):
+                ec2.delete_security_group(GroupId=sg_id)
+            return
+        except errors.ProviderError as exc:
+            if exc.code == "InvalidGroup.NotFound":
+                return
+            if exc.code != "DependencyViolation":
+                raise
+            if time.monotonic() > deadline:
+                raise errors.ProviderError(
+                    f"Security group {sg_id} is still in use after {facts.SG_IN_USE_TIMEOUT_S} s.",
+                    hint="Something else uses it (see its network interfaces in the EC2 console); "
+                         "`cloudmig host destroy` again removes it once it is free.",
+                    code="DependencyViolation") from None
+            progress(f"security group {sg_id} still in use (EC2 is letting the instance go); retrying")
+            time.sleep(next(sleeps))
 
 
 def delete_key_pair(ec2, key_name: str) -> None:
@@ -263,7 +287,7 @@ def delete_owned(ec2, owned: Owned, progress: Progress) -> None:
     for inst in owned.instances:
         terminate_instance(ec2, inst, progress)
     for sg in owned.security_groups:
-        delete_security_group(ec2, sg)
+        delete_security_group(ec2, sg, progress)
         progress(f"deleted security group {sg}")
     for key in owned.key_pairs:
         delete_key_pair(ec2, key)

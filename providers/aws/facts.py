@@ -17,6 +17,7 @@ DEFAULT_INSTANCE_TYPE = "t3.small"     # 2 vCPU, 2 GiB: enough for CRIU builds a
 INSTANCE_RUNNING_TIMEOUT_S = 600       # 10 minutes from RunInstances to "running"
 INSTANCE_TERMINATED_TIMEOUT_S = 600    # security groups can only go once the instance is gone
 POLL_INTERVALS_S = (0.2, 0.5, 1, 2, 5)  # then 5 s between polls
+SG_IN_USE_TIMEOUT_S = 300              # EC2 answers DependencyViolation for a while after a terminate
 
 # EC2 instance state -> cloudmig host state ("running" = the VM is up; the agent may still be
 # bootstrapping, see docs/providers.md)
@@ -31,3 +32,12 @@ OPTION_HELP = {
     "wg_port": "WireGuard UDP port opened to tunnel peers (default 51820)",
 }
 
+
+
+def option_checks() -> dict:
+    """How each option's value is checked before anything is made (cloud_host.check_spec)."""
+    from cloudmig.providers import cloud_host
+    return {"region": cloud_host.check_pattern(r"[a-z]{2}(-[a-z]+)+-\d", "eu-west-1"),
+            "instance_type": cloud_host.check_pattern(r"[a-z][a-z0-9-]*\.[a-z0-9-]+", DEFAULT_INSTANCE_TYPE),
+            "image": cloud_host.check_pattern(r"ami-[0-9a-f]{8,17}", "ami-0123456789abcdef0"),
+            "elastic_ip": cloud_host.check_flag}

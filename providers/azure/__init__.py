@@ -40,7 +40,7 @@ class AzureProvider:
 
     # ------------------------------------------------------------------ provider verbs
     def plan_create(self, spec: HostSpec) -> list[str]:
-        checked = cloud_host.check_spec(self.name, spec, self.option_help)
+        checked = cloud_host.check_spec(self.name, spec, self.option_help, facts.option_checks())
         opts = checked.options
         n = facts.names(spec.name)
         group = opts.get("resource_group", n["resource_group"])
@@ -53,12 +53,12 @@ class AzureProvider:
                 f"virtual machine {n['vm']} {opts.get('vm_size', facts.DEFAULT_VM_SIZE)}, image "
                 f"{opts.get('image', facts.DEBIAN_IMAGE)}, os disk {n['os_disk']}, cloud-init custom data "
                 f"running cloudmig/bootstrap-host",
-                cloud_host.tags_line(spec.name)]
+                cloud_host.tags_line(spec.name)] + ([checked.warning] if checked.warning else [])
 
     def create_host(self, spec: HostSpec, progress: Progress = _no_progress) -> HostRecord:
         from cloudmig.providers.azure import arm
 
-        checked = cloud_host.check_spec(self.name, spec, self.option_help)
+        checked = cloud_host.check_spec(self.name, spec, self.option_help, facts.option_checks())
         opts = checked.options
         location = opts.get("location", facts.DEFAULT_LOCATION)
         vm_size = opts.get("vm_size", facts.DEFAULT_VM_SIZE)
@@ -69,6 +69,8 @@ class AzureProvider:
         clients, subscription = self._clients(opts)
         tags = cloud_host.ownership_tags(spec.name)
         existing_tags = arm.group_tags(clients, group)        # also proves the credentials work
+        if checked.warning:
+            progress(checked.warning)
 
         record = cloud_host.reserve(self.inv, spec, {**opts, "subscription_id": subscription,
                                                      "location": location, "resource_group": group})
@@ -178,6 +180,8 @@ class AzureProvider:
                                      hint="Set AZURE_SUBSCRIPTION_ID or pass --option subscription_id=....")
         base_url = opts.get("arm_endpoint") or os.environ.get(facts.ARM_ENDPOINT_ENV) or None
         credential = self._credential
+        # the credential chain logs a warning per credential it tried; our error says it in one sentence
+        logging.getLogger("azure.identity").setLevel(logging.ERROR)
         if credential is None:
             try:
                 from azure.identity import DefaultAzureCredential

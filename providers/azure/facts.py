@@ -40,3 +40,15 @@ def names(host: str) -> dict[str, str]:
     return {"resource_group": f"cloudmig-{host}", "nsg": f"{host}-nsg", "vnet": f"{host}-vnet",
             "subnet": "default", "public_ip": f"{host}-ip", "nic": f"{host}-nic", "vm": host,
             "os_disk": f"{host}-osdisk"}
+
+
+def option_checks() -> dict:
+    """How each option's value is checked before anything is made (cloud_host.check_spec)."""
+    from cloudmig.providers import cloud_host
+    return {"subscription_id": cloud_host.check_pattern(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}",
+                                                        "00000000-1111-2222-3333-444444444444"),
+            "location": cloud_host.check_pattern(r"[a-z0-9]+", DEFAULT_LOCATION),
+            "vm_size": cloud_host.check_pattern(r"[A-Za-z0-9_]+", DEFAULT_VM_SIZE),
+            "image": cloud_host.check_pattern(r"[^:\s]+:[^:\s]+:[^:\s]+:[^:\s]+", DEBIAN_IMAGE),
+            "resource_group": cloud_host.check_pattern(r"[-\w.()]{1,89}[-\w()]", "cloudmig-web2"),
+            "arm_endpoint": cloud_host.check_pattern(r"https://[^\s/]+(/[^\s]*)?", "https://management.azure.com")}

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import http.server
-import itertools
 import json
 import re
 import ssl
@@ -28,6 +27,8 @@ import threading
 import uuid
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+from cloudsim.addresses import DEFAULT_POOL, AddressPool
 
 API_VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
 CAMEL_RE = re.compile(r"^[a-z][A-Za-z0-9]*$")
@@ -113,7 +114,7 @@ def _need(props: dict, path: str, rtype: str):
 
 
 class ArmServer:
-    def __init__(self, token: str, subscription: str) -> None:
+    def __init__(self, token: str, subscription: str, addresses: str | None = None) -> None:
         self.token, self.subscription = token, subscription
         self.groups: dict[str, dict] = {}
         self.resources: dict[str, dict] = {}
@@ -122,16 +123,16 @@ class ArmServer:
         self.requests: list[tuple[str, str]] = []
         self.refusals: list[str] = []
         self.lock = threading.Lock()
-        self._ips = itertools.count(10)
+        self._ips = AddressPool(addresses or DEFAULT_POOL, first=1 << 15)   # 198.19.128.x: not moto's
         self.httpd: http.server.ThreadingHTTPServer | None = None
         self.url = ""
         self.ca_path: Path | None = None
 
     # ------------------------------------------------------------------ life
     @classmethod
-    def start(cls, workdir: Path, token: str, subscription: str) -> "ArmServer":
+    def start(cls, workdir: Path, token: str, subscription: str, addresses: str | None = None) -> "ArmServer":
         import trustme
-        server = cls(token, subscription)
+        server = cls(token, subscription, addresses)
         ca = trustme.CA()
         cert = ca.issue_cert("127.0.0.1", "localhost")
         server.ca_path = workdir / "arm-ca.pem"
@@ -319,7 +320,7 @@ class ArmServer:
         props = stored["properties"]
         props.setdefault("resourceGuid", str(uuid.uuid4()))
         if rtype == "microsoft.network/publicipaddresses":
-            props["ipAddress"] = f"203.0.113.{next(self._ips)}"
+            props["ipAddress"] = self._ips.take()
         elif rtype == "microsoft.network/networkinterfaces":
             for i, cfg in enumerate(props["ipConfigurations"]):
                 cfg["id"] = f"{rid}/ipConfigurations/{cfg.get('name', i)}"

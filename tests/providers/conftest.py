@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))     # the cloud simulator (cloudsim/)
 
 from arm_server import ARM_SUBSCRIPTION, ARM_TOKEN, ArmServer
 from moto_server import MotoServer

@@ -1,5 +1,8 @@
 """moto's EC2 in server mode, as a real HTTP server on 127.0.0.1, with its validations on.
 
+It runs as the cloud simulator's EC2 (cloudsim.moto_ec2): public addresses from the lab's
+range (198.18.0.0/15), and DependencyViolation while a security group's instance is going.
+
     server = MotoServer.start(tmp_path)      # AMI, instance-type and key-pair validation on,
     server.env                               # every request signed by a real IAM access key
     server.stop()
@@ -20,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30
 REGION = "us-east-1"
 DEBIAN_OWNER = "136693071363"
@@ -65,7 +69,7 @@ class MotoServer:
                 "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_EC2_METADATA_DISABLED": "true"}
 
     @classmethod
-    def start(cls, workdir: Path) -> "MotoServer":
+    def start(cls, workdir: Path, addresses: str | None = None) -> "MotoServer":
         amis = workdir / "amis.json"
         amis.write_text(json.dumps([_ami(a) for a in DEBIAN_AMIS]))
         port = _free_port()
@@ -73,9 +77,12 @@ class MotoServer:
         env.update({"MOTO_AMIS_PATH": str(amis), "MOTO_ENABLE_AMI_VALIDATION": "true",
                     "MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION": "true",
                     "MOTO_ENABLE_KEYPAIR_VALIDATION": "true",
-                    "INITIAL_NO_AUTH_ACTION_COUNT": str(FREE_SETUP_ACTIONS)})
+                    "INITIAL_NO_AUTH_ACTION_COUNT": str(FREE_SETUP_ACTIONS),
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))})
+        if addresses:
+            env["CLOUDSIM_EC2_ADDRESSES"] = addresses
         log = open(workdir / "moto.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "cloudsim.moto_ec2", "-H", "127.0.0.1", "-p", str(port)],
                                 stdout=log, stderr=log, env=env)
         server = cls(proc=proc, url=f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + START_TIMEOUT_S

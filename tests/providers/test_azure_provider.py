@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import gzip
 
 import pytest
@@ -34,7 +35,7 @@ def test_lifecycle(azure_env, state_dir):
     lines = []
     rec = azure.create_host(_spec("az1"), lines.append)
 
-    assert rec.state == "running" and rec.public_address.startswith("203.0.113.")
+    assert rec.state == "running" and ipaddress.ip_address(rec.public_address) in ipaddress.ip_network("198.18.0.0/15")
     assert Inventory().read().hosts["az1"].public_address == rec.public_address
     assert cred.scopes and cred.scopes[0] == ("https://management.azure.com/.default",)
     live = arm.live()

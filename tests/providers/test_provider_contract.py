@@ -121,8 +121,17 @@ def _cloud_bad_specs(cloud: str, spec) -> dict[str, HostSpec]:
     bad_operator.operator_cidr = "203.0.113.7/99"
     bad_peer = spec(1)
     bad_peer.tunnel_peers = ["not-an-ip"]
+    anywhere, host_bits = spec(1), spec(1)
+    anywhere.operator_cidr, host_bits.operator_cidr = "0.0.0.0/0", "203.0.113.7/24"
+    anywhere6 = spec(1)
+    anywhere6.operator_cidr = "::/0"
+    bad_option = {"aws": spec(1, elastic_ip="maybe"), "azure": spec(1, image="debian-12")}[cloud]
     return {"a bad name": HostSpec(name="Bad_Name", provider=cloud, operator_cidr=OPERATOR),
             "no operator CIDR": no_operator, "a bad operator CIDR": bad_operator,
+            "SSH open to the whole internet, not asked for": anywhere,
+            "SSH open to every IPv6 address, not asked for": anywhere6,
+            "an operator CIDR with host bits": host_bits,
+            "a bad value of a provider option": bad_option,
             "a tunnel peer that is not an address": bad_peer,
             "a WireGuard port out of range": spec(1, wg_port="0"),
             "an unknown option": spec(1, colour="blue")}
