@@ -176,48 +176,71 @@ def tags_line(name: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class HostAccess:
-    """How the controller will reach a cloud host: its SSH key and the agent's token (0600 files)."""
+    """How the controller will reach a cloud host: its SSH key and the agent's token (0600 files),
+    and the host's own SSH key, made here so it is known before first contact."""
     public_key: str
     token_file: Path
     identity_file: Path | None      # None when the user brought their own key (spec.ssh_public_key)
+    host_key: cloudinit.HostKey | None   # its private half exists only in the user-data; None
+                                         # when the user brings user-data (first use then pins it)
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.token_file.parent / "known_hosts"
 
     def agent_fields(self, address: str) -> dict[str, str]:
         remote = AgentLayout(host="-")       # where first boot puts the agent (its defaults)
         fields = {"ssh_target": f"{SSH_USER}@{address}", "token_file": str(self.token_file),
                   "remote_token_file": remote.token_file, "remote_socket": remote.socket,
-                  "remote_cloudmig": remote.cloudmig}
+                  "remote_cloudmig": remote.cloudmig, "known_hosts": str(self.known_hosts)}
+        if self.host_key:
+            fields["host_key_pinned"] = "1"
         if self.identity_file:
             fields["identity_file"] = str(self.identity_file)
         return fields
 
+    def pin_host_key(self, address: str) -> None:
+        """known_hosts with the host's key for its address: ssh then refuses any other key."""
+        if self.host_key:
+            paths.write_secret(self.known_hosts, f"{address} {self.host_key.public}\n")
 
-def prepare_access(spec: HostSpec) -> HostAccess:
-    """Make the agent token and (unless the spec brings one) an ed25519 key for host ``spec.name``."""
+
+def _ed25519(comment: str) -> tuple[str, str]:
+    """A new ed25519 key: (OpenSSH private key, OpenSSH public line)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode()
+    return private, f"{public} {comment}"
+
+
+def prepare_access(spec: HostSpec) -> HostAccess:
+    """Make the agent token, the host's SSH key and (unless the spec brings one) the
+    controller's ed25519 key for host ``spec.name``."""
     d = paths.ensure_private_dir(paths.host_state_dir(spec.name))
     token_file = d / "agent.token"
     paths.write_secret(token_file, secrets.token_urlsafe(32))
+    host_key = None if spec.user_data else cloudinit.HostKey(*_ed25519(f"cloudmig-host-{spec.name}"))
     if spec.ssh_public_key:
-        return HostAccess(public_key=spec.ssh_public_key.strip(), token_file=token_file, identity_file=None)
-    key = ed25519.Ed25519PrivateKey.generate()
+        return HostAccess(public_key=spec.ssh_public_key.strip(), token_file=token_file, identity_file=None,
+                          host_key=host_key)
+    private, public = _ed25519(f"cloudmig-{spec.name}")
     identity = d / "ssh_key"
-    paths.write_secret(identity, key.private_bytes(serialization.Encoding.PEM,
-                                                   serialization.PrivateFormat.OpenSSH,
-                                                   serialization.NoEncryption()))
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                           serialization.PublicFormat.OpenSSH).decode()
-    public = f"{public} cloudmig-{spec.name}"
+    paths.write_secret(identity, private)
     (d / "ssh_key.pub").write_text(public + "\n")
-    return HostAccess(public_key=public, token_file=token_file, identity_file=identity)
+    return HostAccess(public_key=public, token_file=token_file, identity_file=identity, host_key=host_key)
 
 
 def user_data_for(spec: HostSpec, access: HostAccess) -> str:
     """The spec's own user-data if it has one, else cloudmig's first boot (both size-checked)."""
     if spec.user_data:
         return cloudinit.check_size(spec.user_data)
-    return cloudinit.user_data(access.token_file.read_text(), access.public_key, host=spec.name)
+    return cloudinit.user_data(access.token_file.read_text(), access.public_key, host=spec.name,
+                               host_key=access.host_key)
 
 
 def forget_access(name: str) -> None:
@@ -276,6 +299,8 @@ def mark_running(inv: Inventory, record: HostRecord, address: str | None, resour
     record.state = "running"
     record.resources = resources
     record.agent = access.agent_fields(address or "")
+    if address:
+        access.pin_host_key(address)
     save(inv, record)
     return record
 

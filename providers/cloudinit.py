@@ -41,7 +41,7 @@ import yaml
 from cloudmig import distribution, errors
 from cloudmig.providers.ssh.remote import AgentLayout
 
-__all__ = ["build", "user_data", "check_size", "HostBootstrap", "WriteFile", "BootPaths",
+__all__ = ["build", "user_data", "check_size", "HostBootstrap", "HostKey", "WriteFile", "BootPaths",
            "AGENT_TOKEN_PATH", "BOOTSTRAP_STATUS_PATH", "USER_DATA_LIMIT_BYTES"]
 
 
@@ -100,24 +100,38 @@ class WriteFile:
 
 
 @dataclasses.dataclass(frozen=True)
+class HostKey:
+    """The host's SSH key, made by the controller: known before first contact (no trust on
+    first use). ``public`` is the OpenSSH line the controller pins."""
+    private: str
+    public: str
+
+
+@dataclasses.dataclass(frozen=True)
 class HostBootstrap:
     """Files to write (in order) and commands to run (in order) on a host's first boot."""
     files: list[WriteFile]
     commands: list[list[str]]
+    host_key: HostKey | None = None
 
     def to_cloud_config(self) -> str:
-        doc = {
+        doc: dict = {
             # root logs in with the controller's key only (no passwords; see authorized_keys)
             "disable_root": False,
             "ssh_pwauth": False,
-            "write_files": [f.to_cloud_config() for f in self.files],
-            "runcmd": self.commands,
         }
+        if self.host_key:
+            # cloud-init's ssh_keys: sshd gets this key instead of keys it would generate
+            doc.update({"ssh_deletekeys": True, "ssh_genkeytypes": [],
+                        "ssh_keys": {"ed25519_private": self.host_key.private,
+                                     "ed25519_public": self.host_key.public}})
+        doc.update({"write_files": [f.to_cloud_config() for f in self.files], "runcmd": self.commands})
         return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False, width=1 << 20)
 
 
 def build(token: str, authorized_key: str, *, host: str = "host", script: Path | None = None,
-          boot: BootPaths = BootPaths(), layout: AgentLayout | None = None) -> HostBootstrap:
+          boot: BootPaths = BootPaths(), layout: AgentLayout | None = None,
+          host_key: HostKey | None = None) -> HostBootstrap:
     """The first-boot steps that give a host the agent ``token``, trust ``authorized_key`` and start the agent."""
     if not _TOKEN_RE.match(token):
         raise errors.ConfigError("The agent token must be 16 to 512 URL-safe characters on one line.")
@@ -133,7 +147,7 @@ def build(token: str, authorized_key: str, *, host: str = "host", script: Path |
         WriteFile(boot.agent_start, ("#!/bin/sh\n" + layout.start_script("auto")).encode(), 0o755),
         WriteFile(boot.firstboot, _firstboot(boot, layout).encode(), 0o755),
     ]
-    return HostBootstrap(files=files, commands=[[boot.firstboot]])
+    return HostBootstrap(files=files, commands=[[boot.firstboot]], host_key=host_key)
 
 
 def check_size(data: str) -> str:
@@ -146,6 +160,7 @@ def check_size(data: str) -> str:
     return data
 
 
-def user_data(token: str, authorized_key: str, *, host: str = "host", script: Path | None = None) -> str:
+def user_data(token: str, authorized_key: str, *, host: str = "host", script: Path | None = None,
+              host_key: HostKey | None = None) -> str:
     """The cloud-init user-data (a ``#cloud-config`` document) for one host, size-checked."""
-    return check_size(build(token, authorized_key, host=host, script=script).to_cloud_config())
+    return check_size(build(token, authorized_key, host=host, script=script, host_key=host_key).to_cloud_config())

@@ -44,7 +44,10 @@ def ssh_argv(record: HostRecord, remote: list[str]) -> list[str]:
     target = agent.get("ssh_target")
     if not target:
         raise errors.ConfigError(f"Host {record.name} has no SSH target on record.")
-    argv = ["ssh", "-T", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
+    # a cloud host's key is made by the controller and pinned before first contact: no other is
+    # accepted; an adopted machine's is pinned on first contact
+    strict = "yes" if agent.get("host_key_pinned") == "1" else "accept-new"
+    argv = ["ssh", "-T", "-o", "BatchMode=yes", "-o", f"StrictHostKeyChecking={strict}",
             "-o", f"UserKnownHostsFile={known_hosts_file(record)}", "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", f"ConnectTimeout={SSH_CONNECT_TIMEOUT_S}", "-o", f"ServerAliveInterval={SSH_KEEPALIVE_S}",
             "-o", "ServerAliveCountMax=3", "-o", "LogLevel=ERROR"]

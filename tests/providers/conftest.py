@@ -9,8 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))     # the cloud simulator (cloudsim/)
 
-from arm_server import ARM_SUBSCRIPTION, ARM_TOKEN, ArmServer
-from moto_server import MotoServer
+from cloudsim.arm_server import ARM_SUBSCRIPTION, ARM_TOKEN, ArmServer
+from cloudsim.moto_server import MotoServer
 
 
 @pytest.fixture(scope="session")

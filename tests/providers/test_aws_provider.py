@@ -12,7 +12,7 @@ from cloudmig.inventory import Inventory
 from cloudmig.providers import HostSpec, cloud_host, cloudinit
 from cloudmig.providers.aws import AwsProvider
 
-import moto_server as ms
+import cloudsim.moto_server as ms
 
 OPERATOR = "203.0.113.7/32"
 PEER = "198.51.100.2"

@@ -14,7 +14,7 @@ from cloudmig.inventory import Inventory
 from cloudmig.providers import HostSpec, cloud_host, cloudinit
 from cloudmig.providers.azure import AzureProvider
 
-from arm_server import FixedTokenCredential
+from cloudsim.arm_server import FixedTokenCredential
 
 OPERATOR = "203.0.113.7/32"
 PEER = "198.51.100.2"

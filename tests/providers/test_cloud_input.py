@@ -17,7 +17,7 @@ from cloudmig.providers.aws import AwsProvider, facts as aws_facts
 from cloudmig.providers.aws import ec2 as ec2_ops
 from cloudmig.providers.azure import AzureProvider
 
-from arm_server import FixedTokenCredential
+from cloudsim.arm_server import FixedTokenCredential
 from lab import cloudmig
 
 OPERATOR = "203.0.113.7/32"

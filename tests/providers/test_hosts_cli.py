@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from arm_server import ARM_SUBSCRIPTION
+from cloudsim.arm_server import ARM_SUBSCRIPTION
 
 CLOUDMIG = str(Path(sys.executable).parent / "cloudmig")
 

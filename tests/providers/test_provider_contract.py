@@ -20,7 +20,7 @@ from cloudmig.inventory import HostRecord, Inventory
 from cloudmig.providers import HostSpec
 from cloudmig.providers.lab import cleanup
 
-from arm_server import FixedTokenCredential
+from cloudsim.arm_server import FixedTokenCredential
 from contract_cases import (CAPABILITY_OPTIONS, COMMON_CAPABILITIES, AdoptableMachine, ProviderCase,
                             aws_footprint, azure_footprint, lab_footprint)
 from lab import VENV_BIN, Lab, new_lab_id

@@ -45,6 +45,7 @@ MAX_CUSTOM_DATA_CHARS = 87380      # base64 of Azure's 64 KiB custom data limit
 POLLS_PER_OPERATION = 2            # "InProgress" answers before an operation ends
 
 ARM_TOKEN = "arm-test-token-7f3c"
+MANAGED_IDENTITY_PATH = "/msi/token"
 ARM_SUBSCRIPTION = "00000000-1111-2222-3333-444444444444"
 
 
@@ -123,7 +124,9 @@ class ArmServer:
         self.requests: list[tuple[str, str]] = []
         self.refusals: list[str] = []
         self.lock = threading.Lock()
-        self._ips = AddressPool(addresses or DEFAULT_POOL, first=1 << 15)   # 198.19.128.x: not moto's
+        # 198.19.128.x by default: not what moto's EC2 hands out by default
+        self._ips = AddressPool(addresses, first=1) if addresses else AddressPool(DEFAULT_POOL, first=1 << 15)
+        self.identity_header = uuid.uuid4().hex      # the managed-identity endpoint's secret header
         self.httpd: http.server.ThreadingHTTPServer | None = None
         self.url = ""
         self.ca_path: Path | None = None
@@ -146,6 +149,11 @@ class ArmServer:
         threading.Thread(target=server.httpd.serve_forever, daemon=True).start()
         return server
 
+    @property
+    def identity_env(self) -> dict[str, str]:
+        """What makes DefaultAzureCredential fetch this server's token (managed identity)."""
+        return {"IDENTITY_ENDPOINT": f"{self.url}{MANAGED_IDENTITY_PATH}", "IDENTITY_HEADER": self.identity_header}
+
     def stop(self) -> None:
         if self.httpd:
             self.httpd.shutdown()
@@ -163,6 +171,8 @@ class ArmServer:
         parts = urlsplit(raw_path)
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         self.requests.append((method, parts.path))
+        if parts.path == MANAGED_IDENTITY_PATH:
+            return self._managed_identity(headers, query)
         auth = headers.get("Authorization", "")
         if not auth.startswith("Bearer "):
             raise ArmError(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.")
@@ -213,6 +223,16 @@ class ArmServer:
             if method == "DELETE":
                 return self._delete(rid.lower(), rtype, version)
         raise ArmError(405, "MethodNotAllowed", f"{method} is not supported here")
+
+    # ------------------------------------------------------------------ managed identity
+    def _managed_identity(self, headers, query: dict):
+        """Azure's App Service managed-identity endpoint: the VM-side way to get ARM's token
+        (what DefaultAzureCredential finds through IDENTITY_ENDPOINT / IDENTITY_HEADER)."""
+        if headers.get("X-IDENTITY-HEADER") != self.identity_header:
+            raise ArmError(401, "AuthenticationFailed", "X-IDENTITY-HEADER is missing or wrong.")
+        import time
+        return 200, {}, {"access_token": self.token, "expires_on": str(int(time.time()) + 3600),
+                         "resource": query.get("resource", ""), "token_type": "Bearer"}
 
     # ------------------------------------------------------------------ resource groups
     def _group(self, method: str, name: str, key: str, body: bytes, version: str):
