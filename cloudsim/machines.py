@@ -42,7 +42,12 @@ from cloudmig.providers.lab import cleanup
 from cloudmig.providers.lab.topology import HOST_ADDRESS_OFFSET, Topology
 
 SSHD = "/usr/sbin/sshd"
-PRIVATE_DIRS = ("/root", "/usr/local/sbin", "/var/log", "/var/lib", "/opt")
+PRIVATE_DIRS = ("/root", "/usr/local", "/var/log", "/var/lib", "/opt")
+# A "bare" image is plain Debian 12 without a package mirror configured (an air-gapped image):
+# no CRIU of ours, no cloudmig, no apt sources. Its first boot has to fetch CRIU and cannot: the
+# bootstrap fails at once, at its step sid-apt, without trying the network.
+BARE_IMAGE_HIDES = ("/usr/local/sbin/criu",)
+APT_SOURCES = ("/etc/apt/sources.list", "/etc/apt/sources.list.d/debian.sources")
 IMAGE_VENV = "/opt/cloudmig/venv"
 AGENT_CGROUP = "cloudmig"           # the agent's default cgroup parent (/cloudmig)
 START_TIMEOUT_S = 10
@@ -61,7 +66,7 @@ def cgroup_mounts() -> list[str]:
 
 class Machine:
     def __init__(self, topo: Topology, workdir: Path, address: str, user_data: str, name: str,
-                 venv: Path) -> None:
+                 venv: Path, bare: bool = False) -> None:
         octet = int(address.rsplit(".", 1)[1])
         if address != topo.public_address(octet - HOST_ADDRESS_OFFSET):
             raise ValueError(f"{address} is not on the lab's subnet {topo.bridge_address}/24")
@@ -71,6 +76,7 @@ class Machine:
         self.netns = topo.host_netns(self.host)
         self.dir = workdir / f"vm-{self.host}"
         self.user_data = user_data
+        self.bare = bare
         self.cgroup = f"cloudsim-{topo.lab}-{self.host}"
         self.holder: subprocess.Popen | None = None
         self.sshd: subprocess.Popen | None = None
@@ -108,9 +114,13 @@ class Machine:
         # the agent's files live on a plain directory: it mounts overlays of its own below it
         agent_dir = self.dir / "agent"
         agent_dir.mkdir(exist_ok=True)
-        lines += [f"mkdir -p /var/lib/cloudmig-agent && mount --bind {q(str(agent_dir))} /var/lib/cloudmig-agent",
-                  f"mkdir -p {IMAGE_VENV} && mount --bind {q(str(self.venv))} {IMAGE_VENV}",
-                  f"mount -o remount,bind,ro {IMAGE_VENV}"]
+        lines.append(f"mkdir -p /var/lib/cloudmig-agent && mount --bind {q(str(agent_dir))} /var/lib/cloudmig-agent")
+        if self.bare:
+            lines += [f"rm -f {q(p)}" for p in BARE_IMAGE_HIDES]      # whiteouts in the VM's overlay
+            lines += [f"mount --bind /dev/null {q(p)}" for p in APT_SOURCES if os.path.exists(p)]
+        else:
+            lines += [f"mkdir -p {IMAGE_VENV} && mount --bind {q(str(self.venv))} {IMAGE_VENV}",
+                      f"mount -o remount,bind,ro {IMAGE_VENV}"]
         netns_dir = self.dir / "netns"
         netns_dir.mkdir(exist_ok=True)
         lines.append(f"mount --bind {q(str(netns_dir))} /run/netns")

@@ -36,8 +36,12 @@ DEBIAN_AMIS = [
      "creation_date": "2024-01-01T10:00:00.000Z"},
     {"ami_id": "ami-0deb12a0000000002", "name": "debian-12-amd64-20240601-1770", "architecture": "x86_64",
      "creation_date": "2024-06-01T10:00:00.000Z"},
+    # the simulator boots this one as plain Debian (no CRIU, no cloudmig): cloudsim.hypervisor
+    {"ami_id": "ami-0deb12a0000000003", "name": "debian-12-amd64-20230101-1400", "architecture": "x86_64",
+     "creation_date": "2023-01-01T10:00:00.000Z"},
 ]
 NEWEST_AMD64 = "ami-0deb12a0000000002"
+BARE_AMD64 = "ami-0deb12a0000000003"
 
 
 def _ami(entry: dict) -> dict:

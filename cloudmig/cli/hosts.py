@@ -67,8 +67,16 @@ def create(name: str = typer.Argument(..., help="Host name, unique across provid
                                                  help="Public address allowed to reach WireGuard (repeatable)."),
            ssh_public_key: str = typer.Option(None, "--ssh-public-key",
                                               help="Use this public key file instead of a generated key."),
-           dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be created; change nothing.")) -> None:
-    """Create a host with a provider (and everything it needs)."""
+           dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be created; change nothing."),
+           no_wait: bool = typer.Option(False, "--no-wait",
+                                        help="Return once the VM runs, without waiting for it to join."),
+           timeout: float = typer.Option(900, "--timeout", min=1,
+                                         help="Seconds a cloud host may take to boot and join."),
+           destroy_on_failure: bool = typer.Option(False, "--destroy-on-failure",
+                                                   help="Destroy a host whose first boot failed "
+                                                        "(default: keep it for inspection).")) -> None:
+    """Create a host with a provider (and everything it needs); a cloud host then boots and
+    joins by itself, over SSH, and ends ready."""
     from pathlib import Path
 
     from cloudmig import providers
@@ -82,8 +90,10 @@ def create(name: str = typer.Argument(..., help="Host name, unique across provid
         for line in impl.plan_create(spec):
             _progress(line)
         return
+    from cloudmig.control import hosts
     with console.status(f"creating {name} with {provider}"):
-        record = impl.create_host(spec, _progress)
+        record = hosts.create(spec, _progress, wait=not no_wait, timeout_s=timeout,
+                              destroy_on_failure=destroy_on_failure)
     console.print(f"host {record.name} ({record.provider}) {record.state} at {record.public_address}")
 
 

@@ -26,7 +26,7 @@ from cloudmig.providers.ssh import install
 from cloudmig.providers.ssh.remote import DEFAULT_ROOT, DEFAULT_VENV, START_MODES, AgentLayout
 from cloudmig.providers.ssh.session import Session
 
-__all__ = ["SshProvider", "layout_of"]
+__all__ = ["SshProvider", "layout_of", "reach_agent"]
 
 _TARGET_RE = re.compile(r"^(?:([a-z_][a-z0-9_.-]{0,31})@)?([A-Za-z0-9.:-]{1,253})$")
 
@@ -64,6 +64,29 @@ def _parse_target(target: str | None) -> tuple[str, str, str]:
             raise errors.ConfigError(f"Cannot resolve {address!r} to an IPv4 address ({exc}).",
                                      hint="Give the host's address, or fix its DNS name.") from None
     return user, address, ip
+
+
+def reach_agent(inv: Inventory, record: HostRecord, progress: Progress) -> None:
+    """The last step of adopting a host whose agent runs: its tunnel address, then ``ping`` and
+    ``doctor`` through the SSH relay; the host is then ``ready`` (cloud hosts join this way too)."""
+    name = record.name
+    with inv.transaction() as data:
+        if not record.overlay_address:
+            record.overlay_address = str(addressing.host_address(
+                {h.overlay_address for h in data.hosts.values() if h.overlay_address}))
+        data.hosts[name] = record
+    from cloudmig.agent import dial
+    with dial.connect(record) as agent:
+        pong = agent.call("ping")
+        checks = agent.call("doctor")
+    progress(f"{name}: agent answered over the SSH relay (cloudmig {pong.get('version')}, "
+             f"protocol {pong.get('protocol')}, kernel {pong.get('kernel')})")
+    failed = [c for c in checks if c.get("status") == "fail" and c.get("required", True)]
+    for c in failed:
+        progress(f"{name}: doctor: {c['name']} FAILS: {c.get('detail', '')} {c.get('hint', '')}".rstrip())
+    progress(f"{name}: doctor: {len(checks) - len(failed)} of {len(checks)} checks pass")
+    record.state = "ready"
+    cloud_host.save(inv, record)
 
 
 class SshProvider:
@@ -133,22 +156,7 @@ class SshProvider:
         started = sess.run(layout.start_script(mode), what="starting the agent").stdout.split()
         progress(f"{name}: agent started ({started[1] if len(started) > 1 else '?'}, pid "
                  f"{started[2] if len(started) > 2 else '?'}) on {layout.socket}")
-        with self.inv.transaction() as data:
-            record.overlay_address = str(addressing.host_address(
-                {h.overlay_address for h in data.hosts.values() if h.overlay_address}))
-            data.hosts[name] = record
-        from cloudmig.agent import dial
-        with dial.connect(record) as agent:
-            pong = agent.call("ping")
-            checks = agent.call("doctor")
-        progress(f"{name}: agent answered over the SSH relay (cloudmig {pong.get('version')}, "
-                 f"protocol {pong.get('protocol')}, kernel {pong.get('kernel')})")
-        failed = [c for c in checks if c.get("status") == "fail" and c.get("required", True)]
-        for c in failed:
-            progress(f"{name}: doctor: {c['name']} FAILS: {c.get('detail', '')} {c.get('hint', '')}".rstrip())
-        progress(f"{name}: doctor: {len(checks) - len(failed)} of {len(checks)} checks pass")
-        record.state = "ready"
-        cloud_host.save(self.inv, record)
+        reach_agent(self.inv, record, progress)
 
     def describe_host(self, record: HostRecord) -> HostRecord:
         from cloudmig.agent import dial

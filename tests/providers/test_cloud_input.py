@@ -71,7 +71,7 @@ def test_ssh_from_anywhere_needs_the_flag_and_is_warned_loudly(aws_env, state_di
     assert "open1" not in Inventory().read().hosts
 
     res = cloudmig("host", "create", "--provider", "aws", "--operator-cidr", "0.0.0.0/0",
-                   "--allow-ssh-from-anywhere", "open1", env=env)
+                   "--allow-ssh-from-anywhere", "--no-wait", "open1", env=env)
     assert "WARNING: SSH (tcp/22) is open to the whole internet (0.0.0.0/0)" in res.stdout
     ec2 = aws_env.ec2()
     [sg] = ec2.describe_security_groups(GroupNames=["cloudmig-open1"])["SecurityGroups"]

@@ -25,7 +25,7 @@ def cloudmig(*args: str, env: dict, check: bool = True) -> subprocess.CompletedP
 def test_create_list_destroy_aws(aws_env, state_dir):
     env = dict(aws_env.env, CLOUDMIG_STATE_DIR=str(state_dir))
     res = cloudmig("host", "create", "--provider", "aws", "--operator-cidr", "203.0.113.7/32",
-                   "--tunnel-peer", "198.51.100.2", "--option", "elastic_ip=true", "cli1", env=env)
+                   "--tunnel-peer", "198.51.100.2", "--option", "elastic_ip=true", "--no-wait", "cli1", env=env)
     assert "host cli1 (aws) running at" in res.stdout
     assert "security group" in res.stdout                # progress lines
     hosts = json.loads(cloudmig("hosts", "--json", env=env).stdout)

@@ -79,7 +79,7 @@ def test_setup_lab_migration_cloud_host_and_ssh_install_from_the_installed_packa
         with sock:
             assert resp(f, "GET", "k") == "installed"
 
-        created = _run([cm, "host", "create", "--provider", "aws", "--operator-cidr", "203.0.113.7/32",
+        created = _run([cm, "host", "create", "--provider", "aws", "--operator-cidr", "203.0.113.7/32", "--no-wait",
                         "web1"], env=env, cwd=root).stdout
         assert "host web1 (aws) running at" in created
         _run([cm, "host", "destroy", "web1"], env=env, cwd=root)
