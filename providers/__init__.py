@@ -6,7 +6,7 @@
     lab.destroy_host(record)
 
 Every provider implements the same verbs (``create_host``, ``describe_host``,
-``list_hosts``, ``destroy_host``, ``allow_tunnel_peer``, ``plan_create``). Provider-only
+``list_hosts``, ``destroy_host``, ``allow_tunnel_peer``, ``revoke_tunnel_peer``, ``plan_create``). Provider-only
 options travel in ``HostSpec.options`` under names the provider documents in
 ``option_help``. Providers are found through the entry-point group ``cloudmig.providers``;
 the built-ins (lab, aws, azure, ssh) register through the same group. Cloud SDKs are
@@ -73,6 +73,9 @@ class Provider(Protocol):
 
     def allow_tunnel_peer(self, record: HostRecord, peer_address: str, port: int) -> None:
         """Open the host's WireGuard UDP port to one peer's public address."""
+
+    def revoke_tunnel_peer(self, record: HostRecord, peer_address: str, port: int) -> None:
+        """Close what allow_tunnel_peer opened (a rule already gone is fine)."""
 
 
 def available() -> dict[str, importlib.metadata.EntryPoint]:

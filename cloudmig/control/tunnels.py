@@ -6,17 +6,24 @@
 
 One WireGuard interface per host pair (see docs/network.md): each side's peer may carry any
 source address, because replies for clients of forwarded ports come back through it.
+
+Firewalls follow tunnels: before the tunnel comes up, each side's provider opens that side's
+WireGuard port to the other side's public address only (a cloud host's security group / NSG;
+nothing for lab and adopted hosts); taking the tunnel down closes both again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 
-from cloudmig import errors, paths
+from cloudmig import errors, paths, providers
 from cloudmig.agent import dial
 from cloudmig.inventory import Inventory, TunnelRecord, tunnel_key
 from cloudmig.network import addressing, wireguard
+
+log = logging.getLogger(__name__)
 
 KEEPALIVE_S = 25  # keeps NAT mappings of cloud hosts open; harmless in the lab
 
@@ -39,6 +46,27 @@ def _ports_used(data, host: str) -> set[int]:
         if t.b in same:
             used.add(t.port_b)
     return used
+
+
+def _firewall_sides(data, rec: TunnelRecord):
+    """(host, its port, the peer's public address) for each side of ``rec`` still known."""
+    for host, port, peer in ((rec.a, rec.port_a, rec.b), (rec.b, rec.port_b, rec.a)):
+        hrec, prec = data.hosts.get(host), data.hosts.get(peer)
+        if hrec is not None and prec is not None and prec.public_address:
+            yield hrec, port, prec.public_address
+
+
+def _open_firewalls(data, rec: TunnelRecord) -> None:
+    for hrec, port, peer_address in _firewall_sides(data, rec):
+        providers.load(hrec.provider).allow_tunnel_peer(hrec, peer_address, port)
+
+
+def _close_firewalls(data, rec: TunnelRecord) -> None:
+    for hrec, port, peer_address in _firewall_sides(data, rec):
+        try:
+            providers.load(hrec.provider).revoke_tunnel_peer(hrec, peer_address, port)
+        except errors.CloudmigError as exc:     # keep tearing down; the rule names only that peer
+            log.warning("could not close udp/%s of %s to %s: %s", port, hrec.name, peer_address, exc)
 
 
 def get(a: str, b: str, inv: Inventory | None = None) -> TunnelRecord | None:
@@ -79,6 +107,7 @@ def up(a: str, b: str, inv: Inventory | None = None, *, exist_ok: bool = False,
                            created_at=time.time())
         data.tunnels[rec.key] = rec  # reserved; removed again if bringing it up fails
     try:
+        _open_firewalls(inv.read(), rec)
         stack, (ag_a, ag_b) = _clients(session, ha, hb)
         with stack:
             pub_a = ag_a.call("tunnel.key", ifname=rec.iface_a)
@@ -123,6 +152,7 @@ def repair(rec: TunnelRecord, ha, hb, session) -> list[str]:
 
 def _teardown(inv: Inventory, rec: TunnelRecord) -> None:
     data = inv.read()
+    _close_firewalls(data, rec)
     for host, ifname in ((rec.a, rec.iface_a), (rec.b, rec.iface_b)):
         hrec = data.hosts.get(host)
         if hrec is None:

@@ -160,6 +160,14 @@ class AwsProvider:
                                        hint="Recreate it with `cloudmig host create`.")
         ec2_ops.allow_udp(self._client(record.resources.get("region")), sg, cloud_host.peer_cidr(peer_address), port)
 
+    def revoke_tunnel_peer(self, record: HostRecord, peer_address: str, port: int) -> None:
+        from cloudmig.providers.aws import ec2 as ec2_ops
+
+        sg = record.resources.get("security_group_id")
+        if sg:
+            ec2_ops.revoke_udp(self._client(record.resources.get("region")), sg, cloud_host.peer_cidr(peer_address),
+                               port)
+
     # ------------------------------------------------------------------ helpers
     def _client(self, region: str | None):
         """An EC2 client from boto3's standard chain; ``region`` overrides the chain's region."""

@@ -130,14 +130,26 @@ def create_security_group(ec2, host: str, vpc_id: str, operator_cidr: str, peers
     return sg_id
 
 
+def _udp_rule(cidr: str, port: int) -> list[dict]:
+    return [{"IpProtocol": "udp", "FromPort": port, "ToPort": port,
+             "IpRanges": [{"CidrIp": cidr, "Description": "cloudmig tunnel peer"}]}]
+
+
 def allow_udp(ec2, sg_id: str, cidr: str, port: int) -> None:
     try:
         with cloud_errors.translated("aws", f"opening UDP {port} to {cidr}"):
-            ec2.authorize_security_group_ingress(GroupId=sg_id, IpPermissions=[{
-                "IpProtocol": "udp", "FromPort": port, "ToPort": port,
-                "IpRanges": [{"CidrIp": cidr, "Description": "cloudmig tunnel peer"}]}])
+            ec2.authorize_security_group_ingress(GroupId=sg_id, IpPermissions=_udp_rule(cidr, port))
     except errors.ProviderError as exc:
         if exc.code != "InvalidPermission.Duplicate":
+            raise
+
+
+def revoke_udp(ec2, sg_id: str, cidr: str, port: int) -> None:
+    try:
+        with cloud_errors.translated("aws", f"closing UDP {port} to {cidr}"):
+            ec2.revoke_security_group_ingress(GroupId=sg_id, IpPermissions=_udp_rule(cidr, port))
+    except errors.ProviderError as exc:
+        if exc.code not in ("InvalidPermission.NotFound", "InvalidGroup.NotFound"):
             raise
 
 

@@ -170,6 +170,14 @@ class AzureProvider:
         nsg = record.resources.get("nsg") or facts.names(record.name)["nsg"]
         arm.allow_udp(clients, group, nsg, cloud_host.peer_cidr(peer_address), port, _no_progress)
 
+    def revoke_tunnel_peer(self, record: HostRecord, peer_address: str, port: int) -> None:
+        from cloudmig.providers.azure import arm
+
+        clients, _ = self._clients(record.options)
+        group = record.resources.get("resource_group") or facts.names(record.name)["resource_group"]
+        nsg = record.resources.get("nsg") or facts.names(record.name)["nsg"]
+        arm.revoke_udp(clients, group, nsg, cloud_host.peer_cidr(peer_address), port, _no_progress)
+
     # ------------------------------------------------------------------ helpers
     def _clients(self, opts: dict[str, str]):
         from cloudmig.providers.azure import arm

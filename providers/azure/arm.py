@@ -99,14 +99,37 @@ def create_nsg(clients: Clients, group: str, name: str, location: str, tags: dic
     return wait(poller, f"network security group {name}", progress).id
 
 
+def _is_udp_rule(rule, cidr: str, port: int) -> bool:
+    return (rule.properties.protocol == "Udp" and cidr in (rule.properties.source_address_prefixes or [])
+            and rule.properties.destination_port_range == str(port))
+
+
+def revoke_udp(clients: Clients, group: str, nsg: str, cidr: str, port: int, progress: Progress) -> None:
+    """Remove the rule that lets ``cidr`` reach UDP ``port``; a rule (or NSG) already gone is fine."""
+    try:
+        with cloud_errors.translated("azure", f"reading network security group {nsg}"):
+            current = clients.network.network_security_groups.get(group, nsg)
+    except errors.ProviderError as exc:
+        if exc.code in ("ResourceNotFound", "ResourceGroupNotFound", "HTTP404"):
+            return
+        raise
+    rules = list(current.properties.security_rules or [])
+    kept = [r for r in rules if not _is_udp_rule(r, cidr, port)]
+    if len(kept) == len(rules):
+        return
+    current.properties.security_rules = kept
+    with cloud_errors.translated("azure", f"closing UDP {port} to {cidr}"):
+        poller = clients.network.network_security_groups.begin_create_or_update(group, nsg, current)
+    wait(poller, f"network security group {nsg}", progress)
+
+
 def allow_udp(clients: Clients, group: str, nsg: str, cidr: str, port: int, progress: Progress) -> None:
     from azure.mgmt.network import models as m
     with cloud_errors.translated("azure", f"reading network security group {nsg}"):
         current = clients.network.network_security_groups.get(group, nsg)
     rules = list(current.properties.security_rules or [])
     for r in rules:
-        if r.properties.protocol == "Udp" and cidr in (r.properties.source_address_prefixes or []) \
-                and r.properties.destination_port_range == str(port):
+        if _is_udp_rule(r, cidr, port):
             return
     priority = max([facts.PEER_RULE_PRIORITY - 1] + [r.properties.priority for r in rules]) + 1
     rules.append(m.SecurityRule(name=f"cloudmig-wg-peer-{priority - facts.PEER_RULE_PRIORITY}",

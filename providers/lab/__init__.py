@@ -154,6 +154,9 @@ class LabProvider:
     def allow_tunnel_peer(self, record: HostRecord, peer_address: str, port: int) -> None:
         """Lab hosts have no firewall in front of them: nothing to open."""
 
+    def revoke_tunnel_peer(self, record: HostRecord, peer_address: str, port: int) -> None:
+        """Nothing was opened."""
+
     # ------------------------------------------------------------------ helpers
     def _lab_hosts(self) -> list[HostRecord]:
         return [h for h in self.inv.read().hosts.values() if h.provider == "lab"]

@@ -194,3 +194,6 @@ class SshProvider:
 
     def allow_tunnel_peer(self, record: HostRecord, peer_address: str, port: int) -> None:
         """An adopted machine's firewall is its owner's: nothing is opened."""
+
+    def revoke_tunnel_peer(self, record: HostRecord, peer_address: str, port: int) -> None:
+        """Nothing was opened."""

@@ -79,6 +79,11 @@ def test_lifecycle_with_elastic_ip(aws_env, state_dir):
     sg = ec2.describe_security_groups(GroupIds=[sg["GroupId"]])["SecurityGroups"][0]
     udp = [p for p in sg["IpPermissions"] if p["IpProtocol"] == "udp"][0]
     assert sorted(r["CidrIp"] for r in udp["IpRanges"]) == ["192.0.2.9/32", f"{PEER}/32"]
+    aws.revoke_tunnel_peer(rec, "192.0.2.9", 51820)
+    aws.revoke_tunnel_peer(rec, "192.0.2.9", 51820)    # twice is fine
+    sg = ec2.describe_security_groups(GroupIds=[sg["GroupId"]])["SecurityGroups"][0]
+    udp = [p for p in sg["IpPermissions"] if p["IpProtocol"] == "udp"][0]
+    assert [r["CidrIp"] for r in udp["IpRanges"]] == [f"{PEER}/32"]            # the others stay
 
     assert aws.describe_host(rec).state == "running"
     assert [h.name for h in aws.list_hosts()].count("web1") == 1

@@ -67,6 +67,11 @@ def test_lifecycle(azure_env, state_dir):
     nsg = next(r for r in arm.live().values() if r["type"] == "Microsoft.Network/networkSecurityGroups")
     assert sum(["192.0.2.9/32"] == r["properties"]["sourceAddressPrefixes"]
                for r in nsg["properties"]["securityRules"]) == 1
+    azure.revoke_tunnel_peer(rec, "192.0.2.9", 51820)
+    azure.revoke_tunnel_peer(rec, "192.0.2.9", 51820)   # twice is fine
+    nsg = next(r for r in arm.live().values() if r["type"] == "Microsoft.Network/networkSecurityGroups")
+    assert [r["properties"]["sourceAddressPrefixes"] for r in nsg["properties"]["securityRules"]
+            if r["properties"]["protocol"] == "Udp"] == [[f"{PEER}/32"]]      # the others stay
 
     assert azure.describe_host(rec).state == "running"
     assert [h.name for h in azure.list_hosts()] == ["az1"]
