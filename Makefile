@@ -5,7 +5,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all bootstrap test demo bench faults clean
+.PHONY: all bootstrap test demo vendor-exit bench faults clean
 
 all: test
 
@@ -17,6 +17,10 @@ test: bootstrap
 
 demo: bootstrap
 	@PATH=$(VENV)/bin:$$PATH bash examples/demo.sh
+
+# leave azure for aws with a live database, on the simulated clouds (cloudsim/)
+vendor-exit: bootstrap
+	@PATH=$(VENV)/bin:$$PATH bash examples/vendor-exit/run.sh
 
 # every fault crossed with every phase of both modes (~2 h; `make test` runs a slice), then
 # docs/faults.md from the results

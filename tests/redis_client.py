@@ -63,3 +63,12 @@ class HeldClient:
     def assert_healthy(self) -> None:
         assert not self.errors, self.errors[:5]
         assert self.counter_values == list(range(1, len(self.counter_values) + 1)), "answers out of order"
+
+
+def check_data(address: str, port: int, keys: int, value_bytes: int) -> None:
+    """Every key DEBUG POPULATE made is there (plus the held client's counter), with its size."""
+    sock, f = connect(address, port)
+    with sock:
+        assert resp(f, "DBSIZE") in (keys, keys + 1)
+        for i in (0, 1, keys // 2, keys - 1):
+            assert resp(f, "STRLEN", f"key:{i}") == value_bytes

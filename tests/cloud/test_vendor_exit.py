@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import subprocess
 
 import pytest
 
 from lab import CLOUDMIG, connect, resp
-from redis_client import HeldClient
+from redis_client import HeldClient, check_data
 
 PORT = 16381
 KEYS = 50_000
@@ -52,17 +53,8 @@ def _udp_sources(sim, cloud: str, name: str, port: int) -> list[str]:
                   for src in r["properties"]["sourceAddressPrefixes"])
 
 
-def _check_data(address: str) -> None:
-    sock, f = connect(address, PORT)
-    with sock:
-        assert resp(f, "DBSIZE") in (KEYS, KEYS + 1)      # + the held client's counter
-        for i in (0, 1, KEYS // 2, KEYS - 1):
-            assert resp(f, "STRLEN", f"key:{i}") == VALUE_BYTES
-
-
 @pytest.mark.parametrize("src_cloud,dst_cloud", [("azure", "aws"), ("aws", "azure")])
 def test_a_live_database_leaves_one_cloud_for_the_other(cloud_sim, state_dir, tmp_path, src_cloud, dst_cloud):
-    import os
     env = {**os.environ, **cloud_sim.env, "CLOUDMIG_STATE_DIR": str(state_dir)}
     src, dst = f"on-{src_cloud}", f"on-{dst_cloud}"
     _create_both(env, {src: src_cloud, dst: dst_cloud})
@@ -92,8 +84,8 @@ def test_a_live_database_leaves_one_cloud_for_the_other(cloud_sim, state_dir, tm
     [row] = json.loads(_cm(env, "ps", "--json").stdout)
     assert row["host"] == dst and row["state"] == "running"
     assert f"{entry}:{PORT}/tcp (forwarded)" in row["endpoints"]
-    _check_data(entry)          # through the first host, forwarded over the tunnel
-    _check_data(new_home)       # at the new home
+    check_data(entry, PORT, KEYS, VALUE_BYTES)          # through the first host, forwarded over the tunnel
+    check_data(new_home, PORT, KEYS, VALUE_BYTES)       # at the new home
 
     # the tunnel opened each side's WireGuard port to the other side's address, and only that
     [tunnel] = json.loads((state_dir / "inventory.json").read_text())["tunnels"].values()
