@@ -64,14 +64,4 @@ echo "== after the move"
 cloudmig ps
 echo "   keys through azure's address (forwarded to aws): $(redis-cli -h "$old" -p "$PORT" DBSIZE)"
 echo "== report"
-python3 - "$work/report.json" "$work/client.json" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1])); c = json.load(open(sys.argv[2]))
-for k in ["container", "source", "destination", "mode", "ok", "freeze_ms", "total_ms", "memory_bytes",
-          "lazy_pages", "faulted_pages", "pushed_pages"]:
-    v = r[k]
-    print(f"   {k:<14} {round(v, 1) if isinstance(v, float) else v}")
-print(f"   client        {c['requests']} requests on one connection to {c['peer']}, "
-      f"longest wait {c['longest_wait_ms']} ms, errors {len(c['errors'])}")
-sys.exit(0 if r["ok"] and c["same_connection"] else 1)
-PY
+python3 "$here/../report_summary.py" "$work/report.json" "$work/client.json"
