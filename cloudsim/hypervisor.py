@@ -23,10 +23,12 @@ from typing import Callable
 
 from cloudmig.providers.lab.topology import Topology
 from cloudsim.machines import Machine
-from cloudsim.moto_server import BARE_AMD64
+from cloudsim.moto_server import BARE_AMD64, HANGING_AMD64
 
 # images of plain Debian 12, without cloudmig's CRIU or cloudmig (cloudsim.machines.BARE_IMAGE_HIDES)
 BARE_IMAGES = {BARE_AMD64, "Debian:debian-12:12-gen2:0.20230101.1400"}
+# images that hang at boot, before sshd and cloud-init
+HANGING_IMAGES = {HANGING_AMD64, "Debian:debian-12:12-gen2:0.20221201.1300"}
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class Hypervisor:
         self.topo, self.workdir, self.venv = topo, workdir, venv
         self.machines: dict[str, Machine] = {}          # instance id / VM id -> its machine
         self.failures: list[str] = []
-        self._sources: list[Callable[[], dict[str, tuple[str, str, bool] | str | None]]] = []
+        self._sources: list[Callable[[], dict[str, tuple[str, str, str] | str | None]]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -47,9 +49,9 @@ class Hypervisor:
     # ------------------------------------------------------------------ what the clouds hold
     def watch_ec2(self, client: Callable[[], object]) -> None:
         """EC2 instances: id -> (public address, user-data) while running, None when gone."""
-        def instances() -> dict[str, tuple[str, str, bool] | str | None]:
+        def instances() -> dict[str, tuple[str, str, str] | str | None]:
             ec2 = client()
-            out: dict[str, tuple[str, str, bool] | str | None] = {}
+            out: dict[str, tuple[str, str, str] | str | None] = {}
             for r in ec2.describe_instances()["Reservations"]:
                 for inst in r["Instances"]:
                     iid, state = inst["InstanceId"], inst["State"]["Name"]
@@ -57,20 +59,20 @@ class Hypervisor:
                         out[iid] = PENDING if state == "pending" else None
                         continue
                     if iid in self.machines:
-                        out[iid] = (self.machines[iid].address, "", False)
+                        out[iid] = (self.machines[iid].address, "", "")
                         continue
                     attr = ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")
                     data = attr.get("UserData", {}).get("Value")
                     out[iid] = (inst["PublicIpAddress"], base64.b64decode(data).decode() if data else "",
-                                inst.get("ImageId") in BARE_IMAGES)
+                                _image_kind(inst.get("ImageId", "")))
             return out
         self._sources.append(instances)
 
     def watch_arm(self, arm) -> None:
         """ARM VMs: id -> (its NIC's public IP, custom data) once Succeeded, None when gone."""
-        def vms() -> dict[str, tuple[str, str, bool] | str | None]:
+        def vms() -> dict[str, tuple[str, str, str] | str | None]:
             live = arm.live()
-            out: dict[str, tuple[str, str, bool] | str | None] = {}
+            out: dict[str, tuple[str, str, str] | str | None] = {}
             for rid, res in live.items():
                 if res.get("type", "").lower() != "microsoft.compute/virtualmachines":
                     continue
@@ -83,7 +85,7 @@ class Hypervisor:
                 ref = props.get("storageProfile", {}).get("imageReference", {})
                 image = ":".join(str(ref.get(k, "")) for k in ("publisher", "offer", "sku", "version"))
                 out[rid] = (address, base64.b64decode(custom).decode() if custom else "",
-                            image in BARE_IMAGES) if address else PENDING
+                            _image_kind(image)) if address else PENDING
             return out
         self._sources.append(vms)
 
@@ -100,7 +102,7 @@ class Hypervisor:
                 log.debug("hypervisor poll: %s", exc)
 
     def sync(self) -> None:
-        wanted: dict[str, tuple[str, str, bool] | str | None] = {}
+        wanted: dict[str, tuple[str, str, str] | str | None] = {}
         for source in self._sources:
             wanted.update(source())
         with self._lock:
@@ -111,8 +113,9 @@ class Hypervisor:
             for vid, what in wanted.items():
                 if not isinstance(what, tuple) or vid in self.machines:
                     continue
-                address, user_data, bare = what
-                machine = Machine(self.topo, self.workdir, address, user_data, vid, self.venv, bare=bare)
+                address, user_data, kind = what
+                machine = Machine(self.topo, self.workdir, address, user_data, vid, self.venv,
+                                  bare=kind == "bare", hangs=kind == "hangs")
                 try:
                     machine.boot()
                 except Exception as exc:
@@ -136,6 +139,11 @@ class Hypervisor:
 
     def leftovers(self) -> list[str]:
         return [f"{vid}: {item}" for vid, m in self.machines.items() for item in m.leftovers()]
+
+
+def _image_kind(image: str) -> str:
+    """'bare', 'hangs' or '' (the image built for cloudmig)."""
+    return "bare" if image in BARE_IMAGES else "hangs" if image in HANGING_IMAGES else ""
 
 
 def _vm_address(live: dict, vm_props: dict) -> str | None:

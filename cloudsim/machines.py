@@ -16,8 +16,9 @@ What a VM is here:
   carries cloudmig at /opt/cloudmig/venv (the running venv, bound read-only), as an image
   built for cloudmig would, so first boot starts the agent and its bootstrap finds every
   step done;
-- its cgroups and netns names: the default /cloudmig cgroup of each hierarchy and /run/netns
-  are the VM's own directories (two VMs may both run a container "db");
+- its cgroups and /run: the default /cloudmig cgroup of each hierarchy is the VM's own
+  directory, and /run a tmpfs of its own (netns names, sshd's privilege separation, CRIU's
+  cache, wireguard-go's sockets): two VMs may both run a container "db";
 - cloud-init's part, done from the ``#cloud-config`` document as cloud-init does it:
   ``ssh_keys`` become sshd's host keys, ``write_files`` are written with their modes,
   sshd (the image's) listens on port 22, then each ``runcmd`` command runs, output in
@@ -66,7 +67,7 @@ def cgroup_mounts() -> list[str]:
 
 class Machine:
     def __init__(self, topo: Topology, workdir: Path, address: str, user_data: str, name: str,
-                 venv: Path, bare: bool = False) -> None:
+                 venv: Path, bare: bool = False, hangs: bool = False) -> None:
         octet = int(address.rsplit(".", 1)[1])
         if address != topo.public_address(octet - HOST_ADDRESS_OFFSET):
             raise ValueError(f"{address} is not on the lab's subnet {topo.bridge_address}/24")
@@ -77,6 +78,7 @@ class Machine:
         self.dir = workdir / f"vm-{self.host}"
         self.user_data = user_data
         self.bare = bare
+        self.hangs = hangs          # the image never boots as far as sshd and cloud-init
         self.cgroup = f"cloudsim-{topo.lab}-{self.host}"
         self.holder: subprocess.Popen | None = None
         self.sshd: subprocess.Popen | None = None
@@ -90,6 +92,8 @@ class Machine:
         self.topo.add_host(self.host, self.index, None)
         try:
             self._start_holder()
+            if self.hangs:
+                return
             doc = yaml.safe_load(self.user_data) if self.user_data.startswith("#cloud-config") else {}
             self._host_keys(doc.get("ssh_keys") or {})
             for f in doc.get("write_files") or []:
@@ -121,9 +125,14 @@ class Machine:
         else:
             lines += [f"mkdir -p {IMAGE_VENV} && mount --bind {q(str(self.venv))} {IMAGE_VENV}",
                       f"mount -o remount,bind,ro {IMAGE_VENV}"]
+        # /run is the VM's own tmpfs, as on a VM: its sshd's privilege-separation dir, CRIU's
+        # cache, wireguard-go's sockets and its netns names are its own (another program on this
+        # machine removing /run/sshd, as test sshds do when they stop, cannot break its sshd)
         netns_dir = self.dir / "netns"
         netns_dir.mkdir(exist_ok=True)
-        lines.append(f"mount --bind {q(str(netns_dir))} /run/netns")
+        lines += ["mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run",
+                  "mkdir -p /run/netns /run/sshd /run/lock && chmod 0755 /run/sshd",
+                  f"mount --bind {q(str(netns_dir))} /run/netns"]
         for mnt in cgroup_mounts():
             own, default = Path(mnt) / self.cgroup, Path(mnt) / AGENT_CGROUP
             own.mkdir(exist_ok=True)
@@ -179,7 +188,6 @@ class Machine:
                        "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\n"
                        f"PidFile {self.dir}/sshd/sshd.pid\nPrintMotd no\nAcceptEnv none\n"
                        "StrictModes no\n")
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)      # sshd's privilege separation dir
         log = open(self.dir / "sshd" / "sshd.log", "ab")
         self.sshd = subprocess.Popen(
             [*self._nsenter(), SSHD, "-D", "-e", "-p", "22", "-o", f"ListenAddress={self.address}",

@@ -39,9 +39,13 @@ DEBIAN_AMIS = [
     # the simulator boots this one as plain Debian (no CRIU, no cloudmig): cloudsim.hypervisor
     {"ami_id": "ami-0deb12a0000000003", "name": "debian-12-amd64-20230101-1400", "architecture": "x86_64",
      "creation_date": "2023-01-01T10:00:00.000Z"},
+    # ... and this one as an image that never gets as far as sshd
+    {"ami_id": "ami-0deb12a0000000004", "name": "debian-12-amd64-20221201-1300", "architecture": "x86_64",
+     "creation_date": "2022-12-01T10:00:00.000Z"},
 ]
 NEWEST_AMD64 = "ami-0deb12a0000000002"
 BARE_AMD64 = "ami-0deb12a0000000003"
+HANGING_AMD64 = "ami-0deb12a0000000004"
 
 
 def _ami(entry: dict) -> dict:

@@ -108,7 +108,7 @@ def join(inv: Inventory, record: HostRecord, progress: Progress, timeout_s: floa
     if status != "ok":
         raise _failure(sess, record, status)
     progress(f"{record.name}: first boot ok")
-    install.ensure(sess, layout, progress)
+    install.ensure(sess, layout, progress, timeout_s=max(1.0, deadline - time.monotonic()))
     running = sess.run(f"[ -S {shlex.quote(layout.socket)} ] && echo running; true", what="looking for the agent")
     if running.stdout.strip() != "running":
         started = sess.run(layout.start_script("auto"), what="starting the agent").stdout.split()

@@ -34,7 +34,8 @@ def installed(session: Session, layout: AgentLayout) -> str | None:
     return res.stdout.strip() or None
 
 
-def ensure(session: Session, layout: AgentLayout, progress: Progress) -> None:
+def ensure(session: Session, layout: AgentLayout, progress: Progress,
+           timeout_s: float = BOOTSTRAP_TIMEOUT_S) -> None:
     name = session.record.name
     want = distribution.fingerprint()
     if installed(session, layout) == want:
@@ -55,7 +56,7 @@ def ensure(session: Session, layout: AgentLayout, progress: Progress) -> None:
     progress(f"{name}: running the bootstrap there (the first time builds CRIU: minutes)")
     res = session.run(f"bash {q}/bootstrap-host --keep-ssh --venv {shlex.quote(layout.venv)} "
                       f"--wheel {q}/{shlex.quote(wheel.name)} 2>&1",
-                      check=False, timeout_s=BOOTSTRAP_TIMEOUT_S, what="the host bootstrap",
+                      check=False, timeout_s=timeout_s, what="the host bootstrap",
                       on_line=lambda line: progress(f"{name}:   {line}"))
     if res.rc != 0:
         tail = " / ".join(res.stdout.strip().splitlines()[-3:]) or "no output"

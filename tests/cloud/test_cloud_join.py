@@ -41,7 +41,8 @@ def _hosts(sim, state_dir):
 def test_host_create_boots_joins_and_ends_ready(cloud_sim, state_dir, cloud):
     name = f"j-{cloud}"
     before = {p: os.path.exists(p) for p in FIRST_BOOT_PATHS}
-    out = _cm(cloud_sim, state_dir, "host", "create", "--provider", cloud, "--operator-cidr", OPERATOR, name).stdout
+    out = _cm(cloud_sim, state_dir, "host", "create", "--provider", cloud, "--timeout", "120", "--operator-cidr", OPERATOR,
+              name).stdout
     assert "sshd answers with the pinned host key" in out, out
     assert "bootstrap: done     host ready" in out and "first boot ok" in out, out   # live first-boot log
     assert "already installed" in out and "agent started by first boot" in out, out
@@ -71,6 +72,19 @@ def test_host_create_boots_joins_and_ends_ready(cloud_sim, state_dir, cloud):
     assert f"host {name} destroyed" in out
     assert not adoption.exists() and name not in _hosts(cloud_sim, state_dir)
     assert json.loads(_cm(cloud_sim, state_dir, "ps", "--json").stdout) == []
+
+
+def test_a_vm_that_never_boots_times_out_and_is_destroyed_on_request(cloud_sim, state_dir):
+    """An image that hangs before sshd: --timeout bounds the wait, with a sentence."""
+    res = _cm(cloud_sim, state_dir, "host", "create", "--provider", "aws", "--operator-cidr", OPERATOR,
+              "--option", "image=ami-0deb12a0000000004", "--timeout", "5", "--destroy-on-failure", "t-aws",
+              check=False)
+    err = " ".join(res.stderr.split())
+    assert res.returncode == 4 and "t-aws: sshd did not answer at 198.18." in err and "in time" in err, err
+    assert "was destroyed (--destroy-on-failure)" in err
+    assert "t-aws" not in _hosts(cloud_sim, state_dir)
+    assert not cloud_sim.ec2.ec2().describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["cloudmig-t-aws"]}])["SecurityGroups"]
 
 
 @pytest.mark.parametrize("cloud,image,destroy", [("aws", "ami-0deb12a0000000003", False),

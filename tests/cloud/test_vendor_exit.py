@@ -32,7 +32,7 @@ def _cm(env, *args, check=True, timeout=300):
 
 def _create_both(env, hosts: dict[str, str]) -> None:
     """Create the hosts at once (each boots and joins), as a user would in two terminals."""
-    procs = {name: subprocess.Popen([CLOUDMIG, "host", "create", "--provider", cloud, "--operator-cidr",
+    procs = {name: subprocess.Popen([CLOUDMIG, "host", "create", "--provider", cloud, "--timeout", "120", "--operator-cidr",
                                      OPERATOR, name], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True) for name, cloud in hosts.items()}
     for name, proc in procs.items():
