@@ -97,6 +97,20 @@ def create(name: str = typer.Argument(..., help="Host name, unique across provid
     console.print(f"host {record.name} ({record.provider}) {record.state} at {record.public_address}")
 
 
+@host_app.command("join")
+def join(name: str = typer.Argument(..., help="A cloud host whose VM runs (made with --no-wait, or whose join failed)."),
+         timeout: float = typer.Option(900, "--timeout", min=1, help="Seconds it may take to boot and join."),
+         destroy_on_failure: bool = typer.Option(False, "--destroy-on-failure",
+                                                 help="Destroy the host if it does not join.")) -> None:
+    """Wait for a cloud host's first boot and adopt it over SSH: it ends ready."""
+    from cloudmig.control import hosts
+    from cloudmig.inventory import Inventory
+    record = Inventory().read().host(name)
+    with console.status(f"joining {name} ({record.provider})"):
+        record = hosts.join(record, _progress, timeout_s=timeout, destroy_on_failure=destroy_on_failure)
+    console.print(f"host {record.name} ({record.provider}) {record.state} at {record.public_address}")
+
+
 @host_app.command("add")
 def add(name: str = typer.Argument(..., help="Host name, unique across providers."),
         ssh: str = typer.Option(..., "--ssh", help="USER@ADDRESS of the machine to adopt."),

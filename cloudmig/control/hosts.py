@@ -24,11 +24,23 @@ def create(spec: providers.HostSpec, progress: providers.Progress = providers._n
     """Create a host with its provider; a cloud host then joins by itself (first boot, then
     adoption over SSH) unless ``wait`` is False. A failed join keeps the host (state ``error``)
     unless ``destroy_on_failure``."""
-    from cloudmig.providers import cloud_join
     inv = inv or Inventory()
     record = providers.load(spec.provider).create_host(spec, progress)
     if not wait or record.state != "running" or record.transport != JOINING_TRANSPORT:
         return record
+    return join(record, progress, timeout_s=timeout_s, destroy_on_failure=destroy_on_failure, inv=inv)
+
+
+def join(record: HostRecord, progress: providers.Progress = providers._no_progress, *,
+         timeout_s: float | None = None, destroy_on_failure: bool = False,
+         inv: Inventory | None = None) -> HostRecord:
+    """Adopt a cloud host whose VM runs (made with --no-wait, or whose join failed): ready, or
+    it raises and the host is kept (state ``error``) unless ``destroy_on_failure``."""
+    from cloudmig.providers import cloud_join
+    inv = inv or Inventory()
+    if record.transport != JOINING_TRANSPORT or record.provider not in ("aws", "azure"):
+        raise errors.ConfigError(f"Host {record.name} ({record.provider}) does not join by itself.",
+                                 hint="Only aws and azure hosts join; `cloudmig host add` adopts a machine.")
     try:
         return cloud_join.join(inv, record, progress, timeout_s or cloud_join.DEFAULT_TIMEOUT_S)
     except (errors.CloudmigError, KeyboardInterrupt) as exc:
