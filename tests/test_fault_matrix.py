@@ -120,8 +120,8 @@ def test_fault(lab, tmp_path, fault, phase, mode):
         outcome = _outcome(lab, res, report, fault, tmp_path)
         seconds = time.monotonic() - t0
         before = client.answers
-        if outcome != "taken back":
-            client.wait_answers(before + 20)
+        if outcome != "taken back":       # through the rest of an outage, and its back-off
+            client.wait_answers(before + 20, timeout_s=client.request_timeout_s + 30)
     finally:
         client.stop()
     home = "h2" if outcome.endswith("completed") else "h1"
