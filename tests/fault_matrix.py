@@ -84,7 +84,7 @@ SLICE = [
     ("controller SIGKILL", "prepare", "postcopy"),
     ("destination agent SIGKILL", "arm", "postcopy"),
     ("source CRIU killed", "hold", "postcopy"),
-    ("WAN down 5 s", "dump", "postcopy"),
+    ("source agent SIGKILL", "dump", "postcopy"),
     ("controller SIGKILL", "sync", "postcopy"),
     ("destination CRIU killed", "restore", "postcopy"),
     ("destination agent SIGKILL", "switch", "postcopy"),

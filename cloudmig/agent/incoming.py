@@ -143,7 +143,7 @@ class Incoming(Side):
         container is frozen and cut off: the kernel no longer routes its page faults anywhere,
         and it must not run on with memory it never received (nor answer anyone)."""
         rc = self.daemon.wait()
-        if rc != 0:
+        if rc != 0 and self.state not in (State.DRAINED, State.DONE, State.ROLLED_BACK):
             self._lose(f"the lazy-pages daemon ended (exit {rc}) before every page arrived")
 
     def _lose(self, why: str) -> None:

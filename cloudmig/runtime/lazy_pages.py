@@ -27,6 +27,7 @@ class LazyPagesDaemon:
         self.proc, self.work = proc, work
         # a daemon an earlier agent started (``adopt``): found by its work directory
         self.orphan = procs.Orphan(str(work)) if proc is None else None
+        self._orphan_rc: int | None = None
         self._log_offset = self._total = self._faulted = self._copied = self._copied_live = 0
 
     @classmethod
@@ -40,9 +41,10 @@ class LazyPagesDaemon:
         ends with the transfer's summary, 1 if not: it did not finish)."""
         if self.proc is not None:
             return self.proc.poll()
-        if self.orphan.alive:
-            return None
-        return 0 if self.complete_in_log() else 1
+        if self._orphan_rc is None and not self.orphan.alive:
+            # once, while its log is there (finishing removes the directory with the log)
+            self._orphan_rc = 0 if self.complete_in_log() else 1
+        return self._orphan_rc
 
     def complete_in_log(self) -> bool:
         try:
