@@ -9,7 +9,11 @@ from lab import CLOUDMIG
 
 
 def test_setup_as_a_user_is_refused_with_the_fix():
-    res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", CLOUDMIG, "setup"],
+    # as user nobody; with the one capability that lets it read the checkout wherever it is
+    # (a clone under root's own 0700 home is closed to other users), so nothing but the user
+    # id decides
+    res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search", CLOUDMIG, "setup"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2, res.stdout + res.stderr
     assert "must run as root" in res.stderr and "sudo cloudmig setup" in res.stderr
