@@ -79,6 +79,10 @@ class TunnelRecord(BaseModel):
     def key(self) -> str:
         return tunnel_key(self.a, self.b)
 
+    def ifname_on(self, host: str) -> str:
+        """The tunnel's interface on ``host`` (one of its two ends)."""
+        return self.iface_a if host == self.a else self.iface_b
+
 
 def tunnel_key(a: str, b: str) -> str:
     return "--".join(sorted((a, b)))

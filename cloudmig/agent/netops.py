@@ -26,7 +26,21 @@ HOST_NETNS = None  # the agent's own namespace
 log = logging.getLogger(__name__)
 
 
-def _write_json(path: Path, data: dict) -> None:
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _set_in_json(path: Path, key: str, value) -> None:
+    """``path``'s JSON object with ``key`` set to ``value`` (removed for None), written whole."""
+    data = _read_json(path)
+    if value is None:
+        if data.pop(key, None) is None:
+            return
+    else:
+        data[key] = value
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
@@ -136,18 +150,10 @@ class NetOps:
     KEEPER_PERIOD_S = 1.0
 
     def _kept(self) -> dict[str, dict]:
-        try:
-            return json.loads(self._tunnels_file.read_text())
-        except (OSError, ValueError):
-            return {}
+        return _read_json(self._tunnels_file)
 
     def _keep(self, ifname: str, config: dict | None) -> None:
-        kept = self._kept()
-        if config is None:
-            kept.pop(ifname, None)
-        else:
-            kept[ifname] = config
-        _write_json(self._tunnels_file, kept)
+        _set_in_json(self._tunnels_file, ifname, config)
 
     def _start_keeper(self) -> None:
         with self._keeper_lock:
@@ -205,19 +211,10 @@ class NetOps:
                 routing.route_service(HOST_NETNS, service_ip, ifname)
 
     def _routes(self) -> dict[str, str]:
-        try:
-            return json.loads(self._tunnel_routes.read_text())
-        except (OSError, ValueError):
-            return {}
+        return _read_json(self._tunnel_routes)
 
     def _remember_route(self, service_ip: str, ifname: str | None) -> None:
-        routes = self._routes()
-        if ifname is None:
-            if routes.pop(service_ip, None) is None:
-                return
-        else:
-            routes[service_ip] = ifname
-        _write_json(self._tunnel_routes, routes)
+        _set_in_json(self._tunnel_routes, service_ip, ifname)
 
     def tunnel_warm(self, ifname: str, peer_address: str) -> dict:
         return dataclasses.asdict(wireguard.warm(ifname, HOST_NETNS, peer_address))

@@ -116,8 +116,9 @@ def _resume(name: str, report: Path | None) -> None:
 def recover(report_dir: Path = typer.Option(None, "--report-dir",
                                             help="Write each recovered migration's JSON report here.")) -> None:
     """Finish or roll back every interrupted migration (a controller died in the middle)."""
-    todo = [v for v in journal.Journal.unfinished() if v.status == "interrupted"]
-    busy = [v for v in journal.Journal.unfinished() if v.status == "in flight"]
+    unfinished = journal.Journal.unfinished()
+    todo = [v for v in unfinished if v.status == "interrupted"]
+    busy = [v for v in unfinished if v.status == "in flight"]
     for v in busy:
         console.print(f"{v.record.container}: {journal.describe(v)} (left alone)")
     if not todo:

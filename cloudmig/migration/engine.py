@@ -211,7 +211,7 @@ class Migration:
                 t = self.session.data.tunnels.get(tunnel_key(self.src_name, self.dst_name))
                 if t is None:
                     return                               # no tunnel yet: nothing to kill
-                args = {"ifname": t.iface_a if (t.a == self.src_name) == src else t.iface_b}
+                args = {"ifname": t.ifname_on(self.src_name if src else self.dst_name)}
             if action != "kill-agent":
                 agent.fault(action, self.name, **args)
                 return
@@ -270,8 +270,7 @@ class Migration:
     def _prepare(self) -> None:
         c = self.container
         t = self.session.tunnel(self.src_name, self.dst_name)
-        forward = t.a == self.src_name
-        self.src_if, self.dst_if = (t.iface_a, t.iface_b) if forward else (t.iface_b, t.iface_a)
+        self.src_if, self.dst_if = t.ifname_on(self.src_name), t.ifname_on(self.dst_name)
         src, dst = self.src, self.dst
         src.tunnel.warm(self.src_if, self.dst_addr)
         dst.tunnel.warm(self.dst_if, self.src_addr)
@@ -310,7 +309,7 @@ class Migration:
             if fwd.host in (self.dst_name, self.src_name):
                 continue
             t = self.session.tunnel(fwd.host, self.dst_name)
-            f_if, d_if = (t.iface_a, t.iface_b) if t.a == fwd.host else (t.iface_b, t.iface_a)
+            f_if, d_if = t.ifname_on(fwd.host), t.ifname_on(self.dst_name)
             self.dst.net.track_tunnel(d_if)
             self.forwarder_ifs[fwd.host] = f_if
             self.dst_if_by_host[fwd.host] = d_if
@@ -503,7 +502,7 @@ class Migration:
             for host in self.forwarder_ifs:        # earlier homes forward to the source again
                 t = self.session.tunnel(host, self.src_name)
                 self.session.agent(host).net.route_service(
-                    c.service_ip, ifname=t.iface_a if t.a == host else t.iface_b)
+                    c.service_ip, ifname=t.ifname_on(host))
             self.session.record_back(self.name, self.src_name, self.dst_name)
             self.state, self.report.rolled_back = State.ROLLED_BACK, True
             raise errors.MigrationLost(

@@ -20,7 +20,6 @@ still learns from the hosts how far the migration went.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import time
 import uuid
@@ -207,6 +206,3 @@ def describe(view: JournalView) -> str:
     return (f"{view.status}: {r.source} -> {r.destination} ({r.mode}), at {r.phase or '-'}, "
             f"state {r.state}")
 
-
-def as_json(views: list[JournalView]) -> str:
-    return json.dumps([v.as_dict() for v in views], indent=2)

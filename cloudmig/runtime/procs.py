@@ -47,14 +47,8 @@ def wait_or_kill(proc: subprocess.Popen, timeout_s: float) -> None:
 def kill_groups_mentioning(text: str) -> None:
     """Kill every process whose command line mentions ``text``, with its process group when
     it leads one (a runc started in its own session takes its criu along)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
+    for pid in pids_mentioning(text):
         try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                if text.encode() not in fh.read():
-                    continue
-            pid = int(entry)
             if os.getpgid(pid) == pid:
                 os.killpg(pid, 9)
             else:
