@@ -82,11 +82,22 @@ def _iptables(action: str, rule: list[str]) -> subprocess.CompletedProcess:
                           *rule], f"changing the hold rules ({action})", check=False)
 
 
+def _iptables_batch(action: str, rules: list[list[str]]) -> subprocess.CompletedProcess:
+    """Every rule in one iptables-restore run (all or none): each iptables process costs
+    ~10 ms here, most of it closing its netlink socket."""
+    quote = lambda arg: f'"{arg}"' if " " in arg else arg          # noqa: E731
+    script = "*mangle\n" + "".join(f"{action} PREROUTING {' '.join(map(quote, rule))}\n"
+                                    for rule in rules) + "COMMIT\n"
+    return _ns.run(None, [_ns.need_tool("iptables-restore", "iptables"), "-w", "--noflush"],
+                   f"changing the hold rules ({action})", input=script, check=False)
+
+
 class Hold:
     def __init__(self, name: str, sock: socket.socket, queue: int, rules: list[list[str]]) -> None:
         self.name, self._sock, self.queue, self._rules = name, sock, queue, rules
         self._last_id = 0              # the highest packet id queued so far
         self.held = 0
+        self._passing = False          # released: the reader lets each packet go at once
         self._stop = threading.Event()
         self._sock.settimeout(READER_POLL_S)
         self._reader = threading.Thread(target=self._read, name=f"hold-{name}", daemon=True)
@@ -119,13 +130,12 @@ class Hold:
         rules += [["-d", f"{address}/32", "-p", proto, "--dport", str(port), *target]
                   for address, port, proto in endpoints]
         hold = cls(name, sock, queue, [])
-        for rule in rules:
-            res = _iptables("-I", rule)
-            if res.returncode != 0:
-                hold.release()
-                raise errors.NetworkError(f"Cannot hold the packets of {name}: iptables says "
-                                          f"{res.stderr.strip()}", hint="Run `cloudmig doctor` on the source host.")
-            hold._rules.append(rule)
+        res = _iptables_batch("-I", rules)
+        if res.returncode != 0:
+            hold.release()
+            raise errors.NetworkError(f"Cannot hold the packets of {name}: iptables says "
+                                      f"{res.stderr.strip()}", hint="Run `cloudmig doctor` on the source host.")
+        hold._rules = rules
         return hold
 
     def _read(self) -> None:
@@ -143,6 +153,8 @@ class Hold:
                         if attr == NFQA_PACKET_HDR:
                             self._last_id = max(self._last_id, struct.unpack_from("!I", payload)[0])
                             self.held += 1
+                            if self._passing:   # after the release (see release)
+                                self._accept_all()
                 data = data[(length + 3) & ~3:]
 
     def _accept_all(self) -> None:
@@ -152,13 +164,17 @@ class Hold:
 
     def release(self) -> int:
         """Let every held packet go on (routed as it is now), stop holding. Returns how many
-        were held."""
+        were held. The held ones go first; packets that still reach the queue while its rules
+        are removed are let go by the reader as they come (``_passing`` is set before the
+        batch verdict reads ``_last_id``, and the reader sets ``_last_id`` before it reads
+        ``_passing``: every packet is let go by one or the other)."""
         try:
+            self._passing = True
             self._accept_all()
-            for rule in self._rules:
-                _iptables("-D", rule)
+            if self._rules:
+                _iptables_batch("-D", self._rules)
             self._rules = []
-            self._accept_all()        # those that came while the rules went
+            self._accept_all()        # any the reader had not seen yet
         finally:
             # the queue is the socket's until it is closed, and a socket a thread still reads
             # stays open: the reader stops first (within READER_POLL_S), off this path

@@ -209,8 +209,9 @@ class Incoming(_Ops):
         """Returns once the restored container is routed and unlocked."""
         self._c.call("incoming.go_live", name=name, service_ip=service_ip)
 
-    def lazy_progress(self, name: str) -> LazyProgress:
-        return _make(LazyProgress, self._c.call("incoming.lazy_progress", name=name))
+    def lazy_progress(self, name: str, wait_s: float = 0.0) -> LazyProgress:
+        """``wait_s``: answer as soon as the transfer ends, or after that long at most."""
+        return _make(LazyProgress, self._c.call("incoming.lazy_progress", name=name, wait_s=wait_s))
 
     def finish(self, name: str) -> LazyProgress:
         """Wait for the lazy-pages daemon to end; the migration is complete here."""

@@ -29,6 +29,7 @@ from cloudmig.runtime import lazy_pages, mounts, restore, transfer
 from cloudmig.timing import Steps
 
 LAZY_FINISH_TIMEOUT_S = 3600      # after the last page, the daemon exits at once
+MAX_PROGRESS_WAIT_S = 1.0        # lazy_progress(wait_s): the longest an answer is held back
 
 
 class Incoming(Side):
@@ -171,10 +172,18 @@ class Incoming(Side):
             self._route_and_unlock(service_ip)
         self.advance(State.SWITCHED)
 
-    def lazy_progress(self) -> LazyProgress:
+    def lazy_progress(self, wait_s: float = 0.0) -> LazyProgress:
+        """Where the lazy transfer is; with ``wait_s``, once it ended or after that long (at
+        most MAX_PROGRESS_WAIT_S): the controller learns the end when it happens, not at its
+        next poll."""
         self.expect("lazy_progress", State.RESUMED, State.SWITCHED, State.DRAINED, State.DONE)
         if self.daemon is None:
             return LazyProgress(done=True, rc=0)
+        if wait_s > 0 and self.daemon.returncode is None:
+            try:
+                self.daemon.wait(min(wait_s, MAX_PROGRESS_WAIT_S))
+            except subprocess.TimeoutExpired:
+                pass
         rc = self.daemon.returncode
         if rc not in (None, 0) and self.lost is None:      # an adopted daemon has no watcher
             self._lose(f"the lazy-pages daemon ended (exit {rc}) before every page arrived")

@@ -97,6 +97,7 @@ class RunResult:
     freeze_ms: float | None = None
     total_ms: float | None = None
     client_longest_wait_ms: float | None = None
+    client_longest_sent: float | None = None   # wall clock: when that request was sent
     rate_before_rps: float | None = None  # client's answered requests/s before the freeze
     rate_lazy_rps: float | None = None    # ... while memory was still arriving (post-copy)
     answers: int = 0
@@ -127,7 +128,7 @@ class _Recorder:
                 row = {"kind": type(event).__name__.lower()}
         self.events.append({"t": time.time(), **row})
         phase = (row.get("name"), row.get("state")) if row["kind"] == "phase" else None
-        if phase == ("restore", "end"):
+        if phase == ("switch", "end"):       # not earlier: the copy would delay the switch
             self._copy_logs(self.dst, "work-dst")
             self._list_images(self.dst)
         if phase == ("cleanup", "start"):
@@ -270,6 +271,8 @@ def _client_numbers(res: RunResult, held: bench_client.HeldClient) -> None:
     res.state = held.state(res.verify_bad_pages) if res.ok else "unknown"
     res.answers = len(held.samples)
     res.client_longest_wait_ms = held.longest_wait_s * 1000
+    if held.samples:
+        res.client_longest_sent = max(held.samples, key=lambda s: s.wait_s).sent
     res.freeze_ms, res.total_ms = rep.get("freeze_ms"), rep.get("total_ms")
     first = rep.get("phases", [{}])[0] if rep.get("phases") else None
     freeze = _phase(rep, "dump") or _phase(rep, "stop") or first      # the freeze's first phase

@@ -423,7 +423,9 @@ class Migration:
         warned = tunnel_checked = 0.0
         self._src_unreachable_since: float | None = None
         while True:
-            prog = dst.incoming.lazy_progress(self.name)
+            # answered at once when the transfer ends, else after LAZY_POLL_S: the end is
+            # seen when it happens, not up to a poll later
+            prog = dst.incoming.lazy_progress(self.name, wait_s=LAZY_POLL_S)
             if prog.lost:
                 self._lost(prog.lost)
             self.on_event(events.LazyMoved(prog, time.monotonic() - t0))
@@ -445,7 +447,6 @@ class Migration:
                         f"stalled: no page for {now - last_change:.0f} s; the source keeps serving "
                         "them until the transfer completes (check `cloudmig tunnel status`)"))
                 self._check_source(prog, now - last_change)
-            time.sleep(LAZY_POLL_S)
         final = dst.incoming.finish(self.name)
         if final.rc not in (0, None):
             raise errors.LazyPagesError(

@@ -147,6 +147,17 @@ def line_server(lab: Lab, netns: str, ip: str, port: int, label: str) -> subproc
     return lab.start(netns, LINE_SERVER, ip, str(port), label)
 
 
+def served_client(lab: Lab, host: Host, port: int, label: str = "svc"):
+    """A line server on ``host``'s public address and a client connected to it from the root
+    namespace, checked with one round trip: (socket, its file)."""
+    line_server(lab, host.netns, host.public_ip, port, label)
+    client = socket.create_connection((host.public_ip, port), timeout=10)
+    f = client.makefile("rwb")
+    f.write(b"before\n"); f.flush()
+    assert f.readline() == f"{label} before\n".encode()
+    return client, f
+
+
 def netns_socket(netns: str, kind: int = socket.SOCK_STREAM) -> socket.socket:
     """A socket that lives in ``netns`` (opened there by a short-lived child)."""
     return pyroute2_netns.create_socket(netns, socket.AF_INET, kind, flags=0)

@@ -5,12 +5,11 @@ then; a holder that dies fails open."""
 from __future__ import annotations
 
 import select
-import socket
 import subprocess
 import sys
 import textwrap
 
-from netlab import lab, line_server  # noqa: F401  (fixture)
+from netlab import lab, served_client  # noqa: F401  (fixture)
 
 HOLDER = """
     import sys
@@ -37,11 +36,7 @@ def _rules(netns: str) -> str:
 
 def test_held_requests_are_answered_after_the_release_and_a_dead_holder_fails_open(lab):  # noqa: F811
     a = lab.hosts["a"]
-    line_server(lab, a.netns, a.public_ip, 7100, "svc")
-    client = socket.create_connection((a.public_ip, 7100), timeout=10)
-    f = client.makefile("rwb")
-    f.write(b"before\n"); f.flush()
-    assert f.readline() == b"svc before\n"
+    client, f = served_client(lab, a, 7100)
 
     holder = _holder(a.netns, "100.96.9.9", a.public_ip, "7100")
     try:
