@@ -116,8 +116,11 @@ def test_plan_in_three_waves_within_its_limits(lab3, tmp_path):
         start(lab3, "h2", name, ports[name], "tier=api")
     assert "tier=web" in lab3.cm("ps").stdout
     plan = write(tmp_path, "exit", PLAN)
-    dry = lab3.cm("plan", "apply", str(plan), "--dry-run").stdout
+    dry = lab3.cm("plan", "apply", str(plan), "--dry-run", "--tunnel-mibps", "50").stdout
     assert "wave 1 data" in dry and "wave 3 api" in dry and "cache: h1 -> h3" in dry, dry
+    # no tunnel yet, and the dry run brings none up: the rate is the one given
+    assert "tunnel h1 -> h3: 50 MiB/s, assumed (--tunnel-mibps; no tunnel yet)" in dry, dry
+    assert lab3.cm("tunnel", "status", "--json").stdout.strip() in ("[]", "")
     assert not (lab3.state_dir / "plans" / "exit-h1").exists()          # the dry run changed nothing
     with held_clients({n: (lab3.public_address("h2" if n.startswith("api") else "h1"), p)
                        for n, p in ports.items()}):
@@ -186,6 +189,10 @@ def test_controller_killed_mid_wave_then_resumed(lab2, tmp_path):
     # back to h1, aborted while the first migration is in flight: it finishes, nothing else
     # starts; resumed, the plan goes on with the rest
     back = one_by_one(tmp_path, "back", "h2", "h1")
+    # h1 and h2 have a tunnel now: the dry run measures its rate (a short probe through it)
+    dry = lab2.cm("plan", "apply", str(back), "--dry-run").stdout
+    line = next(ln for ln in dry.splitlines() if ln.startswith("tunnel h2 -> h1: "))
+    assert line.endswith("measured (1 s probe)") and float(line.split()[4]) > 0, dry
     with held_clients({n: (lab2.public_address("h1"), p) for n, p in ports.items()}):
         proc = subprocess.Popen([CLOUDMIG, "plan", "apply", str(back)], env={**os.environ, **lab2.env},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -271,12 +271,16 @@ class Probe(_Ops):
         """The tunnel's throughput, receiving end: a port on ADDRESS counting one connection's bytes."""
         return int(self._c.call("probe.sink", address=address))
 
-    def sink_result(self, port: int) -> tuple[int, float]:
-        r = self._c.call("probe.sink_result", port=port)
+    def sink_result(self, port: int, timeout_s: float | None = None) -> tuple[int, float]:
+        """What the sink on PORT counted; a sink that saw no end within ``timeout_s`` (or
+        300 s) is dropped with an error."""
+        extra = {} if timeout_s is None else {"timeout_s": timeout_s}
+        r = self._c.call("probe.sink_result", port=port, **extra)
         return int(r["bytes"]), float(r["seconds"])
 
-    def blast(self, address: str, port: int, nbytes: int) -> None:
-        self._c.call("probe.blast", address=address, port=port, nbytes=nbytes)
+    def blast(self, address: str, port: int, nbytes: int, seconds: float | None = None) -> None:
+        extra = {} if seconds is None else {"seconds": seconds}
+        self._c.call("probe.blast", address=address, port=port, nbytes=nbytes, **extra)
 
 
 class Agent:

@@ -299,13 +299,14 @@ def _sink(srv: socket.socket, result: dict) -> None:
         srv.close()
 
 
-def probe_blast(address: str, port: int, nbytes: int) -> None:
+def probe_blast(address: str, port: int, nbytes: int, seconds: float | None = None) -> None:
     """Send ``nbytes`` zeros to a ``probe.sink`` (through the tunnel, when ADDRESS is the
-    peer's tunnel address)."""
+    peer's tunnel address), or fewer if ``seconds`` pass first."""
     block = bytes(PROBE_CHUNK)
+    deadline = time.monotonic() + seconds if seconds is not None else None
     with socket.create_connection((address, port), timeout=PROBE_CONNECT_TIMEOUT_S) as s:
         left = nbytes
-        while left > 0:
+        while left > 0 and (deadline is None or time.monotonic() < deadline):
             s.sendall(block[:min(left, PROBE_CHUNK)])
             left -= PROBE_CHUNK
 

@@ -38,7 +38,7 @@ from cloudmig import errors, signals
 from cloudmig import log as cloudmig_log
 from cloudmig.bench import client as bench_client
 from cloudmig.bench import cold, lab, workload
-from cloudmig.control import containers
+from cloudmig.control import containers, tunnels
 from cloudmig.agent.api import Mode
 from cloudmig.inventory import Inventory
 from cloudmig.control.session import Session
@@ -242,11 +242,7 @@ def tunnel_throughput(src: str, dst: str, wan_rate: str | None) -> float:
                                                            parse_rate(wan_rate) // 8 * TUNNEL_PROBE_S)
     with Session(Inventory()) as session:
         session.tunnel(src, dst)
-        address = session.host(dst).overlay_address
-        port = session.agent(dst).probe.sink(address)
-        session.agent(src).probe.blast(address, port, nbytes)
-        got, seconds = session.agent(dst).probe.sink_result(port)
-    return got / max(seconds, 1e-6) / (1 << 20)
+        return tunnels.throughput(session, src, dst, nbytes)
 
 
 def _transfer_rate(res: RunResult, cfg: Config) -> None:

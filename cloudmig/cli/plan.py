@@ -48,14 +48,19 @@ def print_dry_run(resolved, tunnel_mibps: float) -> None:
                   f"at most at once: {limits}")
     for h in resolved.create:
         console.print(f"first, create host {h.name} ({h.provider})")
+    rates = control.tunnel_rates(resolved, tunnel_mibps)
+    for (src, dst), r in rates.items():
+        how = (f"measured ({control.PROBE_S:g} s probe)" if r["measured"]
+               else f"assumed (--tunnel-mibps; {r['why']})")
+        console.print(f"tunnel {src} -> {dst}: {r['mibps']:.0f} MiB/s, {how}", markup=False, highlight=False)
     total = 0.0
-    for i, w in enumerate(control.estimate(resolved, tunnel_mibps), 1):
+    for i, w in enumerate(control.estimate(resolved, tunnel_mibps, rates), 1):
         total += w["estimate_s"]
         console.print(f"wave {i} {w['wave']} (on failure: {w['on_failure']}), about {w['estimate_s']:.0f} s:")
         for j, level in enumerate(w["levels"], 1):
             for line in level:
                 console.print(f"  {j}. {line}")
-    console.print(f"about {total:.0f} s in all at {tunnel_mibps:g} MiB/s through the tunnels")
+    console.print(f"about {total:.0f} s in all")
     if resolved.decommission:
         console.print(f"then destroy {', '.join(resolved.sources())} once emptied and drained "
                       f"(at most {resolved.drain_timeout_s:g} s)")
@@ -78,7 +83,8 @@ def validate(file: Path = typer.Argument(..., help="Plan file (YAML).")) -> None
 def apply(file: Path = typer.Argument(..., help="Plan file (YAML)."),
           dry_run: bool = typer.Option(False, "--dry-run", help="Print the waves, order and estimates; change nothing."),
           tunnel_mibps: float = typer.Option(control.DEFAULT_TUNNEL_MIBPS, "--tunnel-mibps",
-                                             help="Tunnel rate for the dry run's estimate, MiB/s."),
+                                             help="Tunnel rate for the dry run's estimate where a host pair "
+                                             "has no tunnel to measure yet, MiB/s."),
           join: bool = typer.Option(False, "--join", help="Help another controller apply this plan "
                                     "(shared PostgreSQL database, own CLOUDMIG_CONTROLLER_ID)."),
           decommission: bool = typer.Option(False, "--decommission",
@@ -151,7 +157,8 @@ def evacuate(host: str = typer.Argument(..., help="Host to empty (maintenance)."
              limit: int = typer.Option(2, "--limit", min=1, help="At most this many migrations at once."),
              yes: bool = typer.Option(False, "--yes", "-y", help="Apply without asking."),
              tunnel_mibps: float = typer.Option(control.DEFAULT_TUNNEL_MIBPS, "--tunnel-mibps",
-                                                help="Tunnel rate for the estimate, MiB/s.")) -> None:
+                                                help="Tunnel rate for the estimate where a host pair has no "
+                                                "tunnel to measure yet, MiB/s.")) -> None:
     """Move every container off HOST, as a plan (printed first; `plan resume` after a crash)."""
     from cloudmig.plans import generate
     text = generate.evacuate(host, [h for h in to.split(",") if h] if to else None, limit)
@@ -168,7 +175,8 @@ def rebalance(max_memory_pct: float = typer.Option(80.0, "--max-memory-pct", min
               limit: int = typer.Option(2, "--limit", min=1, help="At most this many migrations at once."),
               yes: bool = typer.Option(False, "--yes", "-y", help="Apply without asking."),
               tunnel_mibps: float = typer.Option(control.DEFAULT_TUNNEL_MIBPS, "--tunnel-mibps",
-                                                 help="Tunnel rate for the estimate, MiB/s.")) -> None:
+                                                 help="Tunnel rate for the estimate where a host pair has no "
+                                                 "tunnel to measure yet, MiB/s.")) -> None:
     """Move containers off hosts above a memory threshold onto the least loaded ones, as a plan."""
     from cloudmig.plans import generate
     text, loads = generate.rebalance(max_memory_pct, limit)

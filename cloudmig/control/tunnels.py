@@ -211,3 +211,22 @@ def status(inv: Inventory | None = None) -> list[dict]:
                 sides.append({"host": host, "interface": ifname, "state": f"error: {exc}"})
         out.append({"a": rec.a, "b": rec.b, "sides": sides})
     return out
+
+
+def throughput(session, src: str, dst: str, nbytes: int, seconds: float | None = None) -> float:
+    """MiB/s from ``src`` to ``dst`` through their tunnel (up already): one bulk TCP transfer
+    from agent to agent of ``nbytes``, or of what ``seconds`` let through if they pass first.
+    Raises a CloudmigError if either end or the tunnel does not carry it."""
+    address = session.host(dst).overlay_address
+    sink = session.agent(dst).probe
+    port = sink.sink(address)
+    try:
+        session.agent(src).probe.blast(address, port, nbytes, seconds)
+    except errors.CloudmigError:
+        with contextlib.suppress(errors.CloudmigError):
+            sink.sink_result(port, timeout_s=0)        # drops the waiting sink
+        raise
+    got, took = sink.sink_result(port)
+    if got <= 0:
+        raise errors.NetworkError(f"The throughput probe {src} -> {dst} carried nothing.")
+    return got / max(took, 1e-6) / (1 << 20)

@@ -15,14 +15,18 @@ from pathlib import Path
 from typing import Callable
 
 from cloudmig import errors
+from cloudmig.control import tunnels
 from cloudmig.control.session import Session
-from cloudmig.inventory import Inventory
+from cloudmig.inventory import Inventory, tunnel_key
 from cloudmig.plans import model, records, resolve
 
 # the dry run's estimate of one migration: a fixed cost (preflight to cleanup on small
-# containers, measured here: 1-2 s) and its memory over the tunnel's rate
+# containers, measured here: 1-2 s) and its memory over the tunnel's rate: measured where the
+# pair has a tunnel, else assumed
 FIXED_S = 2.0
 DEFAULT_TUNNEL_MIBPS = 80.0       # docs/benchmarks.md: 1 GiB post-copy unshaped in ~13 s
+PROBE_S = 1.0                     # the dry run's throughput probe, per host pair: at most this
+PROBE_MAX_BYTES = 256 << 20       # long, and at most this much
 TERMINAL = ("done", "partial", "failed", "aborted")
 
 
@@ -53,15 +57,44 @@ def validate(path: Path) -> tuple[model.Plan, resolve.Resolved, str]:
     return plan, validate_text(plan, where), text
 
 
-def estimate(resolved: resolve.Resolved, tunnel_mibps: float = DEFAULT_TUNNEL_MIBPS) -> list[dict]:
-    """Per wave: its levels in order and an estimated time, from memory sizes and the rate."""
+def tunnel_rates(resolved: resolve.Resolved,
+                 assumed_mibps: float = DEFAULT_TUNNEL_MIBPS) -> dict[tuple[str, str], dict]:
+    """Per (source, destination) pair the plan moves memory over: ``{"mibps", "measured",
+    "why"}``. Measured where the pair has a tunnel already (a probe of at most ``PROBE_S`` and
+    ``PROBE_MAX_BYTES`` through it); ``assumed_mibps`` where it has none (a dry run brings no
+    tunnel up) or the probe failed, with why."""
+    pairs = sorted({(s.source, s.destination) for s in resolved.steps() if s.source != s.destination})
+    data = Inventory().read()
+    out: dict[tuple[str, str], dict] = {}
+    with Session(Inventory()) as session:
+        for src, dst in pairs:
+            why = None
+            if tunnel_key(src, dst) not in data.tunnels:
+                why = "no tunnel yet"
+            else:
+                try:
+                    out[(src, dst)] = {"mibps": tunnels.throughput(session, src, dst, PROBE_MAX_BYTES, PROBE_S),
+                                       "measured": True, "why": None}
+                    continue
+                except (errors.CloudmigError, OSError) as exc:
+                    why = f"the probe failed: {exc}"
+            out[(src, dst)] = {"mibps": assumed_mibps, "measured": False, "why": why}
+    return out
+
+
+def estimate(resolved: resolve.Resolved, tunnel_mibps: float = DEFAULT_TUNNEL_MIBPS,
+             rates: dict[tuple[str, str], dict] | None = None) -> list[dict]:
+    """Per wave: its levels in order and an estimated time, from memory sizes and the rate
+    (per host pair from ``rates``, else ``tunnel_mibps``)."""
     total_limit = resolved.limits.get("total") or math.inf
+    rates = rates or {}
     out = []
     for wave in resolved.waves:
         seconds = 0.0
         levels = []
         for level in wave.levels():
-            each = [FIXED_S + s.memory_bytes / 2**20 / tunnel_mibps for s in level]
+            each = [FIXED_S + s.memory_bytes / 2**20
+                    / rates.get((s.source, s.destination), {}).get("mibps", tunnel_mibps) for s in level]
             batches = math.ceil(len(level) / total_limit) if total_limit != math.inf else 1
             seconds += max(each) * batches
             levels.append([f"{s.container}: {s.source} -> {s.destination} ({s.mode}, "
