@@ -246,6 +246,7 @@ def status(name: str | None = None) -> list[dict]:
                     "containers": [{k: s[k] for k in ("container", "wave", "source", "destination", "state",
                                                       "phase", "detail")} for s in records.plan_steps(row["name"])],
                     "migrations": [{k: r[k] for k in ("container", "kind", "source", "destination", "started_at",
-                                                      "ended_at", "ok", "error", "freeze_ms", "total_ms", "pid")}
+                                                      "ended_at", "ok", "error", "freeze_ms", "total_ms", "held_ms",
+                                                      "pid")}
                                    for r in records.plan_runs(row["name"])]})
     return out

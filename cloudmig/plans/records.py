@@ -64,6 +64,7 @@ runs = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("freeze_ms", sa.Float),
     sa.Column("total_ms", sa.Float),
+    sa.Column("held_ms", sa.Float),        # the engine report's: hold's start to the switch's release
     sa.Column("memory_bytes", sa.BigInteger),
     sa.Column("pid", sa.Integer),
 )
@@ -90,12 +91,26 @@ def _engine_for(url: str) -> sa.Engine:
     for attempt in range(3):
         try:
             meta.create_all(engine)
+            _add_new_columns(engine)
             break
         except sa.exc.DatabaseError:    # another process created them between check and create
             if attempt == 2:
                 raise
             time.sleep(0.2)
     return engine
+
+
+def _add_new_columns(engine: sa.Engine) -> None:
+    """Columns added since the database was made (create_all only makes missing tables);
+    every column added later is nullable."""
+    inspector = sa.inspect(engine)
+    with engine.begin() as c:
+        for table in meta.sorted_tables:
+            have = {col["name"] for col in inspector.get_columns(table.name)}
+            for col in table.columns:
+                if col.name not in have:
+                    c.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {col.name} "
+                                      f"{col.type.compile(engine.dialect)}"))
 
 
 def engine() -> sa.Engine:
@@ -196,7 +211,8 @@ def run_ended(run_id: int, ok: bool, error: str | None, report: dict) -> None:
     with engine().begin() as c:
         c.execute(sa.update(runs).where(runs.c.id == run_id).values(
             ended_at=time.time(), ok=ok, error=error, freeze_ms=report.get("freeze_ms"),
-            total_ms=report.get("total_ms"), memory_bytes=report.get("memory_bytes")))
+            total_ms=report.get("total_ms"), held_ms=report.get("held_ms"),
+            memory_bytes=report.get("memory_bytes")))
 
 
 def dangling_run(plan: str, container: str) -> int | None:

@@ -1,9 +1,10 @@
 """A finished plan's report: ``<state dir>/plans/<name>/report.{json,md,png}``.
 
-Per container: source, destination, final state, freeze, total time (from the migration
-engine's report, kept in the plan's runs) and the client's wait when something measured it
-(the controller cannot see clients: null here). The PNG is a timeline of every migration,
-coloured by wave (matplotlib, from the `bench` extra; skipped without it).
+Per container: source, destination, final state, and from the migration engine's report (kept
+in the plan's runs) its freeze, how long its service's packets were held (the hold's start to
+the switch letting them go to the destination: what the controller measures of its clients'
+wait, which only a client can measure whole) and its total time. The PNG is a timeline of
+every migration, coloured by wave (matplotlib, from the `bench` extra; skipped without it).
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ def build(name: str) -> dict:
             "destination": s["destination"], "state": s["state"], "detail": s["detail"],
             "freeze_ms": moves[-1]["freeze_ms"] if moves else None,
             "total_ms": moves[-1]["total_ms"] if moves else None,
-            "client_wait_ms": None,
+            "held_ms": moves[-1]["held_ms"] if moves else None,
             "migrations": [{k: r[k] for k in ("kind", "source", "destination", "started_at", "ended_at", "ok",
-                                              "error", "freeze_ms", "total_ms")} for r in mine],
+                                              "error", "freeze_ms", "total_ms", "held_ms")} for r in mine],
         })
     return {"plan": name, "state": plan["state"], "attempt": plan["attempt"], "outcome": plan["outcome"],
             "started_at": plan["started_at"], "ended_at": plan["ended_at"],
@@ -46,14 +47,17 @@ def markdown(rep: dict) -> str:
     lines = [f"# Plan {rep['plan']}: {rep['state']}", "", *([rep["outcome"], ""] if rep["outcome"] else []),
              f"Most migrations at once: {rep['most_at_once']} (limits: "
              + ", ".join(f"{k} {v}" for k, v in rep["limits"].items() if v) + ")", "",
-             "| wave | container | from | to | state | freeze | total | client wait |",
+             "| wave | container | from | to | state | freeze | packets held | total |",
              "|---|---|---|---|---|---|---|---|"]
 
     def ms(v):
         return f"{v:.0f} ms" if v is not None else "-"
     for c in rep["containers"]:
         lines.append(f"| {c['wave'] + 1} | {c['container']} | {c['source']} | {c['destination']} | {c['state']} | "
-                     f"{ms(c['freeze_ms'])} | {ms(c['total_ms'])} | {ms(c['client_wait_ms'])} |")
+                     f"{ms(c['freeze_ms'])} | {ms(c['held_ms'])} | {ms(c['total_ms'])} |")
+    lines += ["", "Packets held: from the hold's start (just before the freeze) until the switch let the "
+              "service's packets go to its new host, on the controller's clock; a client's wait is that plus "
+              "its round trip and the first answer, and only a client measures it."]
     return "\n".join(lines) + "\n"
 
 
