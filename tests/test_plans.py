@@ -11,6 +11,7 @@ import os
 import subprocess
 import time
 import signal
+import socket
 from pathlib import Path
 
 from lab import CLOUDMIG, Lab, cloudmig, connect, lab_fixture, resp
@@ -354,15 +355,32 @@ def test_two_controllers_share_one_plan_on_postgresql(lab3, tmp_path):
         finally:
             a.kill()
         assert a.returncode == 0 and b.returncode == 0, outs
-        res = cloudmig("plan", "status", "shared", "--json", env={**lab3.env, "CLOUDMIG_PLANS_DB": url})
-        [row] = json.loads(res.stdout)
-    assert row["state"] == "done"
-    runs = row["migrations"]
-    assert sorted(r["container"] for r in runs) == names and all(r["ok"] for r in runs)   # each exactly once
-    assert {r["pid"] for r in runs} == {a.pid, b.pid}          # both controllers moved some
-    where = hosts_of(lab3)
-    assert set(where[n] for n in names) <= {"h2", "h3"}
-    assert most_at_once(runs) <= 2
+        pg = {**lab3.env, "CLOUDMIG_PLANS_DB": url}
+        [row] = json.loads(cloudmig("plan", "status", "shared", "--json", env=pg).stdout)
+        assert row["state"] == "done"
+        runs = row["migrations"]
+        assert sorted(r["container"] for r in runs) == names and all(r["ok"] for r in runs)   # each exactly once
+        assert {r["pid"] for r in runs} == {a.pid, b.pid}          # both controllers moved some
+        where = hosts_of(lab3)
+        assert set(where[n] for n in names) <= {"h2", "h3"}
+        assert most_at_once(runs) <= 2
+
+        # a controller on another machine (a hostname of its own) killed once p1 moved: `plan
+        # resume` here, with no argument, finds its plan interrupted and finishes it
+        far = write(tmp_path, "far", "name: far\nlimits: {total: 1}\nwaves:\n  - name: back\n    moves:\n"
+                                     "      - {select: {containers: [p1]}, to: [h1]}\n"
+                                     "      - {select: {containers: [p2]}, to: [h1], after: [p1]}\n")
+        res = subprocess.run(["unshare", "--uts", "sh", "-c", 'hostname elsewhere && exec "$@"', "-",
+                              CLOUDMIG, "plan", "apply", str(far)], capture_output=True, text=True, timeout=300,
+                             env={**env, "CLOUDMIG_CONTROLLER_ID": "far", "CLOUDMIG_PLAN_FAULTS": "after-move:p1:kill"})
+        assert res.returncode == -signal.SIGKILL, (res.stdout, res.stderr)
+        [row] = json.loads(cloudmig("plan", "status", "far", "--json", env=pg).stdout)
+        assert row["state"] == "interrupted" and row["controller"]["host"] == "elsewhere"
+        cloudmig("plan", "resume", env=pg)
+        [row] = json.loads(cloudmig("plan", "status", "far", "--json", env=pg).stdout)
+    assert row["state"] == "done" and row["controller"]["host"] == socket.gethostname()
+    assert sorted((r["container"], r["ok"]) for r in row["migrations"]) == [("p1", True), ("p2", True)]
+    assert hosts_of(lab3)["p1"] == hosts_of(lab3)["p2"] == "h1"
 
 
 def test_plan_creates_a_host_and_decommissions_the_emptied_one(lab2, tmp_path):

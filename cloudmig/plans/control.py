@@ -116,6 +116,9 @@ def begin(plan: model.Plan, resolved: resolve.Resolved, text: str) -> None:
         raise errors.PlanError(f"Plan {plan.name} ended {row['state']}.",
                                hint=f"`cloudmig plan resume {plan.name}` goes on with it; "
                                     "or rename the new plan.")
+    if not records.lock(plan.name):
+        raise errors.PlanError(f"Plan {plan.name} is being applied by another controller.",
+                               hint=f"`cloudmig plan status {plan.name}` shows it.")
     records.create(plan.name, text, resolved.model_dump(), [
         {"container": s.container, "wave": s.wave, "source": s.source, "destination": s.destination}
         for s in resolved.steps()])
@@ -127,8 +130,12 @@ def run(name: str, on_progress: Callable[[], None] | None = None, new_attempt: b
     from cloudmig.plans import workflows
     row = records.require(name)
     resolved = resolve.Resolved.model_validate_json(row["resolved"])
-    records.claim(name)
-    workflows.launch(name, resolved.limits)
+    # a dead controller's workflows are recovered by an executor of the same id: this one
+    # takes it over (that controller may have had another CLOUDMIG_CONTROLLER_ID, or machine)
+    executor = row["owner_executor"] if records.interrupted(row) and row["owner_executor"] \
+        else workflows.executor_id(name)
+    records.claim(name, executor)
+    workflows.launch(name, resolved.limits, executor)
     try:
         handle = None
         if not new_attempt:
@@ -215,7 +222,8 @@ def resume(name: str, on_progress: Callable[[], None] | None = None) -> str:
 
 
 def resume_all() -> list[tuple[str, int]]:
-    """Every interrupted plan, each in a process of its own (one DBOS executor per plan)."""
+    """Every interrupted plan in the plans database (whichever command or machine started it),
+    each in a process of its own (one DBOS executor per plan)."""
     out = []
     for row in records.all_plans():
         if records.interrupted(row):
@@ -242,6 +250,7 @@ def status(name: str | None = None) -> list[dict]:
         state = "interrupted" if records.interrupted(row) else row["state"]
         out.append({"plan": row["name"], "state": state, "attempt": row["attempt"], "outcome": row["outcome"],
                     "abort_requested": bool(row["abort"]), "started_at": row["started_at"],
+                    "controller": {"host": row["owner_host"], "pid": row["owner_pid"]},
                     "ended_at": row["ended_at"],
                     "containers": [{k: s[k] for k in ("container", "wave", "source", "destination", "state",
                                                       "phase", "detail")} for s in records.plan_steps(row["name"])],

@@ -11,6 +11,7 @@ directory by default; ``$CLOUDMIG_PLANS_DB``, a PostgreSQL URL, for many control
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -34,6 +35,7 @@ plans = sa.Table(
     sa.Column("resolved", sa.Text, nullable=False),
     sa.Column("owner_pid", sa.Integer),
     sa.Column("owner_host", sa.String(255)),
+    sa.Column("owner_executor", sa.String(255)),          # its DBOS executor id
     sa.Column("started_at", sa.Float),
     sa.Column("ended_at", sa.Float),
     sa.Column("outcome", sa.Text),
@@ -149,15 +151,66 @@ def update(name: str, **values: Any) -> None:
         c.execute(sa.update(plans).where(plans.c.name == name).values(**values))
 
 
-def claim(name: str) -> None:
-    """This process applies the plan now."""
-    update(name, owner_pid=os.getpid(), owner_host=socket.gethostname())
+def claim(name: str, executor: str) -> None:
+    """This process applies the plan now, as DBOS executor ``executor``."""
+    if not lock(name):
+        row = require(name)
+        raise errors.PlanError(f"Plan {name} is being applied by another controller "
+                               f"(pid {row['owner_pid']} on {row['owner_host']}).",
+                               hint=f"`cloudmig plan abort {name}` stops it.")
+    update(name, owner_pid=os.getpid(), owner_host=socket.gethostname(), owner_executor=executor)
+
+
+# On PostgreSQL the controller applying a plan holds a session advisory lock on a connection
+# of its own for as long as it lives: the server lets it go when that connection ends (the
+# process died; its machine went away: the keepalives below notice within ~25 s), so any
+# controller, on any machine, can tell a plan's controller is gone.
+_locks: dict[str, sa.Connection] = {}
+KEEPALIVES = ("tcp_keepalives_idle = 10", "tcp_keepalives_interval = 5", "tcp_keepalives_count = 3")
+
+
+def _shared() -> bool:
+    return engine().dialect.name == "postgresql"
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"cloudmig-plan:{name}".encode()).digest()[:8], "big", signed=True)
+
+
+def lock(name: str) -> bool:
+    """Plan ``name``'s lock for this process, until it ends (PostgreSQL; nothing to take on
+    SQLite, where one machine applies plans); False if another controller holds it."""
+    if not _shared() or name in _locks:
+        return True
+    conn = engine().connect()
+    try:
+        for setting in KEEPALIVES:
+            conn.execute(sa.text(f"SET {setting}"))
+        got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": _lock_key(name)}).scalar()
+        conn.commit()
+    except BaseException:
+        conn.close()
+        raise
+    if not got:
+        conn.close()
+        return False
+    _locks[name] = conn
+    return True
+
+
+def _locked(name: str) -> bool:
+    """Some controller (this process too) holds plan ``name``'s lock."""
+    with engine().begin() as c:
+        return not c.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _lock_key(name)}).scalar()
 
 
 def interrupted(row: dict) -> bool:
-    """Running, but its controller is gone (on this machine: its process ended)."""
+    """Running, but its controller is gone: on PostgreSQL, nobody holds the plan's lock (the
+    controller may have run on any machine); on SQLite, its process ended."""
     if row["state"] != "running":
         return False
+    if _shared():
+        return not _locked(row["name"])
     if row["owner_host"] != socket.gethostname() or not row["owner_pid"]:
         return False
     try:

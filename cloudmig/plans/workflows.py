@@ -14,7 +14,9 @@ container already on its destination is not moved again.
 
 Every process gets the executor id ``plan-<name>`` (``plan-<name>-<id>`` with
 ``$CLOUDMIG_CONTROLLER_ID``, for several controllers sharing a plan on PostgreSQL): launching
-recovers that executor's pending workflows and no other plan's.
+recovers that executor's pending workflows and no other plan's. A process resuming a plan
+whose controller died launches as that controller's executor, so it recovers its workflows
+whatever id or machine it had.
 """
 
 from __future__ import annotations
@@ -62,10 +64,11 @@ def executor_id(name: str) -> str:
     return f"plan-{name}-{controller}" if controller else f"plan-{name}"
 
 
-def launch(name: str, limits: dict[str, int | None]) -> None:
-    """DBOS in this process for plan ``name``: its database, its queues, its recovery."""
+def launch(name: str, limits: dict[str, int | None], executor: str | None = None) -> None:
+    """DBOS in this process for plan ``name``: its database, its queues, and the recovery of
+    the pending workflows of ``executor`` (default: this process's ``executor_id``)."""
     config: Any = {"name": "cloudmig", "system_database_url": records.db_url(),
-                   "application_version": APP_VERSION, "executor_id": executor_id(name),
+                   "application_version": APP_VERSION, "executor_id": executor or executor_id(name),
                    "log_level": "ERROR", "run_migrations": True,
                    # DBOS's background threads wake this often (default 1 s): sooner
                    # notifications, and a shutdown that does not wait a second for them
