@@ -190,15 +190,17 @@ def test_controller_killed_mid_wave_then_resumed(lab2, tmp_path):
     assert states == {"k1": "done", "k2": "already", "k3": "done"}
     assert "no interrupted plan" in lab2.cm("plan", "resume").stdout
 
-    # back to h1, aborted while the first migration is in flight: it finishes, nothing else
-    # starts; resumed, the plan goes on with the rest
+    # back to h1, aborted while the first migration is in flight (it waits for the abort,
+    # however fast it would be): it finishes, nothing else starts; resumed, the plan goes on
     back = one_by_one(tmp_path, "back", "h2", "h1")
     # h1 and h2 have a tunnel now: the dry run measures its rate (a short probe through it)
     dry = lab2.cm("plan", "apply", str(back), "--dry-run").stdout
     line = next(ln for ln in dry.splitlines() if ln.startswith("tunnel h2 -> h1: "))
     assert line.endswith("measured (1 s probe)") and float(line.split()[4]) > 0, dry
+    wait_abort = ",".join(f"before-move:{n}:wait-abort" for n in ports)
     with held_clients({n: (lab2.public_address("h1"), p) for n, p in ports.items()}):
-        proc = subprocess.Popen([CLOUDMIG, "plan", "apply", str(back)], env={**os.environ, **lab2.env},
+        proc = subprocess.Popen([CLOUDMIG, "plan", "apply", str(back)],
+                                env={**os.environ, **lab2.env, "CLOUDMIG_PLAN_FAULTS": wait_abort},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             for _ in range(600):

@@ -296,6 +296,7 @@ def migrate_step(name: str, raw: dict, kind: str) -> str:
         return _set(name, step.container, "failed", f"runs on {c.host}, neither {src} nor {dst}")
     _set(name, step.container, "moving" if kind == "move" else "moving back", None)
     run_id = records.run_started(name, step.container, kind, src, dst)
+    faults.fire("before-move", step.container, lambda: records.abort_requested(name))
 
     def on_event(event: events.Event) -> None:
         if isinstance(event, events.PhaseStarted):
