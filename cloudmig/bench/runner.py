@@ -105,6 +105,13 @@ class RunResult:
     report: dict = dataclasses.field(default_factory=dict)
     timeline: list[dict] = dataclasses.field(default_factory=list)
 
+    @property
+    def wait_over_freeze_ms(self) -> float | None:
+        """How much longer than the freeze the client waited (the switch, the first answer)."""
+        if self.client_longest_wait_ms is None or self.freeze_ms is None:
+            return None
+        return self.client_longest_wait_ms - self.freeze_ms
+
 
 class _Recorder:
     """on_event for the engine: every event with its wall-clock time; CRIU logs copied out
