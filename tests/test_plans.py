@@ -290,6 +290,9 @@ def test_bad_plans_refused_with_line_and_reason(lab2, tmp_path):
                   ":7: dependency cycle: x -> y -> x"),
         "capacity": (head + "hosts:\n  h2: {max_memory_mib: 40}\nwaves:\n  - name: w\n    moves:\n"
                      "      - select: {hosts: [h1]}\n        to: [h2]\n", ":8: capacity exceeded: x needs"),
+        "cloud host without the operator's address": (
+            head + "create:\n  far: {provider: aws}\nwaves:\n  - name: w\n    moves:\n"
+            "      - select: {containers: [x]}\n        to: [far]\n", ":3: Host far needs the operator's address"),
     }
     before = lab2.ps()
     for what, (text, message) in cases.items():

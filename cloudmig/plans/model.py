@@ -105,6 +105,9 @@ class Create(_Strict):
     count: int = Field(1, ge=1, le=50, description="more than 1: named <name><first>, <name><first+1>, ...")
     first: int = Field(1, ge=0)
     options: dict[str, str] = Field(default_factory=dict, description="the provider's options")
+    operator_cidr: str | None = Field(None, description="aws, azure: the operator's address (CIDR), the only "
+                                                        "source SSH is opened to (`--operator-cidr`)")
+    allow_ssh_from_anywhere: bool = Field(False, description="accept an operator_cidr of 0.0.0.0/0 or ::/0")
 
     def names(self, key: str) -> list[str]:
         return [key] if self.count == 1 else [f"{key}{self.first + i}" for i in range(self.count)]

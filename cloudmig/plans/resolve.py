@@ -52,6 +52,14 @@ class NewHost(BaseModel):
     name: str
     provider: str
     options: dict[str, str] = Field(default_factory=dict)
+    operator_cidr: str | None = None
+    allow_ssh_from_anywhere: bool = False
+
+    def spec(self):
+        from cloudmig import providers
+        return providers.HostSpec(name=self.name, provider=self.provider, options=dict(self.options),
+                                  operator_cidr=self.operator_cidr,
+                                  allow_ssh_from_anywhere=self.allow_ssh_from_anywhere)
 
 
 class Resolved(BaseModel):
@@ -208,7 +216,14 @@ def _created(plan: Plan, where: Located, data: InventoryData) -> list[NewHost]:
             have = data.hosts.get(name)
             if have is not None and have.provider != spec.provider:
                 raise where.error(("create", key), f"host {name} exists already, with provider {have.provider}")
-            out.append(NewHost(name=name, provider=spec.provider, options=spec.options))
+            new = NewHost(name=name, provider=spec.provider, options=spec.options,
+                          operator_cidr=spec.operator_cidr, allow_ssh_from_anywhere=spec.allow_ssh_from_anywhere)
+            if have is None:             # checked as `host create --dry-run` would: nothing is made
+                try:
+                    providers.load(spec.provider).plan_create(new.spec())
+                except errors.CloudmigError as exc:
+                    raise where.error(("create", key), str(exc)) from None
+            out.append(new)
     return out
 
 

@@ -190,22 +190,27 @@ def _mark(name: str, container: str, state: str, detail: str | None) -> str:
 
 @DBOS.step(name="cloudmig.plan.create_host")
 def _create_host(name: str, raw: dict) -> str | None:
-    """A host the plan needs, created by its provider unless it is ready already (a plan
-    resumed after a crash in here finds a half-made one: destroyed, then made again).
-    Returns why it failed, or None."""
-    from cloudmig import providers
+    """A host the plan needs, created by its provider unless it is ready already; a cloud
+    host boots and joins by itself, as with `cloudmig host create`. A plan resumed after a
+    crash in here finds a half-made one: a cloud VM that runs is joined, anything else is
+    destroyed and made again. Returns why it failed, or None."""
     from cloudmig.control import hosts
-    spec = providers.HostSpec(name=raw["name"], provider=raw["provider"], options=dict(raw["options"]))
+    from cloudmig.plans.resolve import NewHost
+    spec = NewHost(**raw).spec()
     have = Inventory().read().hosts.get(spec.name)
     if have is not None and have.state == "ready":
         return None
     records.update(name, outcome=f"creating host {spec.name} ({spec.provider})")
     try:
+        if (have is not None and have.transport == hosts.JOINING_TRANSPORT
+                and have.provider in ("aws", "azure") and have.state in ("running", "error")):
+            hosts.join(have)
+            return None
         if have is not None:
             hosts.destroy(have)
-        providers.load(spec.provider).create_host(spec)
+        hosts.create(spec)
     except errors.CloudmigError as exc:
-        return f"creating host {spec.name} failed: {exc}"
+        return f"creating host {spec.name} failed: {exc}" + (f" ({exc.hint})" if exc.hint else "")
     return None
 
 

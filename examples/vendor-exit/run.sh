@@ -16,25 +16,20 @@ KEYS=${VENDOR_EXIT_KEYS:-50000}
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d /tmp/cloudmig-vendor-exit.XXXXXX)
 export CLOUDMIG_STATE_DIR=${CLOUDMIG_STATE_DIR:-$work/state}
-sim_pid=""
 client_pid=""
+# shellcheck source=examples/vendor-exit/clouds.sh
+. "$here/clouds.sh"
 
 cleanup() {
   [ -n "$client_pid" ] && kill "$client_pid" 2>/dev/null || true
   echo; echo "== cleaning up"
   for h in old-home new-home; do cloudmig host destroy "$h" >/dev/null 2>&1 || true; done
-  [ -n "$sim_pid" ] && { kill "$sim_pid" 2>/dev/null || true; wait "$sim_pid" 2>/dev/null || true; }
+  stop_clouds
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-echo "== the simulated clouds"
-python3 "$here/simulate.py" --lab-id "$CLOUDMIG_LAB_ID" --env-file "$work/cloud.env" &
-sim_pid=$!
-for _ in $(seq 100); do [ -f "$work/cloud.env" ] && break; sleep 0.2; done
-[ -f "$work/cloud.env" ] || { echo "the simulated clouds did not start" >&2; exit 1; }
-# shellcheck disable=SC1091
-. "$work/cloud.env"
+start_clouds "$work"
 
 echo "== hosts: one on azure, one on aws (each boots and joins by itself)"
 operator=198.18.0.0/15    # the controller reaches the lab's addresses from the lab bridge
