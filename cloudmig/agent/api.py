@@ -98,6 +98,7 @@ class Restored:
     pid: int
     restore_ms: float
     steps_ms: dict[str, float]
+    live: bool = False       # routed and unlocked already: the source may switch at once
 
 
 @dataclasses.dataclass

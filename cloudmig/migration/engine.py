@@ -96,6 +96,7 @@ class Migration:
         self.receivers: dict[str, Receiver] = {}
         self._pinned: set[Pin] = set()
         self._pins: concurrent.futures.Future | None = None
+        self._dst_live = False         # the restore returned with the destination routed and unlocked
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=3)
         self.journal: Journal | None = None
 
@@ -368,6 +369,7 @@ class Migration:
         breakdown["restore"] = self.report.phases[-1].ms
         breakdown["restore.agent"] = restored.restore_ms
         breakdown.update({f"restore.{k}": v for k, v in restored.steps_ms.items()})
+        self._dst_live = restored.live
         if self._pins is not None:
             self._pins.result()
 
@@ -396,11 +398,17 @@ class Migration:
     # ------------------------------------------------------------------ after the resume
     def _switch(self) -> None:
         c, src, dst = self.container, self.src, self.dst
-        # the destination routes and unlocks the container as soon as it restored it; once it
-        # did, the source sends the service into the tunnel and lets the held packets follow
-        self._timed("switch.go_live", lambda: dst.incoming.go_live(self.name, c.service_ip))
+        # the destination routed and unlocked the container before its restore returned (an
+        # agent that took the migration over since does it in go_live); once it did, the
+        # source sends the service into the tunnel and lets the held packets follow
+        if self._dst_live:
+            self.report.freeze_breakdown_ms["switch.go_live"] = 0.0
+        else:
+            self._timed("switch.go_live", lambda: dst.incoming.go_live(self.name, c.service_ip))
         self.report.held_packets = self._timed(
             "switch.over", lambda: src.outgoing.switch_over(self.name, c.service_ip, self.src_if))
+        if self._dst_live:
+            dst.incoming.go_live(self.name, c.service_ip)     # records the switch there; at once
         self._publish()
 
     def _publish(self) -> None:
@@ -548,11 +556,11 @@ PHASES: tuple[Phase, ...] = (
           undo=Migration._resume_source, undo_text="outgoing.rollback: thawed or restored, unlocked"),
     Phase("sync", "writable layer's changes and CRIU images sent", "received",
           Migration._sync, State.FROZEN, frozen=True),
-    Phase("restore", "serves pages", "mount, lazy-pages daemon, CRIU restore; then (in the background) "
-          "routed and unlocked", Migration._restore,
+    Phase("restore", "serves pages", "mount, lazy-pages daemon, CRIU restore; then routed and unlocked",
+          Migration._restore,
           State.RESUMED, frozen=True),
     Phase("switch", "once the destination is live: service IP into the tunnel, held packets let go, "
-          "source copy isolated (one call)", "live (waited for); ports published",
+          "source copy isolated (one call)", "switch recorded; ports published",
           Migration._switch, State.SWITCHED),
     Phase("lazy", "page server", "faulted and pushed pages until the last", Migration._lazy,
           State.DRAINED, modes=(Mode.POSTCOPY,)),
