@@ -9,8 +9,9 @@ behind that. Here the request is sent from a thread that entered the namespace (
 moves only the calling thread), the caller returns at the kernel's acknowledgement, and the
 socket is closed by that thread afterwards, off the caller's path.
 
-The messages (nfnetlink batch begin, NFT_MSG_DELTABLE, batch end) are the documented uapi of
-linux/netfilter/nf_tables.h and nfnetlink.h; pyroute2 0.9 has no nf_tables table API.
+The messages (nfnetlink batch begin, NFT_MSG_DELTABLE, batch end; network/_nfnetlink.py) are
+the documented uapi of linux/netfilter/nf_tables.h and nfnetlink.h; pyroute2 0.9 has no
+nf_tables table API.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ import socket
 import struct
 import threading
 
-NETLINK_NETFILTER = 12
+from cloudmig.network import _nfnetlink as nfnetlink
+from cloudmig.network._nfnetlink import NETLINK_NETFILTER, NLM_F_REQUEST, NLMSG_ERROR
+
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NFT_MSG_DELTABLE = 2
 NFTA_TABLE_NAME = 1
-NLM_F_REQUEST, NLM_F_ACK = 1, 4
-NLMSG_ERROR = 2
 CLONE_NEWNET = 0x40000000
 FAMILIES = {"inet": 1, "ip": 2, "ip6": 10, "arp": 3, "bridge": 7, "netdev": 5}
 ACK_TIMEOUT_S = 5.0
@@ -35,24 +36,14 @@ ACK_TIMEOUT_S = 5.0
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _nla(kind: int, payload: bytes) -> bytes:
-    data = struct.pack("HH", 4 + len(payload), kind) + payload
-    return data + b"\0" * (-len(data) % 4)
-
-
-def _msg(kind: int, flags: int, seq: int, family: int, attrs: bytes = b"", res_id: int = 0) -> bytes:
-    body = struct.pack("BBH", family, 0, socket.htons(res_id)) + attrs
-    return struct.pack("IHHII", 16 + len(body), kind, flags, seq, 0) + body
-
-
 def delete_table(netns_path: str, family: str, table: str) -> bool:
     """Delete ``family table`` in the namespace at ``netns_path``; False if it had none.
     Raises OSError for any other refusal."""
     fam = FAMILIES[family]
-    batch = (_msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 1, 0, res_id=NFNL_SUBSYS_NFTABLES)
-             + _msg((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE, NLM_F_REQUEST | NLM_F_ACK, 2, fam,
-                    _nla(NFTA_TABLE_NAME, table.encode() + b"\0"))
-             + _msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 3, 0, res_id=NFNL_SUBSYS_NFTABLES))
+    batch = (nfnetlink.message(NFNL_MSG_BATCH_BEGIN, 0, NFNL_SUBSYS_NFTABLES, flags=NLM_F_REQUEST, seq=1)
+             + nfnetlink.message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE, fam, 0,
+                                 nfnetlink.attr(NFTA_TABLE_NAME, table.encode() + b"\0"), seq=2)
+             + nfnetlink.message(NFNL_MSG_BATCH_END, 0, NFNL_SUBSYS_NFTABLES, flags=NLM_F_REQUEST, seq=3))
     done = threading.Event()
     outcome: dict = {}
 

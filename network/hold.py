@@ -30,13 +30,13 @@ import threading
 import zlib
 
 from cloudmig import errors
-from cloudmig.network import _ns
+from cloudmig.network import _nfnetlink as nfnetlink, _ns
+from cloudmig.network._nfnetlink import NETLINK_NETFILTER, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Hold", "release_orphans"]
 
-NETLINK_NETFILTER = 12
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_PACKET, NFQNL_MSG_CONFIG, NFQNL_MSG_VERDICT_BATCH = 0, 2, 3
 NFQA_PACKET_HDR = 1
@@ -46,8 +46,6 @@ NFQNL_CFG_CMD_BIND = 1
 NFQNL_COPY_META = 1
 NFQA_CFG_F_FAIL_OPEN = 1
 NF_ACCEPT = 1
-NLM_F_REQUEST, NLM_F_ACK = 1, 4
-NLMSG_ERROR = 2
 
 QUEUE_MAXLEN = 8192            # packets held at most; more pass (fail open)
 QUEUE_NUM_BASE = 20000         # queue numbers cloudmig tries, from here
@@ -57,14 +55,9 @@ READER_POLL_S = 0.05           # the reader looks whether it should stop this of
 COMMENT = "cloudmig hold {name}"
 
 
-def _nla(kind: int, payload: bytes) -> bytes:
-    data = struct.pack("HH", 4 + len(payload), kind) + payload
-    return data + b"\0" * (-len(data) % 4)
-
-
-def _message(msg: int, queue: int, attrs: bytes, flags: int = NLM_F_REQUEST | NLM_F_ACK, seq: int = 0) -> bytes:
-    body = struct.pack("BBH", socket.AF_UNSPEC, 0, socket.htons(queue)) + attrs
-    return struct.pack("IHHII", 16 + len(body), (NFNL_SUBSYS_QUEUE << 8) | msg, flags, seq, 0) + body
+def _message(msg: int, queue: int, attrs: bytes, flags: int = NLM_F_REQUEST | NLM_F_ACK) -> bytes:
+    """A message of the queue subsystem about queue number ``queue``."""
+    return nfnetlink.message((NFNL_SUBSYS_QUEUE << 8) | msg, socket.AF_UNSPEC, queue, attrs, flags)
 
 
 def _attrs(data: bytes):
@@ -118,9 +111,9 @@ class Hold:
             queue = _bind_free_queue(sock, name)
             flags = struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)
             _request(sock, _message(NFQNL_MSG_CONFIG, queue,
-                                    _nla(NFQA_CFG_PARAMS, struct.pack("!IB", 0, NFQNL_COPY_META))
-                                    + _nla(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", QUEUE_MAXLEN))
-                                    + _nla(NFQA_CFG_FLAGS, flags) + _nla(NFQA_CFG_MASK, flags)))
+                                    nfnetlink.attr(NFQA_CFG_PARAMS, struct.pack("!IB", 0, NFQNL_COPY_META))
+                                    + nfnetlink.attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", QUEUE_MAXLEN))
+                                    + nfnetlink.attr(NFQA_CFG_FLAGS, flags) + nfnetlink.attr(NFQA_CFG_MASK, flags)))
         except BaseException:
             sock.close()
             raise
@@ -159,7 +152,7 @@ class Hold:
 
     def _accept_all(self) -> None:
         if self._last_id:
-            verdict = _nla(NFQA_VERDICT_HDR, struct.pack("!II", NF_ACCEPT, self._last_id))
+            verdict = nfnetlink.attr(NFQA_VERDICT_HDR, struct.pack("!II", NF_ACCEPT, self._last_id))
             self._sock.send(_message(NFQNL_MSG_VERDICT_BATCH, self.queue, verdict, flags=NLM_F_REQUEST))
 
     def release(self) -> int:
@@ -190,7 +183,7 @@ class Hold:
 def _bind_free_queue(sock: socket.socket, name: str) -> int:
     start = QUEUE_NUM_BASE + zlib.crc32(name.encode()) % 10000
     for queue in range(start, start + QUEUE_NUM_TRIES):
-        cmd = _nla(NFQA_CFG_CMD, struct.pack("!BxH", NFQNL_CFG_CMD_BIND, socket.AF_INET))
+        cmd = nfnetlink.attr(NFQA_CFG_CMD, struct.pack("!BxH", NFQNL_CFG_CMD_BIND, socket.AF_INET))
         try:
             _request(sock, _message(NFQNL_MSG_CONFIG, queue, cmd))
             return queue
