@@ -98,7 +98,6 @@ class Restored:
     pid: int
     restore_ms: float
     steps_ms: dict[str, float]
-    live: bool = False       # routed and unlocked already: the source may switch at once
 
 
 @dataclasses.dataclass
@@ -207,7 +206,8 @@ class Incoming(_Ops):
                                             port=port, service_ip=service_ip))
 
     def go_live(self, name: str, service_ip: str) -> None:
-        """Returns once the restored container is routed and unlocked."""
+        """Records the switch on the destination (routed and unlocked by its restore already;
+        an agent that took the migration over since does it here)."""
         self._c.call("incoming.go_live", name=name, service_ip=service_ip)
 
     def lazy_progress(self, name: str, wait_s: float = 0.0) -> LazyProgress:

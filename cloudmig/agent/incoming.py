@@ -19,7 +19,6 @@ restore).
 
 from __future__ import annotations
 
-import concurrent.futures
 import shutil
 import subprocess
 import threading
@@ -42,7 +41,7 @@ class Incoming(Side):
         self.mode = mode
         self.receivers: dict[str, transfer.Receiver] = {}
         self.armed: restore.Restore | None = None
-        self._going_live: concurrent.futures.Future | None = None
+        self._live = False          # routed and unlocked by this agent (in the restore)
         self.daemon: lazy_pages.LazyPagesDaemon | None = None
         self.lost: str | None = None       # why the container's memory can no longer arrive
 
@@ -138,11 +137,10 @@ class Incoming(Side):
         # the controller can then let the source switch at once, one round trip sooner
         with steps("live"):
             self._route_and_unlock(service_ip)
-        self._going_live = concurrent.futures.Future()
-        self._going_live.set_result(None)
+        self._live = True
         if self.daemon is not None:
             self.watch()
-        return Restored(pid=pid, restore_ms=steps.total_ms, steps_ms=steps.ms, live=True)
+        return Restored(pid=pid, restore_ms=steps.total_ms, steps_ms=steps.ms)
 
     def _watch_daemon(self) -> None:
         """The moment the lazy-pages daemon ends without having moved every page, the
@@ -171,9 +169,7 @@ class Incoming(Side):
         if self.state in (State.SWITCHED, State.DRAINED, State.DONE):
             return                   # done already (a controller that reconnected asks again)
         self.expect("go_live", State.RESUMED)
-        if self._going_live is not None:
-            self._going_live.result()
-        else:
+        if not self._live:           # an agent that took the migration over after the restore
             self._route_and_unlock(service_ip)
         self.advance(State.SWITCHED)
 

@@ -96,7 +96,6 @@ class Migration:
         self.receivers: dict[str, Receiver] = {}
         self._pinned: set[Pin] = set()
         self._pins: concurrent.futures.Future | None = None
-        self._dst_live = False         # the restore returned with the destination routed and unlocked
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=3)
         self.journal: Journal | None = None
 
@@ -369,7 +368,6 @@ class Migration:
         breakdown["restore"] = self.report.phases[-1].ms
         breakdown["restore.agent"] = restored.restore_ms
         breakdown.update({f"restore.{k}": v for k, v in restored.steps_ms.items()})
-        self._dst_live = restored.live
         if self._pins is not None:
             self._pins.result()
 
@@ -398,17 +396,12 @@ class Migration:
     # ------------------------------------------------------------------ after the resume
     def _switch(self) -> None:
         c, src, dst = self.container, self.src, self.dst
-        # the destination routed and unlocked the container before its restore returned (an
-        # agent that took the migration over since does it in go_live); once it did, the
-        # source sends the service into the tunnel and lets the held packets follow
-        if self._dst_live:
-            self.report.freeze_breakdown_ms["switch.go_live"] = 0.0
-        else:
-            self._timed("switch.go_live", lambda: dst.incoming.go_live(self.name, c.service_ip))
+        # the destination routed and unlocked the container before its restore returned, so
+        # the source sends the service into the tunnel and lets the held packets follow at
+        # once; then the destination records the switch
         self.report.held_packets = self._timed(
             "switch.over", lambda: src.outgoing.switch_over(self.name, c.service_ip, self.src_if))
-        if self._dst_live:
-            dst.incoming.go_live(self.name, c.service_ip)     # records the switch there; at once
+        dst.incoming.go_live(self.name, c.service_ip)
         self._publish()
 
     def _publish(self) -> None:

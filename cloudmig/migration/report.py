@@ -71,14 +71,14 @@ class Report:
     def held_ms(self) -> float | None:
         """How long the service's packets waited in the source's kernel at most: from the
         hold's start (just before the freeze) until the switch let them go to the destination
-        (its go-live and switch-over calls returned), on the controller's clock. None without
+        (the source's switch-over call returned), on the controller's clock. None without
         a switch (a rollback lets them go to the source)."""
         hold = next((p for p in self.phases if p.name == "hold"), None)
         switch = next((p for p in self.phases if p.name == "switch"), None)
         if hold is None or switch is None or switch.end is None:
             return None
-        go_live, over = (self.freeze_breakdown_ms.get(k) for k in ("switch.go_live", "switch.over"))
-        released = switch.end if go_live is None or over is None else switch.start + (go_live + over) / 1000
+        over = self.freeze_breakdown_ms.get("switch.over")       # the source's one switch call
+        released = switch.end if over is None else switch.start + over / 1000
         return round((released - hold.start) * 1000, 1)
 
     def to_dict(self) -> dict:
