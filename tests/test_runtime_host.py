@@ -3,6 +3,10 @@ reuse (instead of mounting its own inside the freeze) and the cgroup2 hierarchy'
 
 from __future__ import annotations
 
+import os
+import socket
+
+from cloudmig.runtime import sockets
 from cloudmig.runtime.mounts import cgroup2_mount, cgroup_yard
 
 HYBRID = """\
@@ -78,3 +82,13 @@ def test_the_config_gate_holds_a_reader_until_released(tmp_path):
     gate.settle()
     assert stat.S_ISREG(os.lstat(conf).st_mode) and conf.read_text() == "network-lock skip\n"
     assert not list(tmp_path.glob("criu.conf.*"))
+
+
+def test_a_unix_socket_counts_as_listening_only_after_listen(tmp_path):
+    """The lazy-pages daemon's socket file exists from bind(); a restore may connect only
+    after listen() (runtime/lazy_pages.py waits for that)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(tmp_path / "daemon.socket"))
+        assert not sockets.unix_listening(os.getpid())
+        s.listen()
+        assert sockets.unix_listening(os.getpid())

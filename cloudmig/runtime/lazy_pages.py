@@ -75,9 +75,12 @@ class LazyPagesDaemon:
         return cls(proc, work)
 
     def wait_listening(self) -> None:
+        """Return once the daemon accepts the restore's connection. Its socket file appears at
+        bind(), before listen(): a restore that connects in between is refused (seen under
+        load: "uffd: connect to lazy-pages.socket failed: Connection refused")."""
         sock = self.work / "lazy-pages.socket"
         deadline = time.monotonic() + LAZY_DAEMON_START_S
-        while not sock.exists():
+        while not (sock.exists() and sockets.unix_listening(self.proc.pid)):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.kill()
                 raise criu.failure(errors.LazyPagesError, "The lazy-pages daemon did not start",

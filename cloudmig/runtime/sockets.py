@@ -2,14 +2,17 @@
 
     port = sockets.free_port("100.64.0.1")
     sockets.tcp_established("100.64.0.1", port)     # the lazy-pages daemon connected?
+    sockets.unix_listening(pid)                     # the daemon accepts its restore's connection?
     sockets.abort_page_server("100.64.0.1", port)   # end a lazy dump nobody will fetch from
 """
 
 from __future__ import annotations
 
+import os
 import socket
 
 ABORT_CONNECT_TIMEOUT_S = 5
+SO_ACCEPTCON = 1 << 16          # /proc/net/unix's flag of a listening socket
 
 
 def free_port(address: str) -> int:
@@ -36,3 +39,22 @@ def tcp_established(address: str, port: int) -> bool:
             return any(f.split()[2] == want and f.split()[3] == "01" for f in fh)
     except OSError:
         return False
+
+
+def unix_listening(pid: int) -> bool:
+    """Does process PID hold a listening unix socket (listen() done, not only bind())?"""
+    inodes = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:                    # gone
+        return False
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:                # closed while we looked
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    with open("/proc/net/unix") as fh:
+        next(fh)
+        return any(f.split()[6] in inodes and int(f.split()[3], 16) & SO_ACCEPTCON for f in fh)
