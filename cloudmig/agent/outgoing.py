@@ -27,6 +27,7 @@ from cloudmig.runtime import criu, dump, mounts, restore, transfer
 from cloudmig.timing import Steps
 
 DUMP_ROLLBACK_WAIT_S = 60          # a dump told to stop serving pages ends within this
+HOLD_CLOSE_TIMEOUT_S = 10          # a released hold removes its rules (one iptables-restore) within this
 
 
 class Outgoing(Side):
@@ -38,6 +39,7 @@ class Outgoing(Side):
         self.manifest: dict = {}
         self.dump: dump.LazyDump | dump.AdoptedDump | None = None
         self.held: hold.Hold | None = None
+        self.released: hold.Hold | None = None   # its rules go in the background
         self.adopted = False
 
     @classmethod
@@ -91,7 +93,13 @@ class Outgoing(Side):
                 hold.release_orphans(self.name)     # its holder died: its rules let packets pass
             return 0
         held, self.held = self.held, None
+        self.released = held
         return held.release()
+
+    def _hold_gone(self) -> None:
+        """The released hold's rules are removed (they let packets pass meanwhile)."""
+        if self.released is not None:
+            self.released.wait_closed(HOLD_CLOSE_TIMEOUT_S)
 
     # ------------------------------------------------------------------ the freeze
     def checkpoint(self, service_ip: str) -> Dumped:
@@ -176,6 +184,7 @@ class Outgoing(Side):
         self.runtime.remove(self.name)
         self.net.delete_container_netns(self.name)
         shutil.rmtree(self.dir, ignore_errors=True)
+        self._hold_gone()
         self.advance(State.DONE)
 
     def take_back(self, service_ip: str) -> None:
@@ -188,6 +197,7 @@ class Outgoing(Side):
                                         "copy left here to take back.")
         self._call_off_dump()
         recover(self.ctx, self.name, self.mode, service_ip, known=True)
+        self._hold_gone()
         self.advance(State.ROLLED_BACK)
 
     # ------------------------------------------------------------------ failure
@@ -198,6 +208,7 @@ class Outgoing(Side):
                                         "be rolled back to this host.")
         self._call_off_dump()
         recover(self.ctx, self.name, self.mode, service_ip, known=True)
+        self._hold_gone()
         self.advance(State.ROLLED_BACK)
 
     def _call_off_dump(self) -> None:

@@ -18,6 +18,8 @@ HOLDER = """
     print("holding", flush=True)
     sys.stdin.readline()
     print("released", h.release(), flush=True)
+    h.wait_closed()
+    print("closed", flush=True)
 """
 
 
@@ -47,6 +49,7 @@ def test_held_requests_are_answered_after_the_release_and_a_dead_holder_fails_op
         holder.stdin.write("\n"); holder.stdin.flush()
         assert holder.stdout.readline().split()[0] == "released"
         assert f.readline() == b"svc during\n"        # nothing lost, answered on the same connection
+        assert holder.stdout.readline().strip() == "closed"
         assert "NFQUEUE" not in _rules(a.netns)
     finally:
         if holder.poll() is None:
