@@ -52,7 +52,7 @@ def _f(value, fmt="{:.0f}") -> str:
 
 def table(results) -> Table:
     t = Table("WAN", "via", "MiB", "dirty\nMiB/s", "mode", "freeze\nms", "client\nwait ms", "wait -\nfreeze",
-              "total\nms", "moved\nMiB", "transfer\n/ tunnel", "faulted /\npushed", "req/s before\n/ lazy",
+              "total\nms", "moved\nMiB", "transfer\n/ tunnel", "faulted /\npushed", "req/s before\n/ bulk / lazy",
               "state", box=None)
     for r in results:
         rep = r.report
@@ -67,7 +67,7 @@ def table(results) -> Table:
         t.add_row(r.wan_rate or "-", r.transport, str(r.memory_mib), f"{r.dirty_mibps:g}", r.mode, _f(r.freeze_ms),
                   _f(r.client_longest_wait_ms), _f(_wait_over_freeze(dataclasses.asdict(r))), _f(r.total_ms),
                   _f(r.bytes_moved / MIB, "{:.1f}"), _f(r.transfer_of_tunnel, "{:.2f}"), pages,
-                  f"{_f(r.rate_before_rps)} / {_f(r.rate_lazy_rps)}", state)
+                  f"{_f(r.rate_before_rps)} / {_f(r.rate_bulk_rps)} / {_f(r.rate_lazy_rps)}", state)
     return t
 
 
@@ -103,7 +103,7 @@ def markdown(data: dict) -> str:
              f"{m['memory_gib']} GiB, kernel {m['kernel']}; medians of {cfg.get('repetitions', 1)} "
              "repetition(s).", "",
              "| WAN | via | MiB | dirty MiB/s | mode | freeze ms | client wait ms | wait - freeze ms "
-             "| total ms | moved MiB | transfer / tunnel | faulted / pushed | req/s before / lazy | state |",
+             "| total ms | moved MiB | transfer / tunnel | faulted / pushed | req/s before / bulk / lazy | state |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(groups, key=lambda k: (k[0] != "-", k[0], k[1], k[2], k[3], order.get(k[4], 9))):
         wan, via, mib, dirty, mode = key
@@ -123,6 +123,7 @@ def markdown(data: dict) -> str:
             f"| {_f(_median(rows, lambda r: r['bytes_moved'] / MIB), '{:.1f}')} "
             f"| {_f(_median(rows, lambda r: r.get('transfer_of_tunnel')), '{:.2f}')} | {pages} "
             f"| {_f(_median(rows, lambda r: r['rate_before_rps']))} / "
+            f"{_f(_median(rows, lambda r: r.get('rate_bulk_rps')))} / "
             f"{_f(_median(rows, lambda r: r['rate_lazy_rps']))} "
             f"| {'/'.join(states)} ({len(rows)}/{len(groups[key])}) |")
     tunnels = {r["wan_rate"] or "-": r["tunnel_mibps"] for r in data["runs"] if r.get("tunnel_mibps")}

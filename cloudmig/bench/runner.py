@@ -4,7 +4,8 @@
     results = runner.sweep(cfg, progress=print)      # list[RunResult]
 
 Every run: start the workload on h1 (published on h1's public address), connect a client
-through that address, let it answer for ``BASELINE_S``, move the container to h2 (post-copy
+through that address, let it answer for ``BASELINE_S`` (post-copy: then for ``BULK_S`` more while
+the tunnel carries a bulk transfer, the lab's own cost of moving bytes), move the container to h2 (post-copy
 and stop-and-copy through cloudmig.migration.engine.Migration in this process, with an
 ``on_event`` that timestamps phases and lazy-page progress; cold restart through
 cloudmig.bench.cold), keep the client going for ``AFTER_S``, then verify the memory and
@@ -53,6 +54,7 @@ MODES = ("postcopy", "stopcopy", "cold")
 CONTAINER_PORT = 7000
 BASELINE_S = 1.0            # client answers before the move (the "before" request rate)
 AFTER_S = 1.0               # and after it
+BULK_S = 1.0                # post-copy: client answers while the tunnel carries this long a bulk transfer
 READY_TIMEOUT_S = 120       # filling 2 GiB in Python takes a while on a busy machine
 TRANSPORT_HOSTS = {"lab": ("h1", "h2"), "ssh": ("s1", "s2")}     # source, destination
 PR_SET_PDEATHSIG = 1        # prctl(2): the signal this process gets when its parent dies
@@ -100,6 +102,8 @@ class RunResult:
     client_longest_sent: float | None = None   # wall clock: when that request was sent
     rate_before_rps: float | None = None  # client's answered requests/s before the freeze
     rate_lazy_rps: float | None = None    # ... while memory was still arriving (post-copy)
+    rate_bulk_rps: float | None = None    # ... while the tunnel carried a bulk transfer (before the move)
+    bulk_window: tuple[float, float] | None = None   # wall clock: when that transfer ran
     answers: int = 0
     bytes_moved: int = 0                  # images + writable layer + lazily moved pages
     report: dict = dataclasses.field(default_factory=dict)
@@ -138,6 +142,8 @@ class _Recorder:
         if phase == ("switch", "end"):       # not earlier: the copy would delay the switch
             self._copy_logs(self.dst, "work-dst")
             self._list_images(self.dst)
+        if phase == ("lazy", "end"):         # the lazy-pages daemon's log, whole (every fault)
+            self._copy_logs(self.dst, "work-dst")
         if phase == ("cleanup", "start"):
             self._copy_logs(self.src, "work-src")
 
@@ -184,6 +190,8 @@ def run_one(cfg: Config, addresses: dict[str, str], *, mode: str, memory_mib: in
                                        fallback=addresses[dst] if mode == "cold" else None,
                                        request_timeout_s=bench_client.REQUEST_TIMEOUT_S + 2 * outage_s).start()
         time.sleep(BASELINE_S)
+        if mode == "postcopy" and not outage_s and transport == "lab":   # its tunnel is up (probed)
+            res.bulk_window = _bulk_transfer(src, dst)
         log_dir = cfg.out_dir / "criu-logs" / name if cfg.keep_criu_logs else None
         rec = _Recorder(name, src, dst, log_dir)
         try:
@@ -252,6 +260,17 @@ def tunnel_throughput(src: str, dst: str, wan_rate: str | None) -> float:
         return tunnels.throughput(session, src, dst, nbytes)
 
 
+def _bulk_transfer(src: str, dst: str) -> tuple[float, float]:
+    """A bulk transfer through the tunnel for ``BULK_S``, while the client runs: the client's
+    request rate meanwhile is what moving bytes costs the lab itself (both hosts share this
+    machine's CPUs: wireguard-go at both ends), without post-copy's faults."""
+    with Session(Inventory()) as session:
+        session.agent(src), session.agent(dst)         # connected before the window opens
+        t0 = time.time()
+        tunnels.throughput(session, src, dst, TUNNEL_PROBE_MAX, seconds=BULK_S)
+        return t0, time.time()
+
+
 def _transfer_rate(res: RunResult, cfg: Config) -> None:
     """How fast memory crossed, as a fraction of the tunnel's own throughput: the lazy phase
     (post-copy, without outage) or the images' sync (stop-and-copy, memory included)."""
@@ -279,8 +298,11 @@ def _client_numbers(res: RunResult, held: bench_client.HeldClient) -> None:
     res.freeze_ms, res.total_ms = rep.get("freeze_ms"), rep.get("total_ms")
     first = rep.get("phases", [{}])[0] if rep.get("phases") else None
     freeze = _phase(rep, "dump") or _phase(rep, "stop") or first      # the freeze's first phase
+    if res.bulk_window:
+        res.rate_bulk_rps = held.rate_between(*res.bulk_window)
     if freeze and held.samples:
-        res.rate_before_rps = held.rate_between(held.samples[0].sent, freeze["start"])
+        before_end = res.bulk_window[0] if res.bulk_window else freeze["start"]
+        res.rate_before_rps = held.rate_between(held.samples[0].sent, before_end)
     lazy = _phase(rep, "lazy")
     if lazy and lazy.get("end"):
         res.rate_lazy_rps = held.rate_between(lazy["start"], lazy["end"])
