@@ -11,8 +11,9 @@ defaults; tests relocate them):
 
 - ``/var/lib/cloudmig-agent/agent.token`` (root, 0600): the token the controller presents to the agent;
 - ``/root/.ssh/authorized_keys`` (0600): the controller's public key;
-- ``/usr/local/sbin/cloudmig-bootstrap-host``: the project's ``cloudmig/bootstrap-host``, carried
-  gzip+base64 (it is ~10 KiB; AWS refuses user-data over 16 KiB);
+- ``/usr/local/sbin/cloudmig-bootstrap-host``: the project's ``cloudmig/bootstrap-host`` without
+  its comment lines (its here-documents whole), carried gzip+base64 (~7 KiB that way, ~10 KiB
+  with them; AWS refuses user-data over 16 KiB);
 - ``/usr/local/sbin/cloudmig-agent-start``: starts the agent daemon on its root-only socket
   (a systemd unit where systemd runs) — the same script SSH adoption runs;
 - ``/usr/local/sbin/cloudmig-firstboot``: runs the bootstrap with ``--keep-ssh`` (and with
@@ -65,6 +66,7 @@ BOOTSTRAP_STATUS_PATH = BootPaths.status
 USER_DATA_LIMIT_BYTES = 16 * 1024   # EC2 refuses larger user-data (before its base64 encoding)
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_.~+/=-]{16,512}$")
+_HEREDOC_RE = re.compile(rb"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
 _KEY_RE = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+( [^\n]*)?$")
 
 
@@ -139,7 +141,7 @@ def build(token: str, authorized_key: str, *, host: str = "host", script: Path |
     if not _KEY_RE.match(key):
         raise errors.ConfigError("The SSH public key must be one OpenSSH line (ssh-ed25519 AAAA… comment).")
     layout = layout or AgentLayout(host=host)
-    script_bytes = (script or distribution.bootstrap_script()).read_bytes()
+    script_bytes = without_comments((script or distribution.bootstrap_script()).read_bytes())
     files = [
         WriteFile(layout.token_file, token.encode(), 0o600),
         WriteFile(boot.authorized_keys, (key + "\n").encode(), 0o600),
@@ -148,6 +150,27 @@ def build(token: str, authorized_key: str, *, host: str = "host", script: Path |
         WriteFile(boot.firstboot, _firstboot(boot, layout).encode(), 0o755),
     ]
     return HostBootstrap(files=files, commands=[[boot.firstboot]], host_key=host_key)
+
+
+def without_comments(script: bytes) -> bytes:
+    """A shell script without its comment-only and blank lines (the first line, the ``#!``,
+    stays; so does every line of a here-document, such as the CRIU patch the bootstrap
+    carries, whose lines may start with ``#``). The comments are the repository's
+    documentation; on a host they only cost user-data bytes."""
+    out, end = [], None
+    for number, line in enumerate(script.splitlines(keepends=True)):
+        if end is not None:                  # inside a here-document: as it is
+            out.append(line)
+            if line.strip() == end:
+                end = None
+            continue
+        if number and (not line.strip() or line.lstrip().startswith(b"#")):
+            continue
+        out.append(line)
+        here = _HEREDOC_RE.search(line)
+        if here:
+            end = here.group(2)
+    return b"".join(out)
 
 
 def check_size(data: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,16 @@ def test_embeds_the_project_bootstrap_and_fits_ec2():
     assert len(text.encode()) <= cloudinit.USER_DATA_LIMIT_BYTES
     doc, files = _files(text)
     script = gzip.decompress(base64.b64decode(files[cloudinit.BOOTSTRAP_PATH]["content"]))
-    assert script == (REPO / "cloudmig" / "bootstrap-host").read_bytes()
+    # the project's bootstrap without its comment lines: every other line, in order, and
+    # its here-document (the CRIU patch, whose lines may start with '#') byte for byte
+    source = (REPO / "cloudmig" / "bootstrap-host").read_text()
+    code = [line for line in source.splitlines()[1:] if line.strip() and not line.lstrip().startswith("#")]
+    patch = source[source.index("<<'PATCH'\n"):source.index("\nPATCH\n")]
+    shipped = script.decode()
+    assert shipped.startswith("#!") and patch in shipped
+    assert [line for line in shipped.splitlines()[1:] if line.strip()
+            and not line.lstrip().startswith("#")] == code
+    assert subprocess.run(["bash", "-n"], input=script).returncode == 0
     assert files[cloudinit.AGENT_TOKEN_PATH]["permissions"] == "0600"
     assert gzip.decompress(base64.b64decode(files[cloudinit.AGENT_TOKEN_PATH]["content"])).decode() == TOKEN
     assert files["/root/.ssh/authorized_keys"]["permissions"] == "0600"
