@@ -27,10 +27,18 @@ from cloudmig.providers.ssh.session import Session
 __all__ = ["join", "FirstBootFailed", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 900             # a real first boot installs packages and builds CRIU
-POLL_S = 1.0
+# between SSH polls of a booting host: soon at first (a small image, or a simulated cloud, is up
+# in seconds), then every second (a real first boot takes minutes)
+POLL_S = (0.2, 0.3, 0.5, 1.0)
 LOG_TAIL_LINES = 5
 FINAL_STATUSES = ("ok", "failed", "agent-failed")
 _LOG_MARK = "--cloudmig-first-boot-log--"
+
+
+def _pauses():
+    yield from POLL_S
+    while True:
+        yield POLL_S[-1]
 
 
 class FirstBootFailed(errors.ProviderError):
@@ -44,6 +52,7 @@ def _layout(record: HostRecord) -> AgentLayout:
 def _wait_ssh(sess: Session, record: HostRecord, deadline: float, progress: Progress) -> None:
     progress(f"{record.name}: waiting for sshd at {record.public_address} (host key pinned before first contact)")
     last = None
+    pauses = _pauses()
     while True:
         try:
             sess.run("true", what="the first SSH contact", timeout_s=30)
@@ -56,13 +65,14 @@ def _wait_ssh(sess: Session, record: HostRecord, deadline: float, progress: Prog
         if time.monotonic() > deadline:
             raise FirstBootFailed(f"{record.name}: sshd did not answer at {record.public_address} in time ({last}).",
                                   hint=_keep_hint(record), code="first-boot-timeout")
-        time.sleep(POLL_S)
+        time.sleep(next(pauses))
 
 
 def _wait_status(sess: Session, record: HostRecord, deadline: float, progress: Progress) -> str:
     status_file = shlex.quote(cloudinit.BOOTSTRAP_STATUS_PATH)
     log_file = shlex.quote(cloudinit.BootPaths.log)
     seen = 0
+    pauses = _pauses()
     while True:
         res = sess.run(f"cat {status_file} 2>/dev/null; echo {_LOG_MARK}; tail -n +{seen + 1} {log_file} 2>/dev/null",
                        what="reading first boot's progress", check=False)
@@ -78,7 +88,7 @@ def _wait_status(sess: Session, record: HostRecord, deadline: float, progress: P
             raise FirstBootFailed(f"{record.name}: first boot did not end in time (status "
                                   f"{status or 'not written yet'}).", hint=_keep_hint(record),
                                   code="first-boot-timeout")
-        time.sleep(POLL_S)
+        time.sleep(next(pauses))
 
 
 def _keep_hint(record: HostRecord) -> str:

@@ -37,3 +37,35 @@ def test_every_commands_help_renders():
         res = runner.invoke(app, [*path, "--help"])
         assert res.exit_code == 0, (path, res.output, res.exception)
         assert "Usage" in res.output, path
+
+
+def test_agent_connect_relays_to_the_socket_without_loading_the_commands(tmp_path):
+    """What every SSH session to an agent runs: bytes both ways to the daemon's socket, the
+    agent sees the end of the input; no agent there is an Error, not a traceback."""
+    import socket
+    import threading
+
+    path = str(tmp_path / "agent.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    got = []
+
+    def echo_upper() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            data = b""
+            while chunk := conn.recv(4096):     # until the relay passes on the input's end
+                data += chunk
+            got.append(data)
+            conn.sendall(data.upper())
+
+    t = threading.Thread(target=echo_upper, daemon=True)
+    t.start()
+    res = cloudmig("agent", "connect", "--socket", path, input="ping\n" * 1000)
+    t.join(10)
+    srv.close()
+    assert got == [b"ping\n" * 1000] and res.stdout == "PING\n" * 1000
+    res = cloudmig("agent", "connect", "--socket", str(tmp_path / "none.sock"), check=False)
+    assert res.returncode == 8 and res.stderr.startswith("Error: No agent answers on"), res.stderr
+    assert "Traceback" not in res.stderr

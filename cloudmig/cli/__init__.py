@@ -7,6 +7,9 @@
 
 Errors print ``Error: ...`` and exit with the error's own code; ``--debug`` shows the
 traceback too.
+
+The commands load on first use of ``app`` (or in ``main``), not on import: ``cloudmig agent
+connect --socket S``, which every SSH session to an agent runs, relays without them.
 """
 
 from __future__ import annotations
@@ -14,20 +17,46 @@ from __future__ import annotations
 import sys
 import traceback
 
-
-from rich.markup import escape
-
 from cloudmig import errors
-from cloudmig.cli import _app, agent, bench, containers, doctor, hosts, lab, migrate, setup, tunnel  # noqa: F401  (registers commands)
-from cloudmig.cli import plan  # noqa: F401,E402  (plan, evacuate, rebalance)
-
-app = _app.app
 
 __all__ = ["app", "main"]
 
 
+def _load_app():
+    from cloudmig.cli import _app, agent, bench, containers, doctor, hosts, lab, migrate, setup, tunnel  # noqa: F401  (registers commands)
+    from cloudmig.cli import plan  # noqa: F401  (plan, evacuate, rebalance)
+    return _app.app
+
+
+def __getattr__(name: str):
+    if name == "app":
+        return _load_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _relay(socket: str) -> int:
+    """``agent connect``'s fast path: the relay alone (see cloudmig.agent.relay)."""
+    from cloudmig.agent import relay
+    try:
+        relay.run(socket)
+    except errors.CloudmigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    from cloudmig.agent.relay import argv_socket
+    socket = argv_socket(args)
+    if socket is not None:
+        return _relay(socket)
+    from rich.markup import escape
+
+    from cloudmig.cli import _app
+    app = _load_app()
     debug = "--debug" in args
     try:
         # standalone mode: typer/click handle usage errors and --help themselves and

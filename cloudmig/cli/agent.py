@@ -7,17 +7,13 @@
 from __future__ import annotations
 
 import os
-import socket as socketlib
 import sys
-import threading
 from pathlib import Path
 
 import typer
 
 from cloudmig import errors, log, signals
 from cloudmig.cli._app import app
-
-RELAY_CHUNK_BYTES = 64 * 1024
 
 agent_app = typer.Typer(help="Run the host agent (started by providers, rarely by hand).",
                         no_args_is_help=True)
@@ -72,32 +68,5 @@ def stdio(host: str = _HOST, host_dir: Path = _DIR, token_file: Path = _TOKEN,
 @agent_app.command("connect")
 def connect(socket: Path = typer.Option(..., "--socket", help="The agent daemon's unix socket.")) -> None:
     """Relay stdin/stdout to the agent daemon's socket (the SSH transport runs this)."""
-    sock = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
-    try:
-        sock.connect(str(socket))
-    except OSError as exc:
-        raise errors.AgentError(f"No agent answers on {socket}: {exc.strerror or exc}.",
-                                hint="Start it again: cloudmig host add NAME --ssh ... (re-adopting "
-                                     "restarts the agent).") from exc
-
-    def upstream() -> None:
-        try:
-            while chunk := os.read(0, RELAY_CHUNK_BYTES):
-                sock.sendall(chunk)
-        except OSError:
-            pass
-        try:
-            sock.shutdown(socketlib.SHUT_WR)    # the agent sees EOF and ends the session
-        except OSError:
-            pass
-
-    threading.Thread(target=upstream, daemon=True).start()
-    try:
-        while chunk := sock.recv(RELAY_CHUNK_BYTES):
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(1, view):]
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    finally:
-        sock.close()
+    from cloudmig.agent import relay
+    relay.run(str(socket))

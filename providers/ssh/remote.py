@@ -91,7 +91,7 @@ fi
 echo "$pid" > "$PIDF"
 i=0
 while [ ! -S "$SOCK" ]; do
-  if ! kill -0 "$pid" 2>/dev/null; then echo "the agent exited at start:" >&2; tail -n 5 "$LOG" >&2; exit 4; fi
+  if ! running "$pid"; then echo "the agent exited at start:" >&2; tail -n 5 "$LOG" >&2; exit 4; fi
   i=$((i+1)); [ $i -le {AGENT_START_TIMEOUT_S * 10} ] || {{ echo "the agent made no socket in {AGENT_START_TIMEOUT_S} s" >&2; tail -n 5 "$LOG" >&2; exit 4; }}
   sleep 0.1
 done
@@ -107,8 +107,14 @@ echo "started $mode $pid"
 
 
 # Stop whatever agent serves $SOCK: the systemd unit if it is ours, else the pid on file
-# (only if that process still names our socket: pids get reused).
+# (only if that process still names our socket: pids get reused). An agent that exited is
+# stopped even while it waits as a zombie for its parent to reap it: a nohup agent's parent is
+# the host's init, which may take seconds to do so (kill -0 would wait that out).
 _STOP = f"""
+running() {{
+  st=$(sed -n 's/^State:[[:space:]]*\\([A-Z]\\).*/\\1/p' /proc/$1/status 2>/dev/null)
+  [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
+}}
 stop_agent() {{
   if [ -f "$UNIT" ] && grep -qF -- "$SOCK" "$UNIT"; then
     systemctl disable --now {UNIT_NAME} >/dev/null 2>&1 || true
@@ -118,7 +124,7 @@ stop_agent() {{
     pid=$(cat "$PIDF")
     if [ -n "$pid" ] && tr '\\0' ' ' < /proc/$pid/cmdline 2>/dev/null | grep -qF -- "$SOCK"; then
       kill "$pid" 2>/dev/null || true
-      i=0; while kill -0 "$pid" 2>/dev/null && [ $i -lt {AGENT_STOP_TIMEOUT_S * 10} ]; do sleep 0.1; i=$((i+1)); done
+      i=0; while running "$pid" && [ $i -lt {AGENT_STOP_TIMEOUT_S * 10} ]; do sleep 0.1; i=$((i+1)); done
       kill -9 "$pid" 2>/dev/null || true
     fi
     rm -f "$PIDF"

@@ -26,23 +26,26 @@ REDIS = ["redis-server", "--port", "6379", "--protected-mode", "no", "--save", "
          "--enable-debug-command", "yes"]
 
 
-@pytest.fixture
-def mixed(tmp_path):
-    lab = Lab(tmp_path / "state", new_lab_id())
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """The hosts, shared by this module's tests (each works on a container of its own):
+    (lab, {name: Sshd}, the directory below which the adopted hosts keep their files)."""
+    base = tmp_path_factory.mktemp("mixed")
+    lab = Lab(base / "state", new_lab_id())
     sshds: dict[str, Sshd] = {}
     try:
         lab.cm("lab", "up", "--hosts", "3")
         for lab_host, name in (("h1", "s1"), ("h2", "s2")):
             address = lab.public_address(lab_host)
-            sshd = Sshd(tmp_path / f"sshd-{name}", netns=f"{lab.lab_id}-{lab_host}", address=address)
+            sshd = Sshd(base / f"sshd-{name}", netns=f"{lab.lab_id}-{lab_host}", address=address)
             sshd.start()
             sshds[name] = sshd
             lab.cm("host", "add", name, "--ssh", f"root@{address}", "--port", str(sshd.port),
                    "--identity", str(sshd.client_key), "--option", f"remote_venv={VENV_BIN.parent}",
-                   "--option", f"remote_dir={tmp_path / ('remote-' + name)}", "--option", "agent_start=nohup",
+                   "--option", f"remote_dir={base / ('remote-' + name)}", "--option", "agent_start=nohup",
                    "--option", f"cgroup_parent=/cloudmig/{lab.lab_id}-{name}",
                    "--option", f"netns_prefix={lab.lab_id}-c-{name}", timeout=600)
-        yield lab, sshds
+        yield lab, sshds, base
     finally:
         for name in ("s1", "s2"):
             if name in lab.inventory().get("hosts", {}):
@@ -50,9 +53,9 @@ def mixed(tmp_path):
         for sshd in sshds.values():
             sshd.stop()
         lab.cm("lab", "down", check=False)
-        for line in lab.processes(str(tmp_path / "remote-")):
+        for line in lab.processes(str(base / "remote-")):
             os.kill(int(line.split(":")[0]), 9)
-    assert not lab.processes(str(tmp_path / "remote-")), "an adopted host's agent survived"
+    assert not lab.processes(str(base / "remote-")), "an adopted host's agent survived"
     assert not lab.leftovers(), lab.leftovers()
 
 
@@ -68,8 +71,13 @@ def _check_data(address: str) -> None:
             assert resp(f, "STRLEN", f"key:{i}") == VALUE_BYTES
 
 
+def _row(lab: Lab, name: str) -> dict:
+    [row] = [r for r in lab.ps() if r["name"] == name]
+    return row
+
+
 def test_ssh_and_lab_hosts_migrate_both_ways(mixed, tmp_path):
-    lab, sshds = mixed
+    lab, sshds, _base = mixed
     lab.cm("run", "s1", "db", "--publish", f"{PORT}:6379", "--", *REDIS)
     entry = lab.public_address("s1")
     sock, f = connect(entry, PORT)
@@ -80,7 +88,7 @@ def test_ssh_and_lab_hosts_migrate_both_ways(mixed, tmp_path):
     try:
         client.wait_answers(30)
         for dst in ("s2", "h3", "s1"):
-            [row] = lab.ps()
+            row = _row(lab, "db")
             forwarders = {f["host"] for f in row["forwards"]}
             before = {name: _sessions(s) for name, s in sshds.items()}
             out = tmp_path / f"to-{dst}.json"
@@ -93,7 +101,7 @@ def test_ssh_and_lab_hosts_migrate_both_ways(mixed, tmp_path):
             assert opened == {name: int(name in touched) for name in sshds}, (dst, opened)
             answers = client.answers
             client.wait_answers(answers + 30)
-            [row] = lab.ps()
+            row = _row(lab, "db")
             assert row["host"] == dst and row["state"] == "running"
     finally:
         client.stop()
@@ -110,12 +118,12 @@ def test_ssh_and_lab_hosts_migrate_both_ways(mixed, tmp_path):
 def test_an_image_whose_file_is_gone_moves_between_separate_stores(mixed, tmp_path):
     """s1 and s2 keep layers in stores of their own (their agents' directories), h3 in the
     lab's: each move sends the destination the layer it lacks, through the tunnel."""
-    lab, _sshds = mixed
+    lab, _sshds, base = mixed
     image = make_busybox_image(tmp_path / "web.tar", page="from a file that is gone\n")
     lab.cm("run", "s1", "web", "--image", str(image), "--publish", "18083:8080", "--", *HTTPD_COMMAND)
     image.unlink()
     [digest] = lab.inventory()["containers"]["web"]["layers"]
-    stores = {"s1": tmp_path / "remote-s1" / "host" / "layers", "s2": tmp_path / "remote-s2" / "host" / "layers",
+    stores = {"s1": base / "remote-s1" / "host" / "layers", "s2": base / "remote-s2" / "host" / "layers",
               "h3": lab.state_dir / "hosts" / "h3" / "layers"}
     entry = lab.public_address("s1")
     for dst in ("s2", "h3"):
@@ -125,5 +133,5 @@ def test_an_image_whose_file_is_gone_moves_between_separate_stores(mixed, tmp_pa
         assert json.loads(out.read_text())["layers_bytes"] > 0
         assert (stores[dst] / digest[len("sha256:"):] / "tree" / "www" / "index.html").exists()
         assert http_get(entry, 18083) == "from a file that is gone\n"
-    [row] = lab.ps()
+    row = _row(lab, "web")
     assert row["host"] == "h3" and row["state"] == "running"
