@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import random
 import socket
+import struct
 import threading
 import time
 
@@ -32,6 +33,8 @@ REQUEST_INTERVAL_S = 0.002     # pause between two requests (the client's own pa
 REQUEST_TIMEOUT_S = 30         # an answer later than this is an error
 RECONNECT_TIMEOUT_S = 60       # cold restart: give up reconnecting after this
 RECONNECT_POLL_S = 0.02
+TCP_INFO_BYTES = 104               # struct tcp_info up to tcpi_total_retrans (linux/tcp.h)
+TCPI_TOTAL_RETRANS_OFFSET = 100
 
 
 @dataclasses.dataclass
@@ -58,6 +61,12 @@ class _Conn:
     def close(self) -> None:
         self.sock.close()
 
+    def retransmitted(self) -> int:
+        """Segments this connection's kernel sent again so far (TCP_INFO's tcpi_total_retrans):
+        a request that waited for a retransmission timeout counts here."""
+        info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_BYTES)
+        return struct.unpack_from("I", info, TCPI_TOTAL_RETRANS_OFFSET)[0]
+
 
 def connect(address: str, port: int, timeout_s: float = 10,
             request_timeout_s: float = REQUEST_TIMEOUT_S) -> _Conn:
@@ -79,6 +88,8 @@ class HeldClient:
         self.request_timeout_s = request_timeout_s
         self.conn = connect(address, port, request_timeout_s=request_timeout_s)
         self.seed, self.pages, start_counter, _ = self.conn.ask("INFO")
+        self._retrans_at_start = self.conn.retransmitted()
+        self._retrans_at_close: int | None = None
         self.expected_counter = start_counter + 1
         self.samples: list[Sample] = []
         self.errors: list[str] = []        # wrong checksums, counter jumps, broken connection
@@ -106,6 +117,7 @@ class HeldClient:
         self._thread.join(self.request_timeout_s + RECONNECT_TIMEOUT_S + 5)
 
     def close(self) -> None:
+        self._retrans_at_close = self.retransmitted()
         self.conn.close()
 
     # ------------------------------------------------------------------ the loop
@@ -174,6 +186,17 @@ class HeldClient:
         if bad or (verify_bad_pages or 0) > 0 or self.reconnected:
             return "corrupt"
         return "survived"
+
+    def retransmitted(self) -> int | None:
+        """Segments the client's kernel sent again since the start (None after a reconnect)."""
+        if self.reconnected or self.new_seed is not None:
+            return None
+        if self._retrans_at_close is not None:
+            return self._retrans_at_close
+        try:
+            return self.conn.retransmitted() - self._retrans_at_start
+        except OSError:
+            return None
 
     def verify(self) -> int:
         """Ask the server to compare all its pages with the pattern (touches all memory)."""

@@ -52,7 +52,7 @@ def _f(value, fmt="{:.0f}") -> str:
 
 def table(results) -> Table:
     t = Table("WAN", "via", "MiB", "dirty\nMiB/s", "mode", "freeze\nms", "client\nwait ms", "wait -\nfreeze",
-              "total\nms", "moved\nMiB", "transfer\n/ tunnel", "faulted /\npushed", "req/s before\n/ bulk / lazy",
+              "client\nresends", "total\nms", "moved\nMiB", "transfer\n/ tunnel", "faulted /\npushed", "req/s before\n/ bulk / lazy",
               "state", box=None)
     for r in results:
         rep = r.report
@@ -60,12 +60,13 @@ def table(results) -> Table:
             continue            # markdown's and the CLI's outage section
         if not r.ok:
             t.add_row(r.wan_rate or "-", r.transport, str(r.memory_mib), f"{r.dirty_mibps:g}", r.mode,
-                      "[red]failed[/]", "", "", "", "", "", "", "", (r.error or "")[:60])
+                      "[red]failed[/]", "", "", "", "", "", "", "", "", (r.error or "")[:60])
             continue
         pages = f"{rep.get('faulted_pages', 0)} / {rep.get('pushed_pages', 0)}" if r.mode == "postcopy" else "-"
         state = {"survived": "[green]survived[/]", "lost": "[yellow]lost[/]"}.get(r.state, f"[red]{r.state}[/]")
         t.add_row(r.wan_rate or "-", r.transport, str(r.memory_mib), f"{r.dirty_mibps:g}", r.mode, _f(r.freeze_ms),
-                  _f(r.client_longest_wait_ms), _f(_wait_over_freeze(dataclasses.asdict(r))), _f(r.total_ms),
+                  _f(r.client_longest_wait_ms), _f(_wait_over_freeze(dataclasses.asdict(r))),
+                  _f(r.client_retransmits), _f(r.total_ms),
                   _f(r.bytes_moved / MIB, "{:.1f}"), _f(r.transfer_of_tunnel, "{:.2f}"), pages,
                   f"{_f(r.rate_before_rps)} / {_f(r.rate_bulk_rps)} / {_f(r.rate_lazy_rps)}", state)
     return t
@@ -103,13 +104,13 @@ def markdown(data: dict) -> str:
              f"{m['memory_gib']} GiB, kernel {m['kernel']}; medians of {cfg.get('repetitions', 1)} "
              "repetition(s).", "",
              "| WAN | via | MiB | dirty MiB/s | mode | freeze ms | client wait ms | wait - freeze ms "
-             "| total ms | moved MiB | transfer / tunnel | faulted / pushed | req/s before / bulk / lazy | state |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| client resends | total ms | moved MiB | transfer / tunnel | faulted / pushed | req/s before / bulk / lazy | state |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(groups, key=lambda k: (k[0] != "-", k[0], k[1], k[2], k[3], order.get(k[4], 9))):
         wan, via, mib, dirty, mode = key
         rows = [r for r in groups[key] if r["ok"]]
         if not rows:
-            lines.append(f"| {wan} | {via} | {mib} | {dirty:g} | {mode} | failed | | | | | | | | "
+            lines.append(f"| {wan} | {via} | {mib} | {dirty:g} | {mode} | failed | | | | | | | | | "
                          f"{(groups[key][0].get('error') or '')[:60]} |")
             continue
         rep = lambda name: _median(rows, lambda r: (r.get("report") or {}).get(name))   # noqa: E731
@@ -119,6 +120,7 @@ def markdown(data: dict) -> str:
             f"| {wan} | {via} | {mib} | {dirty:g} | {mode} | {_f(_median(rows, lambda r: r['freeze_ms']))} "
             f"| {_f(_median(rows, lambda r: r['client_longest_wait_ms']))} "
             f"| {_f(_median(rows, _wait_over_freeze))} "
+            f"| {_f(_median(rows, lambda r: r.get('client_retransmits')))} "
             f"| {_f(_median(rows, lambda r: r['total_ms']))} "
             f"| {_f(_median(rows, lambda r: r['bytes_moved'] / MIB), '{:.1f}')} "
             f"| {_f(_median(rows, lambda r: r.get('transfer_of_tunnel')), '{:.2f}')} | {pages} "

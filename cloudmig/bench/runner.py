@@ -100,6 +100,7 @@ class RunResult:
     total_ms: float | None = None
     client_longest_wait_ms: float | None = None
     client_longest_sent: float | None = None   # wall clock: when that request was sent
+    client_retransmits: int | None = None # segments the client's kernel sent again (TCP_INFO)
     rate_before_rps: float | None = None  # client's answered requests/s before the freeze
     rate_lazy_rps: float | None = None    # ... while memory was still arriving (post-copy)
     rate_bulk_rps: float | None = None    # ... while the tunnel carried a bulk transfer (before the move)
@@ -293,6 +294,7 @@ def _client_numbers(res: RunResult, held: bench_client.HeldClient) -> None:
     res.state = held.state(res.verify_bad_pages) if res.ok else "unknown"
     res.answers = len(held.samples)
     res.client_longest_wait_ms = held.longest_wait_s * 1000
+    res.client_retransmits = held.retransmitted()
     if held.samples:
         res.client_longest_sent = max(held.samples, key=lambda s: s.wait_s).sent
     res.freeze_ms, res.total_ms = rep.get("freeze_ms"), rep.get("total_ms")

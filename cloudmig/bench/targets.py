@@ -84,6 +84,11 @@ def _issue15(m, large: int, wan: str | None, tag: str) -> list[Check]:
         out.append(_limit(f"{mode} client's longest wait - freeze at {large} MiB <= "
                           f"{WAIT_OVER_FREEZE_MS_MAX} ms {tag}", m(mode, large, "wait_over_freeze_ms"),
                           WAIT_OVER_FREEZE_MS_MAX, inclusive=True))
+    resends = m("postcopy", large, "client_retransmits")
+    out.append(Check(f"post-copy client's connection: no retransmission at {large} MiB {tag}",
+                     None if resends is None else resends == 0,
+                     "skipped: runs missing from this sweep" if resends is None
+                     else f"{resends:g} segment(s) sent again (TCP_INFO, median)"))
     if not wan:
         out.append(_ratio(f"post-copy total / stop-and-copy total at {large} MiB <= {TOTAL_VS_STOPCOPY_MAX} {tag}",
                           m("postcopy", large, "total_ms"), m("stopcopy", large, "total_ms"),
