@@ -143,8 +143,6 @@ class _Recorder:
         if phase == ("switch", "end"):       # not earlier: the copy would delay the switch
             self._copy_logs(self.dst, "work-dst")
             self._list_images(self.dst)
-        if phase == ("lazy", "end"):         # the lazy-pages daemon's log, whole (every fault)
-            self._copy_logs(self.dst, "work-dst")
         if phase == ("cleanup", "start"):
             self._copy_logs(self.src, "work-src")
 
