@@ -66,7 +66,7 @@ BOOTSTRAP_STATUS_PATH = BootPaths.status
 USER_DATA_LIMIT_BYTES = 16 * 1024   # EC2 refuses larger user-data (before its base64 encoding)
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_.~+/=-]{16,512}$")
-_HEREDOC_RE = re.compile(rb"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
+_HEREDOC_RE = re.compile(rb"(?<!<)<<(?!<)-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")   # not <<< (a here-string)
 _KEY_RE = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+( [^\n]*)?$")
 
 

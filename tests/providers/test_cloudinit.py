@@ -46,6 +46,13 @@ def test_embeds_the_project_bootstrap_and_fits_ec2():
     assert doc["runcmd"] == [[cloudinit.FIRSTBOOT_PATH]]
 
 
+def test_comment_lines_go_here_documents_stay():
+    script = (b"#!/bin/sh\n# a comment\n\ncat <<'EOF'\n# kept: inside a here-document\nEOF\n"
+              b"tr a b <<< here-string\n  # gone: a here-string opens no here-document\necho done\n")
+    assert cloudinit.without_comments(script) == (
+        b"#!/bin/sh\ncat <<'EOF'\n# kept: inside a here-document\nEOF\ntr a b <<< here-string\necho done\n")
+
+
 def test_same_steps_for_machines_without_cloud_init():
     boot = cloudinit.build(TOKEN, KEY)
     by_path = {f.path: f for f in boot.files}
