@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -20,6 +21,7 @@ from redis_client import HeldClient
 from cloudmig.bench.sshd import Sshd
 
 PORT = 16380
+LAB_HOST_OF = {"s1": "h1", "s2": "h2"}      # the lab host each adopted host runs in
 KEYS = 50_000
 VALUE_BYTES = 1000
 REDIS = ["redis-server", "--port", "6379", "--protected-mode", "no", "--save", "", "--appendonly", "no",
@@ -99,6 +101,12 @@ def test_ssh_and_lab_hosts_migrate_both_ways(mixed, tmp_path):
             touched = ({reports[dst]["source"], dst} | forwarders) & set(sshds)
             opened = {name: _sessions(s) - before[name] for name, s in sshds.items()}
             assert opened == {name: int(name in touched) for name in sshds}, (dst, opened)
+            # the source's hold rules are gone once the migration returned (they go after the
+            # switch, off its path, in the source agent: on s1 and s2 an adopted one)
+            source_ns = f"{lab.lab_id}-{LAB_HOST_OF.get(reports[dst]['source'], reports[dst]['source'])}"
+            rules = subprocess.run(["ip", "netns", "exec", source_ns, "iptables", "-t", "mangle", "-S"],
+                                   capture_output=True, text=True, check=True).stdout
+            assert "cloudmig hold" not in rules, (dst, rules)
             answers = client.answers
             client.wait_answers(answers + 30)
             row = _row(lab, "db")
