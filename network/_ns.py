@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
 import re
 import subprocess
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -32,6 +34,21 @@ log = logging.getLogger(__name__)
 NETNS_DIR = Path("/run/netns")
 TOOL_TIMEOUT_S = 30  # nft, sysctl and nsenter finish in milliseconds; this only catches hangs
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+
+
+def one_at_a_time(lock: threading.RLock) -> Callable:
+    """Decorator: the function runs holding ``lock``. The changes of a module that reads a
+    table and then writes it take its lock: the agent runs migrations in threads, and two
+    migrations at once on one host (a plan's wave) would each find the tunnel untracked, or
+    the port free, and both add it."""
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def holding(*args, **kwargs):
+            with lock:
+                return fn(*args, **kwargs)
+        return holding
+    return wrap
+
 
 # What to tell the user for the errno a netlink request failed with.
 _ERRNO_HINTS = {

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import threading
 import re
 
 from cloudmig import errors
@@ -25,6 +26,7 @@ from cloudmig.network import _ns, replies
 __all__ = ["Pin", "Connection", "pin", "unpin", "connections_of"]
 
 log = logging.getLogger(__name__)
+_changes = threading.RLock()        # see _ns.one_at_a_time
 
 _COMMENT = "pin svc={service}"
 CONNTRACK = "/proc/net/nf_conntrack"
@@ -47,6 +49,7 @@ class Connection:
     via_tunnel: str | None      # the tracked tunnel it came through; None: this host's own
 
 
+@_ns.one_at_a_time(_changes)
 def pin(netns: str | None, service_ip: str, connections: list[Pin]) -> int:
     """Send replies of each connection into its tunnel (tracking the tunnel if needed)."""
     service = str(ipaddress.IPv4Address(service_ip))
@@ -69,6 +72,7 @@ def pin(netns: str | None, service_ip: str, connections: list[Pin]) -> int:
     return len(lines)
 
 
+@_ns.one_at_a_time(_changes)
 def unpin(netns: str | None, service_ip: str) -> int:
     service = str(ipaddress.IPv4Address(service_ip))
     if not _ns.exists(netns) or not _ns.nft_table_exists(netns, replies.FAMILY, replies.TABLE):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import threading
 
 from cloudmig import errors
 from cloudmig.network import _ns
@@ -25,6 +26,7 @@ from cloudmig.network import _ns
 __all__ = ["TABLE", "Forward", "publish", "list_forwards", "unpublish", "remove_all"]
 
 log = logging.getLogger(__name__)
+_changes = threading.RLock()        # see _ns.one_at_a_time
 
 FAMILY, TABLE = "ip", "cloudmig"
 CHAINS = {"prerouting": ("prerouting", "dstnat"), "output": ("output", -100)}
@@ -99,6 +101,7 @@ def _check(public_ip: str, host_port: int, service_ip: str, container_port: int,
                                   hint="Use the container's name (no quotes, at most 100 characters).")
 
 
+@_ns.one_at_a_time(_changes)
 def publish(netns: str | None, public_ip: str, host_port: int, service_ip: str,
             container_port: int, proto: str = "tcp", *, owner: str) -> Forward:
     """DNAT PUBLIC_IP:HOST_PORT to SERVICE_IP:CONTAINER_PORT (idempotent for the same target)."""
@@ -124,6 +127,7 @@ def publish(netns: str | None, public_ip: str, host_port: int, service_ip: str,
     return wanted
 
 
+@_ns.one_at_a_time(_changes)
 def unpublish(netns: str | None, *, owner: str | None = None, host_port: int | None = None,
               proto: str | None = None) -> list[Forward]:
     """Remove the forwards matching every given filter; returns what was removed."""
@@ -144,6 +148,7 @@ def unpublish(netns: str | None, *, owner: str | None = None, host_port: int | N
     return removed
 
 
+@_ns.one_at_a_time(_changes)
 def remove_all(netns: str | None) -> bool:
     """Delete the whole ``ip cloudmig`` table (False if there was none)."""
     if not _table_exists(netns):

@@ -36,6 +36,7 @@ import dataclasses
 import hashlib
 import logging
 import re
+import threading
 
 from cloudmig import errors
 from cloudmig.network import _ns, addressing
@@ -44,6 +45,7 @@ __all__ = ["TABLE", "MARK_MASK", "MARK_SHIFT", "DIRECT_ID", "REPLY_TABLE_BASE", 
            "TrackedTunnel", "mark_of", "track_tunnel", "untrack_tunnel", "list_tracked", "remove_all"]
 
 log = logging.getLogger(__name__)
+_changes = threading.RLock()        # see _ns.one_at_a_time
 
 FAMILY, TABLE, CHAIN = "ip", "cloudmig_replies", "prerouting"
 MARK_SHIFT = 16
@@ -155,6 +157,7 @@ def _check_ifname(ifname: str) -> None:
                                   hint="Pass the tunnel's name, e.g. wireguard.interface_name(local, peer).")
 
 
+@_ns.one_at_a_time(_changes)
 def track_tunnel(netns: str | None, tunnel_ifname: str) -> int:
     """Answer connections arriving through ``tunnel_ifname`` through it; returns its mark id.
 
@@ -194,6 +197,7 @@ def _flush_table(ipr, table: int) -> bool:
     return bool(routes)
 
 
+@_ns.one_at_a_time(_changes)
 def untrack_tunnel(netns: str | None, tunnel_ifname: str) -> bool:
     """Undo ``track_tunnel`` (False if it was not tracked); the last one removes the table."""
     _check_ifname(tunnel_ifname)
@@ -217,6 +221,7 @@ def untrack_tunnel(netns: str | None, tunnel_ifname: str) -> bool:
     return removed
 
 
+@_ns.one_at_a_time(_changes)
 def remove_all(netns: str | None) -> bool:
     """Remove the table, every fwmark rule of ours and their routes (False if none was there)."""
     removed = False

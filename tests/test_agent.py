@@ -74,3 +74,21 @@ def test_wire_format_roundtrip():
     req = protocol.Request(id=3, op="ping", args={"a": 1}, token="t")
     back = protocol.decode_request(protocol.encode(req.to_wire()))
     assert back == req
+
+
+def test_state_files_keep_every_concurrent_change(tmp_path):
+    """The agent's record of the routes it sends into tunnels is changed by each migration
+    leaving its host; a plan's wave runs several at once in the agent's threads. Every change
+    lands, and none fails (a shared temporary file made one writer's rename fail)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from cloudmig.agent.netops import _read_json, _set_in_json
+    path = tmp_path / "tunnel-routes.json"
+
+    def writer(k: int) -> None:
+        for i in range(200):
+            _set_in_json(path, f"100.96.0.{k}", f"cm{k}-{i}")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(writer, range(4)))          # re-raises a writer's error
+    assert _read_json(path) == {f"100.96.0.{k}": f"cm{k}-199" for k in range(4)}
+    assert [p.name for p in tmp_path.iterdir()] == ["tunnel-routes.json"]

@@ -271,7 +271,7 @@ def test_each_on_failure_policy(lab2, tmp_path):
     assert row["state"] == "failed"
     kinds = sorted((r["container"], r["kind"], r["ok"]) for r in row["migrations"])
     assert kinds == [("a", "back", True), ("a", "move", True), ("b", "back", True), ("b", "move", True),
-                     ("d", "move", False)], row       # the row says why a move failed
+                     ("d", "move", False)], [(r["container"], r["kind"], r["error"]) for r in row["migrations"]]
     where = hosts_of(lab2)
     assert (where["a"], where["b"], where["d"]) == ("h2", "h2", "h2")     # moved back where they were
 

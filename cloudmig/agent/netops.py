@@ -33,18 +33,24 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
+_state_files = threading.Lock()
+
+
 def _set_in_json(path: Path, key: str, value) -> None:
-    """``path``'s JSON object with ``key`` set to ``value`` (removed for None), written whole."""
-    data = _read_json(path)
-    if value is None:
-        if data.pop(key, None) is None:
-            return
-    else:
-        data[key] = value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    """``path``'s JSON object with ``key`` set to ``value`` (removed for None), written whole.
+    Migrations run in threads of one agent: two of them changing one file at once each keep
+    their change (a read-modify-write under a lock, through a temporary file of its own)."""
+    with _state_files:
+        data = _read_json(path)
+        if value is None:
+            if data.pop(key, None) is None:
+                return
+        else:
+            data[key] = value
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
 
 
 class NetOps:

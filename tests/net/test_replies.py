@@ -21,7 +21,7 @@ import time
 
 from pyroute2 import IPRoute
 
-from cloudmig.network import addressing, proxy, replies, routing, wireguard
+from cloudmig.network import addressing, pins, proxy, replies, routing, wireguard
 
 from netlab import clean_up_through_library
 
@@ -222,3 +222,44 @@ def test_connections_established_before_the_move_continue(lab):
     assert replies.remove_all(d.netns) and not replies.remove_all(d.netns)
     assert routing.remove_return_via(d.netns, service)
     assert "cloudmig_replies" not in nft_tables(d.netns)
+
+
+def _nft_rules(netns: str) -> list[dict]:
+    out = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "nft", "-j", "list", "table",
+                          replies.FAMILY, replies.TABLE], capture_output=True, text=True, check=True).stdout
+    return [dict(i["rule"], comment=i["rule"].get("comment", "")) for i in json.loads(out)["nftables"] if "rule" in i]
+
+
+def test_concurrent_changes_on_one_host_all_land(lab):
+    """Two migrations at once on one host (a plan's wave) each track the tunnel they arrive
+    through, publish their ports and pin their clients: every call succeeds and the host ends
+    with one set of each, as if they had run one after the other."""
+    d = lab.hosts["b"]
+    _, tun = lab.tunnel_pair("a", "b")
+    service = str(addressing.service_ip(set()))
+    n = 8
+
+    def one(i: int) -> int:
+        proxy.publish(d.netns, d.public_ip, PUBLIC_PORT + i, service, SERVICE_PORT, owner=f"c{i}")
+        pins.pin(d.netns, service, [pins.Pin(tunnel_ifname=tun.ifname, client_ip="198.51.100.7",
+                                             client_port=40000 + i, service_port=SERVICE_PORT)])
+        return replies.track_tunnel(d.netns, tun.ifname)
+
+    for _ in range(3):
+        with concurrent.futures.ThreadPoolExecutor(n) as pool:
+            ids = set(pool.map(one, range(n)))
+        assert len(ids) == 1 and [t.ifname for t in replies.list_tracked(d.netns)] == [tun.ifname]
+        chain = [r for r in _nft_rules(d.netns) if "tunnel=" in r.get("comment", "")]
+        assert len(chain) == 2, chain                  # its ingress and reply rules, once
+        [mark_id] = ids
+        with IPRoute(netns=d.netns, flags=0) as ipr:
+            rules = [r for r in ipr.get_rules(family=2) if r.get("fwmark") == replies.mark_of(mark_id)]
+        assert len(rules) == 1, rules
+        assert sorted(f.host_port for f in proxy.list_forwards(d.netns)) == [PUBLIC_PORT + i for i in range(n)]
+        with concurrent.futures.ThreadPoolExecutor(n) as pool:
+            list(pool.map(lambda i: proxy.unpublish(d.netns, owner=f"c{i}"), range(n)))
+        assert proxy.list_forwards(d.netns) == []
+        assert pins.unpin(d.netns, service) == n
+        assert replies.untrack_tunnel(d.netns, tun.ifname)     # the next round tracks it afresh
+        assert replies.list_tracked(d.netns) == []
+    assert clean_up_through_library(lab) == []
