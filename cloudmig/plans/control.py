@@ -28,6 +28,7 @@ DEFAULT_TUNNEL_MIBPS = 80.0       # docs/benchmarks.md: 1 GiB post-copy unshaped
 PROBE_S = 1.0                     # the dry run's throughput probe, per host pair: at most this
 PROBE_MAX_BYTES = 256 << 20       # long, and at most this much
 TERMINAL = ("done", "partial", "failed", "aborted")
+STATUS_POLL_S = 0.1                # the controller looks at its plan's workflow (and redraws) this often
 
 
 def validate_text(plan: model.Plan, where: model.Located) -> resolve.Resolved:
@@ -165,7 +166,7 @@ def run(name: str, on_progress: Callable[[], None] | None = None, new_attempt: b
                 on_progress()
             if status in ("SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"):
                 break
-            time.sleep(0.3)
+            time.sleep(STATUS_POLL_S)
         if status != "SUCCESS":
             try:
                 handle.get_result()
@@ -202,7 +203,7 @@ def join(name: str, on_progress: Callable[[], None] | None = None) -> str:
                 on_progress()
             if row["state"] in TERMINAL:
                 return row["state"]
-            time.sleep(0.3)
+            time.sleep(STATUS_POLL_S)
     finally:
         workflows.shutdown()
 

@@ -42,8 +42,8 @@ from cloudmig.plans.resolve import Resolved, Step
 log = logging.getLogger(__name__)
 
 APP_VERSION = "cloudmig-plans-1"     # fixed: recovery needs the same version across processes
-QUEUE_POLL_S = 0.2
-RESULT_POLL_S = 0.1               # a parent waiting for its child (DBOS polls: 1 s by default)
+QUEUE_POLL_S = 0.1               # a plan waits this long at most at each of its three queues
+RESULT_POLL_S = 0.1              # a parent waiting for its child (DBOS polls: 1 s by default)
 UNLIMITED = 10_000                   # a partitioned queue needs some partition limit
 DRAIN_POLL_S = 0.5                   # how often a drain asks the old host for connections
 HOOK_TIMEOUT_S = 120.0               # a cut-over hook (a DNS update) ends within this
