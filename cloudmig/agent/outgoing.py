@@ -141,7 +141,8 @@ class Outgoing(Side):
     def send_images(self, address: str, port: int, token: str) -> Sent:
         self.expect("send_images", State.FROZEN)
         self.net.ensure_tunnels()
-        return Sent(bytes=transfer.send_files(self.images, address, port, token))
+        # a lazy dump's images are small and compress well; a full dump's pages go as they are
+        return Sent(bytes=transfer.send_files(self.images, address, port, token, compress=self.mode.lazy))
 
     # ------------------------------------------------------------------ after the resume
     def switch_over(self, service_ip: str, tunnel_ifname: str) -> int:
