@@ -17,8 +17,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
-import threading
 import re
+import threading
 
 from cloudmig import errors
 from cloudmig.network import _ns, replies

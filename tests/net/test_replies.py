@@ -21,7 +21,7 @@ import time
 
 from pyroute2 import IPRoute
 
-from cloudmig.network import addressing, pins, proxy, replies, routing, wireguard
+from cloudmig.network import _ns, addressing, pins, proxy, replies, routing, wireguard
 
 from netlab import clean_up_through_library
 
@@ -224,12 +224,6 @@ def test_connections_established_before_the_move_continue(lab):
     assert "cloudmig_replies" not in nft_tables(d.netns)
 
 
-def _nft_rules(netns: str) -> list[dict]:
-    out = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "nft", "-j", "list", "table",
-                          replies.FAMILY, replies.TABLE], capture_output=True, text=True, check=True).stdout
-    return [dict(i["rule"], comment=i["rule"].get("comment", "")) for i in json.loads(out)["nftables"] if "rule" in i]
-
-
 def test_concurrent_changes_on_one_host_all_land(lab):
     """Two migrations at once on one host (a plan's wave) each track the tunnel they arrive
     through, publish their ports and pin their clients: every call succeeds and the host ends
@@ -249,7 +243,7 @@ def test_concurrent_changes_on_one_host_all_land(lab):
         with concurrent.futures.ThreadPoolExecutor(n) as pool:
             ids = set(pool.map(one, range(n)))
         assert len(ids) == 1 and [t.ifname for t in replies.list_tracked(d.netns)] == [tun.ifname]
-        chain = [r for r in _nft_rules(d.netns) if "tunnel=" in r.get("comment", "")]
+        chain = [r for r in _ns.nft_rules(d.netns, replies.FAMILY, replies.TABLE) if "tunnel=" in r.get("comment", "")]
         assert len(chain) == 2, chain                  # its ingress and reply rules, once
         [mark_id] = ids
         with IPRoute(netns=d.netns, flags=0) as ipr:
