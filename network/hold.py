@@ -10,8 +10,7 @@ TCP's retransmission (200 ms at least, doubling). iptables' NFQUEUE target (this
 it; ``nft queue`` and the ``plug`` qdisc it has not) queues the packets in the mangle table's
 PREROUTING, before DNAT and routing, so that a packet let go after the switch is routed like
 a new one: into the tunnel. The queue is read over a NETLINK_NETFILTER socket of our own
-(nfnetlink_queue's binary protocol, a few messages): pyroute2 has no public nf-queue API yet,
-and python's NetfilterQueue needs a C library built on every host.
+(network/_nfqueue.py).
 
 Failing open: the rules carry ``--queue-bypass`` (no reader: packets pass) and the queue
 ``FAIL_OPEN`` (full: packets pass); if the holder dies, the kernel drops what it held (the
@@ -22,52 +21,21 @@ removes the rules a dead holder left.
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 import socket
-import struct
 import subprocess
 import threading
-import zlib
 
 from cloudmig import errors
-from cloudmig.network import _nfnetlink as nfnetlink, _ns
-from cloudmig.network._nfnetlink import NETLINK_NETFILTER, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR
+from cloudmig.network import _nfqueue as nfqueue, _ns
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Hold", "release_orphans"]
 
-NFNL_SUBSYS_QUEUE = 3
-NFQNL_MSG_PACKET, NFQNL_MSG_CONFIG, NFQNL_MSG_VERDICT_BATCH = 0, 2, 3
-NFQA_PACKET_HDR = 1
-NFQA_VERDICT_HDR = 2
-NFQA_CFG_CMD, NFQA_CFG_PARAMS, NFQA_CFG_QUEUE_MAXLEN, NFQA_CFG_MASK, NFQA_CFG_FLAGS = 1, 2, 3, 4, 5
-NFQNL_CFG_CMD_BIND = 1
-NFQNL_COPY_META = 1
-NFQA_CFG_F_FAIL_OPEN = 1
-NF_ACCEPT = 1
-
 QUEUE_MAXLEN = 8192            # packets held at most; more pass (fail open)
-QUEUE_NUM_BASE = 20000         # queue numbers cloudmig tries, from here
-QUEUE_NUM_TRIES = 64
-RCVBUF_BYTES = 4 << 20
 READER_POLL_S = 0.05           # the reader looks whether it should stop this often
 COMMENT = "cloudmig hold {name}"
-
-
-def _message(msg: int, queue: int, attrs: bytes, flags: int = NLM_F_REQUEST | NLM_F_ACK) -> bytes:
-    """A message of the queue subsystem about queue number ``queue``."""
-    return nfnetlink.message((NFNL_SUBSYS_QUEUE << 8) | msg, socket.AF_UNSPEC, queue, attrs, flags)
-
-
-def _attrs(data: bytes):
-    while len(data) >= 4:
-        length, kind = struct.unpack_from("HH", data)
-        if length < 4:
-            return
-        yield kind & 0x7FFF, data[4:length]
-        data = data[(length + 3) & ~3:]
 
 
 def _iptables(action: str, rule: list[str]) -> subprocess.CompletedProcess:
@@ -106,19 +74,7 @@ class Hold:
         network namespace; except those coming in on ``not_from``: the tunnel from the
         destination, whose own forwarded packets must not be sent back to it (it made their
         NAT, and a packet coming back would meet its own conntrack entry)."""
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
-            sock.bind((0, 0))
-            queue = _bind_free_queue(sock, name)
-            flags = struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)
-            _request(sock, _message(NFQNL_MSG_CONFIG, queue,
-                                    nfnetlink.attr(NFQA_CFG_PARAMS, struct.pack("!IB", 0, NFQNL_COPY_META))
-                                    + nfnetlink.attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", QUEUE_MAXLEN))
-                                    + nfnetlink.attr(NFQA_CFG_FLAGS, flags) + nfnetlink.attr(NFQA_CFG_MASK, flags)))
-        except BaseException:
-            sock.close()
-            raise
+        sock, queue = nfqueue.open_queue(name, QUEUE_MAXLEN)
         target = ["-m", "comment", "--comment", COMMENT.format(name=name),
                   "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"]
         rules = [["-d", f"{service_ip}/32", *(["!", "-i", not_from] if not_from else []), *target]]
@@ -141,21 +97,15 @@ class Hold:
                 continue
             except OSError:
                 return
-            while len(data) >= 16:
-                length, kind = struct.unpack_from("IH", data)
-                if kind == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET:
-                    for attr, payload in _attrs(data[20:length]):
-                        if attr == NFQA_PACKET_HDR:
-                            self._last_id = max(self._last_id, struct.unpack_from("!I", payload)[0])
-                            self.held += 1
-                            if self._passing:   # after the release (see release)
-                                self._accept_all()
-                data = data[(length + 3) & ~3:]
+            for packet_id in nfqueue.packet_ids(data):
+                self._last_id = max(self._last_id, packet_id)
+                self.held += 1
+                if self._passing:       # after the release (see release)
+                    self._accept_all()
 
     def _accept_all(self) -> None:
         if self._last_id:
-            verdict = nfnetlink.attr(NFQA_VERDICT_HDR, struct.pack("!II", NF_ACCEPT, self._last_id))
-            self._sock.send(_message(NFQNL_MSG_VERDICT_BATCH, self.queue, verdict, flags=NLM_F_REQUEST))
+            nfqueue.accept_upto(self._sock, self.queue, self._last_id)
 
     def release(self) -> int:
         """Let every held packet go on (routed as it is now), stop holding. Returns how many
@@ -193,33 +143,6 @@ class Hold:
             self._stop.set()
             self._reader.join()
             self._sock.close()
-
-
-def _bind_free_queue(sock: socket.socket, name: str) -> int:
-    start = QUEUE_NUM_BASE + zlib.crc32(name.encode()) % 10000
-    for queue in range(start, start + QUEUE_NUM_TRIES):
-        cmd = nfnetlink.attr(NFQA_CFG_CMD, struct.pack("!BxH", NFQNL_CFG_CMD_BIND, socket.AF_INET))
-        try:
-            _request(sock, _message(NFQNL_MSG_CONFIG, queue, cmd))
-            return queue
-        except OSError as exc:
-            if exc.errno != 16:        # EBUSY: another holder has that queue
-                raise errors.NetworkError(f"Cannot open a netfilter queue: {exc.strerror}.",
-                                          hint="Run `cloudmig doctor` on the source host.") from exc
-    raise errors.NetworkError(f"No free netfilter queue for {name} (tried {QUEUE_NUM_TRIES}).")
-
-
-def _request(sock: socket.socket, message: bytes) -> None:
-    """Send a config message and read its acknowledgement (an error raises OSError)."""
-    sock.send(message)
-    while True:
-        data = sock.recv(1 << 16)
-        length, kind = struct.unpack_from("IH", data)
-        if kind == NLMSG_ERROR:
-            code = struct.unpack_from("i", data, 16)[0]
-            if code:
-                raise OSError(-code, "netfilter queue: " + os.strerror(-code))
-            return
 
 
 def release_orphans(name: str) -> int:
