@@ -2,8 +2,11 @@
 
     env = lab.process_env(state_dir, "bn")      # start the process that works on the lab with it
     ...                                         # and in that process:
-    with lab.own_lab(state_dir, "bn", hosts=2, wan_rate="500mbit") as addresses:
+    with lab.own_lab(state_dir, "bn", hosts=2, wan="100mbit+50ms") as addresses:
         addresses["h1"]        # public address, reachable from this (root) namespace
+
+A WAN (``parse_wan``) is a rate the lab's links are shaped to (tc tbf), a round trip added
+between the hosts (bench/delay.py), or both; none: the links as fast as this machine.
 
 cloudmig's own modules (inventory, providers, migration engine) find their lab through
 ``CLOUDMIG_STATE_DIR`` and ``CLOUDMIG_LAB_ID``. The bench never changes its own process's
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from cloudmig import errors, paths, signals
+from cloudmig.bench.delay import MAX_ONE_WAY_MS, DelayLine
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +50,48 @@ def _check_process(state_dir: Path, lab_id: str) -> None:
             hint="Start the process with env=bench.lab.process_env(state_dir, lab_id), as runner.sweep does.")
 
 
+def parse_wan(text: str | None) -> tuple[int | None, float]:
+    """A bench WAN -> (rate in bits/s or None, round trip in ms or 0): ``500mbit``,
+    ``50ms``, ``100mbit+50ms``; None, ``none`` or ``unshaped``: neither."""
+    from cloudmig.providers.lab.topology import parse_rate
+
+    rate, rtt = None, 0.0
+    for part in filter(None, (p.strip().lower() for p in (text or "").split("+"))):
+        if part in ("none", "unshaped"):
+            continue
+        if part.endswith("ms") and part[:-2].replace(".", "", 1).isdigit():
+            rtt = float(part[:-2])
+            if not 0 < rtt <= 2 * MAX_ONE_WAY_MS:
+                raise errors.ConfigError(f"WAN {text!r}: a round trip must be 0-{2 * MAX_ONE_WAY_MS} ms.")
+        else:
+            try:
+                rate = parse_rate(part)
+            except errors.ConfigError:
+                raise errors.ConfigError(f"WAN {text!r}: {part!r} is neither a rate (500mbit) nor a round "
+                                         "trip (50ms).", hint="e.g. --wan-rates none,500mbit,100mbit+50ms") from None
+    return rate, rtt
+
+
 @contextlib.contextmanager
-def own_lab(state_dir: Path, lab_id: str, *, hosts: int = 2, wan_rate: str | None = None,
+def own_lab(state_dir: Path, lab_id: str, *, hosts: int = 2, wan: str | None = None,
             progress=lambda line: None) -> Iterator[dict[str, str]]:
     from cloudmig.control import hosts as control_hosts
     from cloudmig.providers.lab import LabProvider
-    from cloudmig.providers.lab.topology import parse_rate
+    from cloudmig.providers.lab.topology import Topology
 
-    rate_bps = parse_rate(wan_rate) if wan_rate else None
+    rate_bps, rtt_ms = parse_wan(wan)
     _check_process(state_dir, lab_id)
-    with signals.sigterm_interrupts():
+    with signals.sigterm_interrupts(), contextlib.ExitStack() as delays:
         provider = LabProvider()
         try:
             records = provider.up(hosts=hosts, rate_bps=rate_bps, progress=progress)
+            if rtt_ms:
+                progress(f"a {rtt_ms:g} ms round trip between the hosts (a delay line in each)")
+                for r in records:
+                    delays.enter_context(DelayLine(Topology.current().host_netns(r.name), rtt_ms / 2))
             yield {r.name: r.public_address for r in records}
         finally:
+            delays.close()
             log.info("removing the bench lab %s", lab_id)
             # a second Ctrl-C must not stop the clean-up half way
             old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -84,7 +84,7 @@ class RunResult:
     mode: str
     memory_mib: int
     dirty_mibps: float
-    wan_rate: str | None
+    wan_rate: str | None             # the WAN: a rate, a round trip or both (bench.lab.parse_wan)
     rep: int
     transport: str = "lab"           # how the controller reached the hosts: lab (unix) or ssh
     outage_s: float = 0.0            # the WAN cut this long as the lazy transfer began
@@ -251,9 +251,8 @@ TUNNEL_PROBE_MAX = 512 << 20
 
 def tunnel_throughput(src: str, dst: str, wan_rate: str | None) -> float:
     """MiB/s through the src-dst tunnel, measured with a bulk transfer from agent to agent."""
-    from cloudmig.providers.lab.topology import parse_rate
-    nbytes = TUNNEL_PROBE_MAX if wan_rate is None else min(TUNNEL_PROBE_MAX,
-                                                           parse_rate(wan_rate) // 8 * TUNNEL_PROBE_S)
+    rate_bps, _ = lab.parse_wan(wan_rate)
+    nbytes = TUNNEL_PROBE_MAX if rate_bps is None else min(TUNNEL_PROBE_MAX, rate_bps // 8 * TUNNEL_PROBE_S)
     with Session(Inventory()) as session:
         session.tunnel(src, dst)
         return tunnels.throughput(session, src, dst, nbytes)
@@ -419,10 +418,10 @@ def _sweep_in_lab(cfg: Config, progress: Callable[[str], None],
     """The sweep itself, in a process whose environment names the bench's lab."""
     index = 0
     for wan_rate in cfg.wan_rates:
-        # the lab shapes its links at creation: one lab per WAN rate
+        # the lab shapes its links at creation: one lab per WAN
         progress(f"lab {cfg.lab_id} up (WAN {wan_rate or 'unshaped'})")
         with contextlib.ExitStack() as stack:
-            addresses = stack.enter_context(lab.own_lab(cfg.state_dir, cfg.lab_id, hosts=2, wan_rate=wan_rate,
+            addresses = stack.enter_context(lab.own_lab(cfg.state_dir, cfg.lab_id, hosts=2, wan=wan_rate,
                                                         progress=lambda line: progress("  " + line)))
             src, dst = TRANSPORT_HOSTS["lab"]
             mibps = tunnel_throughput(src, dst, wan_rate)

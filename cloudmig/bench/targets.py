@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 
-from cloudmig.providers.lab.topology import parse_rate
+from cloudmig.bench.lab import parse_wan
 
 FLAT_RATIO_MAX = 1.5          # post-copy freeze, large / small
 STOPCOPY_SPEEDUP_MIN = 10     # stop-and-copy freeze / post-copy freeze at the large size
@@ -67,8 +67,8 @@ def check(results) -> list[Check]:
                               f"{SSH_FREEZE_RATIO_MAX} {tag}",
                               _median(results, "postcopy", large, dirty, wan, "freeze_ms", "ssh"),
                               m("postcopy", large), SSH_FREEZE_RATIO_MAX, below=True))
-        if wan:
-            rate_bps = parse_rate(wan)
+        rate_bps, _ = parse_wan(wan)
+        if rate_bps:
             ideal_ms = large * 2**20 * 8 / rate_bps * 1000
             for bound in (TOTAL_RATIO_MAX, TOTAL_RATIO_MAX_15):
                 out.append(_ratio(f"post-copy total at {large} MiB / (memory / WAN rate = {ideal_ms:.0f} ms) "

@@ -52,15 +52,12 @@ def _modes(text: str) -> list[str]:
 
 
 def _wan(text: str) -> list[str | None]:
-    from cloudmig.providers.lab.topology import parse_rate
-    rates: list[str | None] = []
+    from cloudmig.bench.lab import parse_wan
+    wans: list[str | None] = []
     for v in filter(None, (w.strip() for w in text.split(","))):
-        if v in ("none", "unshaped"):
-            rates.append(None)
-        else:
-            parse_rate(v)          # refuses a malformed rate before any lab exists
-            rates.append(v)
-    return rates or [None]
+        # refuses a malformed WAN before any lab exists
+        wans.append(v if parse_wan(v) != (None, 0.0) else None)
+    return wans or [None]
 
 
 def _outages(text: str) -> list[float]:
@@ -88,7 +85,8 @@ def bench(sizes: str = typer.Option("64,256,1024", "--sizes", help=f"Memory size
                                          help=f"MiB/s the workload rewrites: idle (0), busy ({BUSY_MIBPS}) or numbers, comma-separated."),
           modes: str = typer.Option("postcopy,stopcopy,cold", "--modes", help="Modes to compare."),
           wan_rates: str = typer.Option("none", "--wan-rates",
-                                        help="WAN rates, e.g. none,500mbit (one lab per rate)."),
+                                        help="WANs, comma-separated, one lab each: none, a rate (500mbit), "
+                                             "a round trip between the hosts (50ms) or both (100mbit+50ms)."),
           transports: str = typer.Option("lab", "--transports",
                                          help="How the controller reaches the hosts: lab (their unix sockets), "
                                               "ssh (adopted over SSH inside them), or both: lab,ssh."),
