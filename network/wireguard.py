@@ -11,8 +11,9 @@
     wireguard.down(name, "h1", key_file)                        # no link, socket, process or key left
 
 ``up`` routes each peer's allowed IPs (except /0 defaults) through the interface in the main
-table; later ``add_allowed_ip`` calls change only WireGuard's cryptokey table, and routing
-decisions for service IPs are made by ``cloudmig.network.routing``.
+table, with a larger initial TCP window than Linux's ten segments (``INITIAL_WINDOW``); later
+``add_allowed_ip`` calls change only WireGuard's cryptokey table, and routing decisions for
+service IPs are made by ``cloudmig.network.routing``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ __all__ = ["Peer", "PeerStatus", "TunnelStatus", "HANDSHAKE_TIMEOUT_S", "backend
            "add_allowed_ip", "remove_allowed_ip", "warm"]
 
 log = logging.getLogger(__name__)
+
+# Segments a TCP connection between two tunnel ends may send in its first round trip, and
+# may be offered by the receiver (the routes' initcwnd and initrwnd). The freeze sends CRIU's
+# images (~300 KiB compressed) on a new connection: with Linux's 10 segments it took 5 round
+# trips of slow start, 350 ms of a 609 ms freeze with a 50 ms round trip (docs/benchmarks.md,
+# "A WAN's round trip"); 256 segments (~350 KiB) fit them in one. The tunnel carries only
+# cloudmig's own connections and the services' forwarded packets (not started here).
+INITIAL_WINDOW = 256
 
 KERNEL, WIREGUARD_GO = "kernel", "wireguard-go"
 KERNEL_MODULE_DIR = Path("/sys/module/wireguard")    # there when the module is loaded
@@ -178,7 +187,8 @@ def up(name: str, netns: str | None, private_key_file: Path, listen_port: int,
             for cidr in {c for p in peers for c in p.allowed_ips}:
                 net = ipaddress.ip_network(cidr, strict=False)
                 if net.prefixlen and net.version == 4:
-                    ipr.route("replace", dst=str(net), oif=index)
+                    ipr.route("replace", dst=str(net), oif=index,
+                              metrics={"initcwnd": INITIAL_WINDOW, "initrwnd": INITIAL_WINDOW})
     except BaseException:
         _teardown(name, netns)
         raise

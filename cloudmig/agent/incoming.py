@@ -87,7 +87,9 @@ class Incoming(Side):
         """A receiver for the writable layer ("upper") or CRIU's images ("images")."""
         self.expect(f"receive {what}", State.PREPARED, State.ARMED)
         dest = {"upper": self.runtime.bundle(self.name).upper, "images": self.images}[what]
-        rx = transfer.Receiver.start(dest, bind_address)
+        # a lazy dump's images are small, and come inside the freeze
+        small = what == "images" and self.mode.lazy
+        rx = transfer.Receiver.start(dest, bind_address, rcvbuf=transfer.FREEZE_RCVBUF_BYTES if small else None)
         self.receivers[what] = rx
         return Receiver(port=rx.port, token=rx.token)
 

@@ -42,6 +42,13 @@ TAR_FLAGS = ["--xattrs", "--xattrs-include=*", "--numeric-owner", "--sparse"]
 # cross the link inside the freeze; zstd at level 1 makes them 4.2x smaller for ~2 ms of CPU
 # here and ~1 ms to unpack (docs/benchmarks.md).
 ZSTD_LEVEL = 1
+# The receive buffer of a lazy dump's images (``Receiver.start(..., rcvbuf=...)``), which
+# cross the link inside the freeze. Linux offers a new connection a first window of about
+# half its default 128 KiB buffer: ~300 KiB took round trips more than the tunnel's initial
+# window (network/wireguard.py) needs. A fixed buffer no longer grows: fine for a small
+# transfer, not for a full dump's images or a writable layer, which keep the default.
+FREEZE_RCVBUF_BYTES = 4 << 20
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -70,10 +77,18 @@ class Receiver:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     @classmethod
-    def start(cls, dest: Path, bind_address: str) -> "Receiver":
+    def start(cls, dest: Path, bind_address: str, rcvbuf: int | None = None) -> "Receiver":
+        """Listen on ``bind_address``; ``rcvbuf``: a fixed receive buffer, set before the
+        connection comes, so that its first window is as large (small transfers inside the
+        freeze, FREEZE_RCVBUF_BYTES)."""
         dest.mkdir(parents=True, exist_ok=True)
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if rcvbuf:
+            try:       # beyond net.core.rmem_max (212 KiB on a stock Debian) as root
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         try:
             sock.bind((bind_address, 0))
         except OSError as exc:

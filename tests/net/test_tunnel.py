@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import socket
+import struct
+
 import pytest
 
 from cloudmig import errors
 from cloudmig.network import keys, proxy, routing, wireguard
 
-from netlab import Tunnel, leftovers
+from netlab import Tunnel, leftovers, netns_socket
+
+TCPI_SND_CWND = 80        # offset of tcpi_snd_cwnd in struct tcp_info (linux/tcp.h)
 
 
 def test_up_warm_status_down(lab):
@@ -20,6 +25,15 @@ def test_up_warm_status_down(lab):
     assert peer.allowed_ips == (f"{tb.overlay_ip}/32",)
     assert peer.latest_handshake > 0 and peer.tx_bytes > 0 and peer.rx_bytes > 0
     assert "private" not in repr(st).lower()
+
+    # a new TCP connection through the tunnel starts with the tunnel's initial window, not
+    # Linux's 10 segments (a freeze's images cross in one round trip, not five)
+    with netns_socket(tb.netns) as server, netns_socket(ta.netns) as client:
+        server.bind((tb.overlay_ip, 0))
+        server.listen(1)
+        client.connect((tb.overlay_ip, server.getsockname()[1]))
+        info = client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        assert struct.unpack_from("I", info, TCPI_SND_CWND)[0] == wireguard.INITIAL_WINDOW
 
     wireguard.add_allowed_ip(ta.ifname, ta.netns, tb.public_key, "100.96.0.7/32")
     wireguard.add_allowed_ip(ta.ifname, ta.netns, tb.public_key, "100.96.0.7/32")   # idempotent
