@@ -184,10 +184,14 @@ def run_one(cfg: Config, addresses: dict[str, str], *, mode: str, memory_mib: in
     try:
         conn = bench_client.connect(addresses[src], cfg.host_port, READY_TIMEOUT_S)
         conn.close()
-        # a request sent into an outage waits it out (and the client's own back-off after it)
+        # a request sent into an outage waits it out (and the client's own back-off after it),
+        # one sent into a stop-and-copy freeze waits for all of memory to cross the link
+        rate_bps, _ = lab.parse_wan(wan_rate)
+        freeze_s = 2 * memory_mib * 2**20 * 8 / rate_bps if mode == "stopcopy" and rate_bps else 0
         held = bench_client.HeldClient(addresses[src], cfg.host_port,
                                        fallback=addresses[dst] if mode == "cold" else None,
-                                       request_timeout_s=bench_client.REQUEST_TIMEOUT_S + 2 * outage_s).start()
+                                       request_timeout_s=bench_client.REQUEST_TIMEOUT_S + 2 * outage_s
+                                       + freeze_s).start()
         time.sleep(BASELINE_S)
         if mode == "postcopy" and not outage_s and transport == "lab":   # its tunnel is up (probed)
             res.bulk_window = _bulk_transfer(src, dst)
