@@ -3,8 +3,10 @@ dump's images go as one zstd frame, a full dump's as they are; both arrive byte 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import struct
 
 import pytest
 
@@ -34,6 +36,25 @@ def test_images_arrive_byte_for_byte(tmp_path, compress):
     assert rx.wait(30) == sent == sum(f.stat().st_size for f in src.iterdir())
     for f in src.iterdir():
         assert (tmp_path / "dest" / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def test_a_sender_that_does_not_wait_for_the_answer_still_delivers_everything(tmp_path):
+    # inside the freeze the source does not wait for the receiver's answer (a one-way WAN
+    # trip): the destination's restore waits for the receiver, which has the last word
+    src = images(tmp_path)
+    rx = transfer.Receiver.start(tmp_path / "dest", "127.0.0.1")
+    sent = transfer.send_files(src, "127.0.0.1", rx.port, rx.token, compress=True, await_ack=False)
+    assert rx.wait(30) == sent
+    for f in src.iterdir():
+        assert (tmp_path / "dest" / f.name).read_bytes() == f.read_bytes(), f.name
+    # a transfer cut short is the receiver's error, even though the sender did not wait
+    rx = transfer.Receiver.start(tmp_path / "short", "127.0.0.1")
+    with socket.create_connection(("127.0.0.1", rx.port)) as sock:
+        header = json.dumps({"token": rx.token, "format": "files", "files": [["a.img", 100]],
+                             "bytes": 100, "compression": None}).encode()
+        sock.sendall(struct.pack("!I", len(header)) + header + b"x" * 10)
+    with pytest.raises(errors.MigrationError):
+        rx.wait(30)
 
 
 def test_a_compression_this_cloudmig_cannot_read_is_refused(tmp_path):

@@ -135,14 +135,17 @@ class Outgoing(Side):
         self.net.ensure_tunnels()          # ~1 ms; a tunnel that died is back before we send
         upper = self.runtime.bundle(self.name).upper
         only, delete = transfer.changes(self.manifest, transfer.manifest(upper))
-        sent = transfer.send(upper, address, port, token, only=only, delete=delete)
+        # the destination's restore waits for this receiver and says whether all of it came
+        sent = transfer.send(upper, address, port, token, only=only, delete=delete, await_ack=False)
         return Sent(bytes=sent, files=len(only), deleted=len(delete))
 
     def send_images(self, address: str, port: int, token: str) -> Sent:
         self.expect("send_images", State.FROZEN)
         self.net.ensure_tunnels()
-        # a lazy dump's images are small and compress well; a full dump's pages go as they are
-        return Sent(bytes=transfer.send_files(self.images, address, port, token, compress=self.mode.lazy))
+        # a lazy dump's images are small and compress well; a full dump's pages go as they are.
+        # The destination's restore waits for its receiver, which says whether all of it came.
+        return Sent(bytes=transfer.send_files(self.images, address, port, token, compress=self.mode.lazy,
+                                              await_ack=False))
 
     # ------------------------------------------------------------------ after the resume
     def switch_over(self, service_ip: str, tunnel_ifname: str) -> int:
