@@ -18,10 +18,11 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import subprocess
 import zlib
 
 from cloudmig import errors
-from cloudmig.network import _nfnetlink as nfnetlink
+from cloudmig.network import _nfnetlink as nfnetlink, _ns
 from cloudmig.network._nfnetlink import NETLINK_NETFILTER, NLM_F_REQUEST, NLMSG_ERROR
 
 NFNL_SUBSYS_QUEUE = 3
@@ -90,6 +91,13 @@ def accept_upto(sock: socket.socket, queue: int, packet_id: int) -> None:
     """Let every packet queued with an id up to ``packet_id`` go on."""
     verdict = nfnetlink.attr(NFQA_VERDICT_HDR, struct.pack("!II", NF_ACCEPT, packet_id))
     sock.send(_message(NFQNL_MSG_VERDICT_BATCH, queue, verdict, flags=NLM_F_REQUEST))
+
+
+def prerouting(action: str, rule: list[str], doing: str) -> subprocess.CompletedProcess:
+    """iptables on mangle PREROUTING in this namespace, where both readers' rules feed their
+    queues (before DNAT and routing); the caller reads the exit status."""
+    return _ns.run(None, [_ns.need_tool("iptables", "iptables"), "-w", "-t", "mangle", action, "PREROUTING",
+                          *rule], doing, check=False)
 
 
 def _bind_free_queue(sock: socket.socket, name: str) -> int:

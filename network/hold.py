@@ -39,9 +39,7 @@ COMMENT = "cloudmig hold {name}"
 
 
 def _iptables(action: str, rule: list[str]) -> subprocess.CompletedProcess:
-    """iptables on mangle PREROUTING in this namespace; the caller reads the exit status."""
-    return _ns.run(None, [_ns.need_tool("iptables", "iptables"), "-w", "-t", "mangle", action, "PREROUTING",
-                          *rule], f"changing the hold rules ({action})", check=False)
+    return nfqueue.prerouting(action, rule, f"changing the hold rules ({action})")
 
 
 def _iptables_batch(action: str, rules: list[list[str]]) -> subprocess.CompletedProcess:

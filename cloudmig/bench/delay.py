@@ -18,9 +18,9 @@ transfer ran at 0.2 MB/s with a 50 ms round trip). The veth between a host and t
 orphans a packet, so one held on the way in weighs on no socket.
 
 It fails open: the rule carries ``--queue-bypass`` (no reader: packets pass at once) and the
-queue FAIL_OPEN (full: they pass at once). The reader dies with the process that started it
-(PR_SET_PDEATHSIG), removes its rule when it stops, and the lab's namespaces take any
-leftover with them. On 2 cores the reader costs CPU (one netlink message per packet): keep
+queue FAIL_OPEN (full: they pass at once). The reader stops when its stdin closes (the
+process that started it stopped it, or died: a pipe's end closes with its process) or on
+SIGTERM, and removes its rule; the lab's namespaces take any leftover with them. On 2 cores the reader costs CPU (one netlink message per packet): keep
 the rate modest (100 mbit is ~9,000 packets a second each way).
 """
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import ctypes
 import errno
 import os
 import select
@@ -45,16 +44,11 @@ QUEUE_MAXLEN = 65536            # packets waiting at most; more pass at once (fa
 MAX_ONE_WAY_MS = 1000
 READY = b"ready\n"
 START_TIMEOUT_S = 10
-PR_SET_PDEATHSIG = 1
 
 
 def _rule(queue: int, name: str) -> list[str]:
-    return ["PREROUTING", "-i", IFACE, "-m", "comment", "--comment", f"cloudmig bench delay {name}",
+    return ["-i", IFACE, "-m", "comment", "--comment", f"cloudmig bench delay {name}",
             "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"]
-
-
-def _iptables(action: str, rule: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(["iptables", "-w", "-t", "mangle", action, *rule], capture_output=True, text=True)
 
 
 class DelayLine:
@@ -98,7 +92,7 @@ def serve(one_way_ms: float, name: str, out=sys.stdout.buffer, control=sys.stdin
     sock, queue = nfqueue.open_queue(f"delay {name}", QUEUE_MAXLEN)
     rule = _rule(queue, name)
     try:
-        res = _iptables("-A", rule)
+        res = nfqueue.prerouting("-A", rule, "adding the delay rule")
         if res.returncode != 0:
             out.write(f"iptables: {res.stderr.strip()}\n".encode())
             out.flush()
@@ -109,7 +103,7 @@ def serve(one_way_ms: float, name: str, out=sys.stdout.buffer, control=sys.stdin
             out.flush()
             _pass_on(sock, queue, delay, control)
         finally:
-            _iptables("-D", rule)
+            nfqueue.prerouting("-D", rule, "removing the delay rule")
     finally:
         sock.close()
 
@@ -153,9 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ms", type=float, required=True, help="one-way delay, milliseconds")
     parser.add_argument("--name", required=True, help="names the queue and the rule")
     args = parser.parse_args(argv)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    # SIGTERM (the parent died) stops the loop like a closed stdin: the rule goes
+    # SIGTERM stops the loop like a closed stdin: the rule goes
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     serve(args.ms, args.name)
 

@@ -221,14 +221,14 @@ def _open_transfer(address: str, port: int, header: dict) -> socket.socket:
     return sock
 
 
-def _await_ack(sock: socket.socket, src: Path, wait: bool = True) -> None:
+def _end_stream(sock: socket.socket, src: Path, await_ack: bool) -> None:
     """End the stream and wait for the Receiver's "ok" (sent once everything is unpacked).
-    Without ``wait``, return once the stream is handed to the kernel: for a transfer whose
+    Without ``await_ack``, return once the stream is handed to the kernel: for a transfer whose
     receiver someone waits for anyway (``Receiver.wait``), which then says whether all of it
     arrived; across a WAN the answer costs a one-way trip, and the caller's next call would
     wait for it."""
     sock.shutdown(socket.SHUT_WR)
-    if not wait:
+    if not await_ack:
         return
     if sock.recv(16) != b"ok\n":
         raise errors.MigrationError(f"The destination did not confirm the transfer of {src}.",
@@ -238,7 +238,7 @@ def _await_ack(sock: socket.socket, src: Path, wait: bool = True) -> None:
 def send(src: Path, address: str, port: int, token: str, *, only: list[str] | None = None,
          delete: list[str] | None = None, await_ack: bool = True) -> int:
     """Send ``src`` (or just the paths ``only``) to a Receiver; returns the bytes of file data.
-    ``await_ack``: see ``_await_ack``."""
+    ``await_ack``: see ``_end_stream``."""
     names = only if only is not None else None
     data_bytes = 0
     for rel in (names if names is not None else [p for p in manifest(src)]):
@@ -261,7 +261,7 @@ def send(src: Path, address: str, port: int, token: str, *, only: list[str] | No
         if res.returncode != 0:
             raise errors.MigrationError(f"Packing {src} failed: {res.stderr.decode(errors='replace').strip()}")
         sock.settimeout(TRANSFER_TIMEOUT_S)
-        _await_ack(sock, src, await_ack)
+        _end_stream(sock, src, await_ack)
     return data_bytes
 
 
@@ -285,7 +285,7 @@ def send_files(src: Path, address: str, port: int, token: str, *, compress: bool
     """Send the regular files of the flat directory ``src`` (CRIU's images) to a Receiver,
     without tar: inside the freeze, two tar processes cost more than the bytes. With
     ``compress``, as one zstd frame (for small images: a full dump's GiBs go as they are,
-    with sendfile, at no CPU cost). ``await_ack``: see ``_await_ack``."""
+    with sendfile, at no CPU cost). ``await_ack``: see ``_end_stream``."""
     files = []
     for entry in sorted(os.scandir(src), key=lambda e: e.name):
         if entry.is_dir(follow_symlinks=False):
@@ -312,7 +312,7 @@ def send_files(src: Path, address: str, port: int, token: str, *, compress: bool
                     sent = sock.sendfile(fh, 0, size) if size else 0
                 if sent != size:
                     raise errors.MigrationError(f"{src / name} changed while it was sent.")
-        _await_ack(sock, src, await_ack)
+        _end_stream(sock, src, await_ack)
     return total
 
 
