@@ -16,6 +16,7 @@ its NIC's public IP and its ``customData``. Nothing of cloudmig is called.
 from __future__ import annotations
 
 import base64
+import gzip
 import logging
 import threading
 from pathlib import Path
@@ -63,7 +64,7 @@ class Hypervisor:
                         continue
                     attr = ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")
                     data = attr.get("UserData", {}).get("Value")
-                    out[iid] = (inst["PublicIpAddress"], base64.b64decode(data).decode() if data else "",
+                    out[iid] = (inst["PublicIpAddress"], _user_data(base64.b64decode(data)) if data else "",
                                 _image_kind(inst.get("ImageId", "")))
             return out
         self._sources.append(instances)
@@ -84,7 +85,7 @@ class Hypervisor:
                 custom = props.get("osProfile", {}).get("customData", "")
                 ref = props.get("storageProfile", {}).get("imageReference", {})
                 image = ":".join(str(ref.get(k, "")) for k in ("publisher", "offer", "sku", "version"))
-                out[rid] = (address, base64.b64decode(custom).decode() if custom else "",
+                out[rid] = (address, _user_data(base64.b64decode(custom)) if custom else "",
                             _image_kind(image)) if address else PENDING
             return out
         self._sources.append(vms)
@@ -139,6 +140,11 @@ class Hypervisor:
 
     def leftovers(self) -> list[str]:
         return [f"{vid}: {item}" for vid, m in self.machines.items() for item in m.leftovers()]
+
+
+def _user_data(raw: bytes) -> str:
+    """As cloud-init reads user-data: gzip (its magic) is unpacked first."""
+    return (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode()
 
 
 def _image_kind(image: str) -> str:

@@ -235,7 +235,7 @@ def prepare_access(spec: HostSpec) -> HostAccess:
     return HostAccess(public_key=public, token_file=token_file, identity_file=identity, host_key=host_key)
 
 
-def user_data_for(spec: HostSpec, access: HostAccess) -> str:
+def user_data_for(spec: HostSpec, access: HostAccess) -> str | bytes:
     """The spec's own user-data if it has one, else cloudmig's first boot (both size-checked)."""
     if spec.user_data:
         return cloudinit.check_size(spec.user_data)

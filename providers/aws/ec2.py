@@ -154,7 +154,7 @@ def revoke_udp(ec2, sg_id: str, cidr: str, port: int) -> None:
 
 
 def run_instance(ec2, host: str, image_id: str, instance_type: str, key_name: str, sg_id: str,
-                 user_data: str) -> str:
+                 user_data: str | bytes) -> str:
     with cloud_errors.translated("aws", f"starting a {instance_type} instance for {host}"):
         reservation = ec2.run_instances(
             ImageId=image_id, InstanceType=instance_type, KeyName=key_name, SecurityGroupIds=[sg_id],

@@ -186,7 +186,7 @@ def create_nic(clients: Clients, group: str, name: str, location: str, tags: dic
 
 # ---------------------------------------------------------------------- compute
 def begin_vm(clients: Clients, group: str, name: str, location: str, tags: dict[str, str], vm_size: str,
-             image: str, os_disk: str, nic_id: str, public_key: str, custom_data: str):
+             image: str, os_disk: str, nic_id: str, public_key: str, custom_data: str | bytes):
     """Start creating the VM; returns the poller (the VM exists, possibly half-made, from now on)."""
     from azure.mgmt.compute import models as m
     publisher, offer, sku, version = image_parts(image)
@@ -198,7 +198,8 @@ def begin_vm(clients: Clients, group: str, name: str, location: str, tags: dict[
                              managed_disk=m.ManagedDiskParameters(storage_account_type="StandardSSD_LRS"))),
         os_profile=m.OSProfile(
             computer_name=name, admin_username=facts.ADMIN_USERNAME,
-            custom_data=base64.b64encode(custom_data.encode()).decode(),
+            custom_data=base64.b64encode(custom_data.encode() if isinstance(custom_data, str)
+                                         else custom_data).decode(),
             linux_configuration=m.LinuxConfiguration(
                 disable_password_authentication=True,
                 ssh=m.SshConfiguration(public_keys=[m.SshPublicKey(

@@ -65,7 +65,7 @@ def test_lifecycle_with_elastic_ip(aws_env, state_dir):
 
     user_data = ec2.describe_instance_attribute(InstanceId=inst["InstanceId"], Attribute="userData")
     import base64
-    text = base64.b64decode(user_data["UserData"]["Value"]).decode()
+    text = cloudinit.unpack(base64.b64decode(user_data["UserData"]["Value"]))   # gzip, as cloud-init reads it
     assert text.startswith("#cloud-config") and cloudinit.AGENT_TOKEN_PATH in text
 
     # secrets: token and private key are 0600 files in the state dir, never in the inventory

@@ -47,7 +47,7 @@ def test_lifecycle(azure_env, state_dir):
         assert res["tags"] == cloud_host.ownership_tags("az1"), res["id"]
         assert res["properties"]["provisioningState"] == "Succeeded", res["id"]
     vm = next(r for r in live.values() if r["type"] == "Microsoft.Compute/virtualMachines")
-    custom = base64.b64decode(vm["properties"]["osProfile"]["customData"]).decode()
+    custom = cloudinit.unpack(base64.b64decode(vm["properties"]["osProfile"]["customData"]))
     doc = yaml.safe_load(custom)
     files = {f["path"]: f for f in doc["write_files"]}
     token = (state_dir / "hosts" / "az1" / "agent.token").read_text()

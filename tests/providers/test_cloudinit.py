@@ -25,9 +25,11 @@ def _files(text):
 
 
 def test_embeds_the_project_bootstrap_and_fits_ec2():
-    text = cloudinit.user_data(TOKEN, KEY)
+    data = cloudinit.user_data(TOKEN, KEY)
+    assert len(data) <= cloudinit.USER_DATA_LIMIT_BYTES
+    assert data[:2] == b"\x1f\x8b"          # gzip: cloud-init unpacks it first
+    text = gzip.decompress(data).decode()
     assert text.startswith("#cloud-config\n")
-    assert len(text.encode()) <= cloudinit.USER_DATA_LIMIT_BYTES
     doc, files = _files(text)
     script = gzip.decompress(base64.b64decode(files[cloudinit.BOOTSTRAP_PATH]["content"]))
     # the project's bootstrap without its comment lines: every other line, in order, and
@@ -59,7 +61,7 @@ def test_same_steps_for_machines_without_cloud_init():
     assert by_path[cloudinit.AGENT_TOKEN_PATH].content == TOKEN.encode()
     assert by_path[cloudinit.AGENT_TOKEN_PATH].mode == 0o600
     assert b"bootstrap.status" in by_path[cloudinit.FIRSTBOOT_PATH].content
-    assert boot.to_cloud_config() == cloudinit.user_data(TOKEN, KEY)    # deterministic
+    assert boot.to_cloud_config() == cloudinit.unpack(cloudinit.user_data(TOKEN, KEY))    # deterministic
 
 
 def test_oversized_user_data_is_refused(tmp_path):

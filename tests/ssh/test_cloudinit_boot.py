@@ -72,7 +72,8 @@ def test_generated_user_data_boots_an_agent_that_passes_doctor(lab_host, tmp_pat
                                   for f in cloudinit.BootPaths.__dataclass_fields__})
     layout = AgentLayout(host="c1", root=str(root / "var/lib/cloudmig-agent"), venv=str(VENV_BIN.parent),
                          cgroup_parent=f"/cloudmig/{lab.lab_id}-c1", netns_prefix=f"{lab.lab_id}-c-c1")
-    text = cloudinit.check_size(cloudinit.build(token, key, host="c1", boot=boot, layout=layout).to_cloud_config())
+    text = cloudinit.unpack(cloudinit.check_size(cloudinit.pack(
+        cloudinit.build(token, key, host="c1", boot=boot, layout=layout).to_cloud_config())))
     assert "--keep-ssh" in gzip.decompress(base64.b64decode(
         {f["path"]: f for f in yaml.safe_load(text)["write_files"]}[boot.firstboot]["content"])).decode()
 
