@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,23 +26,37 @@ lab = lab_fixture(3)
 
 
 MEMORY_LIMIT_MIB = 2048
+HOST_NAME = socket.gethostname()    # this machine's, which no restore may change
 
 
-def start_db(lab: Lab, host: str = "h1") -> None:
+def start_db(lab: Lab, host: str = "h1") -> list[str]:
+    """Redis on ``host``, filled; the digests of its sampled keys (for ``check_data``)."""
     lab.cm("run", host, "db", "--publish", f"{PORT}:6379", "--memory-mib", str(MEMORY_LIMIT_MIB),
            "--", *REDIS)
     sock, f = connect(lab.public_address(host), PORT)
     with sock:
         assert resp(f, "DEBUG", "POPULATE", str(KEYS), "key", str(VALUE_BYTES)) == "OK"
         assert resp(f, "DBSIZE") == KEYS
+    return digests(lab.public_address(host))
 
 
-def check_data(address: str) -> None:
+SAMPLED_KEYS = [f"key:{i}" for i in range(0, KEYS, 97)]     # ~3,000 keys spread over the heap
+
+
+def digests(address: str) -> list[str]:
+    """Redis's digest of each sampled key's value: a byte that moved wrong changes one."""
+    sock, f = connect(address, PORT)
+    with sock:
+        return resp(f, "DEBUG", "DIGEST-VALUE", *SAMPLED_KEYS)
+
+
+def check_data(address: str, before: list[str]) -> None:
     sock, f = connect(address, PORT)
     with sock:
         assert resp(f, "DBSIZE") in (KEYS, KEYS + 1)   # + the held client's counter
         for i in (0, 1, KEYS // 2, KEYS - 1):
             assert resp(f, "STRLEN", f"key:{i}") == VALUE_BYTES
+    assert digests(address) == before
 
 
 def migrate(lab: Lab, to: str, mode: str, report: Path) -> dict:
@@ -59,7 +75,11 @@ def runs_only_on(lab: Lab, host: str) -> None:
     assert netns == [f"{lab.lab_id}-c-{host}-db"]
     procs = [p for h in ("h1", "h2", "h3") for p in lab.processes_in_netns(f"{lab.lab_id}-c-{h}-db")]
     assert len(procs) == 1 and "redis-server" in procs[0], procs
-    masked_dirs_stay_hidden(lab.pids_in_netns(f"{lab.lab_id}-c-{host}-db")[0])
+    pid = lab.pids_in_netns(f"{lab.lab_id}-c-{host}-db")[0]
+    masked_dirs_stay_hidden(pid)
+    # CRIU restores the UTS namespace's names (our patch: without a forked worker)
+    uts = subprocess.run(["nsenter", "-t", str(pid), "-u", "hostname"], capture_output=True, text=True)
+    assert uts.stdout.strip() == "db" and socket.gethostname() == HOST_NAME
 
 
 def masked_dirs_stay_hidden(pid: int) -> None:
@@ -75,7 +95,7 @@ def masked_dirs_stay_hidden(pid: int) -> None:
 
 @pytest.mark.parametrize("mode", ["postcopy", "stopcopy"])
 def test_migrate_keeps_the_connection_and_the_data(lab, tmp_path, mode):
-    start_db(lab)
+    sampled = start_db(lab)
     client = HeldClient(lab.public_address("h1"), PORT).start()
     try:
         client.wait_answers(50)
@@ -107,8 +127,8 @@ def test_migrate_keeps_the_connection_and_the_data(lab, tmp_path, mode):
     limit = Path(f"/sys/fs/cgroup/memory/cloudmig/{lab.lab_id}-h2/db/memory.limit_in_bytes")
     if limit.exists():  # cgroup v1 (these machines)
         assert int(limit.read_text()) == MEMORY_LIMIT_MIB * 2**20
-    check_data(lab.public_address("h1"))    # through the forward
-    check_data(lab.public_address("h2"))    # at the new home
+    check_data(lab.public_address("h1"), sampled)    # through the forward
+    check_data(lab.public_address("h2"), sampled)    # at the new home
     [row] = lab.ps()
     assert f"{lab.public_address('h1')}:{PORT}/tcp (forwarded)" in row["endpoints"]
     print(f"{mode}: freeze {report['freeze_ms']:.0f} ms, client's longest wait "
@@ -116,7 +136,7 @@ def test_migrate_keeps_the_connection_and_the_data(lab, tmp_path, mode):
 
 
 def test_migrate_again_and_back(lab, tmp_path):
-    start_db(lab)
+    sampled = start_db(lab)
     client = HeldClient(lab.public_address("h1"), PORT).start()
     try:
         client.wait_answers(20)
@@ -130,7 +150,7 @@ def test_migrate_again_and_back(lab, tmp_path):
         client.stop()
     client.assert_healthy()
     for h in ("h1", "h2", "h3"):
-        check_data(lab.public_address(h))
+        check_data(lab.public_address(h), sampled)
 
 
 def test_refused_up_front(lab, tmp_path):
@@ -146,3 +166,59 @@ def test_refused_up_front(lab, tmp_path):
         assert res.returncode == 2, (args, res.stderr)
         assert "Error:" in res.stderr and message in res.stderr, (args, res.stderr)
     runs_only_on(lab, "h1")
+
+
+# A server whose memory is partly PROT_NONE: 64 MiB of private anonymous memory filled with a
+# pattern, then its first half made unreadable (a VMA split in two, pages contiguous). CRIU's
+# lazy pages include both halves; the source's page server reads them from the frozen process
+# after the freeze (our CRIU patch), which for the unreadable half means /proc/PID/mem.
+# "CRC" makes the half readable for a moment and answers the checksum of all 64 MiB, then
+# the one computed before anything moved.
+UNREADABLE_SERVER = r'''
+import ctypes, socket, zlib
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+SIZE, PAGE = 64 << 20, 4096
+addr = libc.mmap(None, SIZE, 3, 0x22, -1, 0)        # PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS
+for p in range(SIZE // PAGE):
+    ctypes.memmove(addr + p * PAGE, (p.to_bytes(8, "little") * 7 + b"cloudmig") * (PAGE // 64), PAGE)
+expected = zlib.crc32(ctypes.string_at(addr, SIZE))
+assert libc.mprotect(addr, SIZE // 2, 0) == 0       # PROT_NONE
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 7000))
+srv.listen(4)
+while True:
+    conn, _ = srv.accept()
+    f = conn.makefile("rwb")
+    for line in f:
+        assert libc.mprotect(addr, SIZE // 2, 1) == 0
+        crc = zlib.crc32(ctypes.string_at(addr, SIZE))
+        assert libc.mprotect(addr, SIZE // 2, 0) == 0
+        f.write(b"%d %d\n" % (crc, expected))
+        f.flush()
+    conn.close()
+'''
+
+
+def checksums(address: str) -> tuple[int, int]:
+    sock, f = connect(address, 17000)
+    with sock:
+        f.write(b"CRC\n")
+        f.flush()
+        now, expected = map(int, f.readline().split())
+    return now, expected
+
+
+def test_postcopy_moves_memory_the_process_cannot_read(lab, tmp_path):
+    lab.cm("run", "h1", "unreadable", "--publish", "17000:7000", "--",
+           "python3", "-c", UNREADABLE_SERVER)
+    now, expected = checksums(lab.public_address("h1"))
+    assert now == expected
+    lab.cm("migrate", "unreadable", "--to", "h2", "--mode", "postcopy",
+           "--report", str(tmp_path / "report.json"), timeout=600)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["ok"] is True and report["lazy_pages"] >= 64 * 256
+    assert checksums(lab.public_address("h2")) == (expected, expected)

@@ -52,7 +52,7 @@ def _destination_is_clean(lab: Lab, service_ip: str) -> None:
 @pytest.mark.parametrize("case", list(CASES))
 def test_failure_before_resume_rolls_back(lab, tmp_path, case):
     fault, mode = CASES[case] if isinstance(CASES[case], tuple) else (CASES[case], "postcopy")
-    start_db(lab)
+    sampled = start_db(lab)
     service_ip = lab.ps()[0]["service_ip"]
     client = HeldClient(lab.public_address("h1"), PORT).start()
     report = tmp_path / "report.json"
@@ -72,7 +72,7 @@ def test_failure_before_resume_rolls_back(lab, tmp_path, case):
     client.assert_healthy()
     assert client.answers >= before + 30, "the client got no answers after the rollback"
     runs_only_on(lab, "h1")
-    check_data(lab.public_address("h1"))
+    check_data(lab.public_address("h1"), sampled)
     _destination_is_clean(lab, service_ip)
     # the dump was armed before the freeze: its gate is gone, CRIU's options a file again
     conf = lab.state_dir / "hosts" / "h1" / "containers" / "db" / "criu.conf"
@@ -87,7 +87,7 @@ def test_failure_before_resume_rolls_back(lab, tmp_path, case):
 def test_failed_move_back_to_a_forwarder_keeps_its_forward(lab, tmp_path):
     """h1 -> h2 succeeds (h1 forwards); h2 -> h1 then fails before the resume: h1 must go on
     forwarding its clients to h2, which keeps the container."""
-    start_db(lab)
+    sampled = start_db(lab)
     client = HeldClient(lab.public_address("h1"), PORT).start()
     try:
         client.wait_answers(20)
@@ -104,6 +104,6 @@ def test_failed_move_back_to_a_forwarder_keeps_its_forward(lab, tmp_path):
     client.assert_healthy()
     assert client.answers >= before + 30
     runs_only_on(lab, "h2")
-    check_data(lab.public_address("h1"))
+    check_data(lab.public_address("h1"), sampled)
     [row] = lab.ps()
     assert f"{lab.public_address('h1')}:{PORT}/tcp (forwarded)" in row["endpoints"]

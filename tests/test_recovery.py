@@ -30,7 +30,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_controller_killed_then_resumed(lab, tmp_path, case):
     point, mode, ends_on, outcome = CASES[case]
-    start_db(lab)
+    sampled = start_db(lab)
     service_ip = lab.ps()[0]["service_ip"]
     client = HeldClient(lab.public_address("h1"), PORT).start()
     try:
@@ -62,7 +62,7 @@ def test_controller_killed_then_resumed(lab, tmp_path, case):
     runs_only_on(lab, ends_on)
     [row] = lab.ps()
     assert row["migration"] is None
-    check_data(lab.public_address("h1"))
+    check_data(lab.public_address("h1"), sampled)
     assert not lab.criu_processes(), lab.criu_processes()
     if ends_on == "h1":
         _destination_is_clean(lab, service_ip)
@@ -70,7 +70,7 @@ def test_controller_killed_then_resumed(lab, tmp_path, case):
     other = "h1" if ends_on == "h2" else "h2"
     lab.cm("migrate", "db", "--to", other, timeout=600)
     runs_only_on(lab, other)
-    check_data(lab.public_address("h1"))
+    check_data(lab.public_address("h1"), sampled)
 
 
 def test_resume_refuses_bad_input(lab):
