@@ -16,24 +16,21 @@ nf_tables table API.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import struct
 import threading
 
 from cloudmig.network import _nfnetlink as nfnetlink
+from cloudmig.network import _ns
 from cloudmig.network._nfnetlink import NETLINK_NETFILTER, NLM_F_REQUEST, NLMSG_ERROR
 
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NFT_MSG_DELTABLE = 2
 NFTA_TABLE_NAME = 1
-CLONE_NEWNET = 0x40000000
 FAMILIES = {"inet": 1, "ip": 2, "ip6": 10, "arp": 3, "bridge": 7, "netdev": 5}
 ACK_TIMEOUT_S = 5.0
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def delete_table(netns_path: str, family: str, table: str) -> bool:
@@ -50,13 +47,7 @@ def delete_table(netns_path: str, family: str, table: str) -> bool:
     def work() -> None:
         sock = None
         try:
-            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns {netns_path}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
+            _ns.join(netns_path)
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
             sock.settimeout(ACK_TIMEOUT_S)
             sock.bind((0, 0))

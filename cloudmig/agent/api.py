@@ -197,8 +197,9 @@ class Incoming(_Ops):
     def receive_wait(self, name: str, what: str) -> int:
         return int(self._c.call("incoming.receive_wait", name=name, what=what))
 
-    def arm(self, name: str, descriptors: list[str]) -> None:
-        self._c.call("incoming.arm", name=name, descriptors=descriptors)
+    def arm(self, name: str, descriptors: list[str], page_server: str, port: int) -> None:
+        """runc restore waits at its gate; post-copy's lazy-pages daemon listens already."""
+        self._c.call("incoming.arm", name=name, descriptors=descriptors, page_server=page_server, port=port)
 
     def restore(self, name: str, page_server: str, port: int, service_ip: str) -> Restored:
         """CRIU restores; once it did, the agent routes and unlocks the container (go_live)."""

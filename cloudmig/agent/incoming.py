@@ -100,11 +100,29 @@ class Incoming(Side):
             raise errors.MigrationError(f"No transfer of {what} for {self.name} is expected here.")
         return rx.wait()
 
-    def arm(self, descriptors: list[str]) -> None:
-        """Before the freeze: start runc restore, which sets up and waits at its gate."""
+    def arm(self, descriptors: list[str], page_server: str, port: int) -> None:
+        """Before the freeze: start runc restore, which sets up and waits at its gate, and
+        post-copy's lazy-pages daemon, which reads the images only once the restore connects
+        (our CRIU patch) and reaches the page server only once the restore sent its tasks.
+        Its start (a fork and an exec here, CRIU's own start there: ~3-5 ms) sat inside the
+        freeze."""
         self.expect("arm", State.PREPARED)
-        self.armed = restore.Restore.arm(self.runtime, self.name, self.images, self.work("dst"),
-                                         lazy_pages=self.mode.lazy, descriptors=descriptors)
+        work = self.work("dst")
+        if self.mode.lazy:
+            self.daemon = lazy_pages.LazyPagesDaemon.spawn(self.images, work, page_server, port)
+        try:
+            self.armed = restore.Restore.arm(self.runtime, self.name, self.images, work,
+                                             lazy_pages=self.mode.lazy, descriptors=descriptors)
+            if self.daemon is not None:
+                self.daemon.wait_listening()
+        except BaseException:
+            if self.armed is not None:
+                self.armed.abort()
+                self.armed = None
+            if self.daemon is not None:
+                self.daemon.kill()
+                self.daemon = None
+            raise
         self.advance(State.ARMED)
 
     def restore(self, page_server: str, port: int, service_ip: str) -> Restored:
@@ -121,14 +139,9 @@ class Incoming(Side):
                     rx = self.receivers.pop(what, None)
                     if rx is not None:
                         rx.wait()
-            if self.mode.lazy:    # it starts while the rootfs is mounted
-                self.daemon = lazy_pages.LazyPagesDaemon.spawn(self.images, work, page_server, port)
             with steps("mount"):
                 self.runtime.mount(self.name)
                 armed.bind_rootfs()
-            if self.daemon is not None:
-                with steps("lazy_daemon"):
-                    self.daemon.wait_listening()
             armed.go(steps)
             pid = armed.finish(self.daemon, (page_server, port) if self.daemon else None, steps)
         except BaseException:
@@ -138,7 +151,7 @@ class Incoming(Side):
         # routed and unlocked before answering (~1 ms since the unlock is one netlink message):
         # the controller can then let the source switch at once, one round trip sooner
         with steps("live"):
-            self._route_and_unlock(service_ip)
+            self._route_and_unlock(service_ip, steps)
         self._live = True
         if self.daemon is not None:
             self.watch()
@@ -161,9 +174,12 @@ class Incoming(Side):
         missing = stats.get("lazy_pages", 0) - stats.get("copied_pages", 0)
         self.lost = f"{why}; {missing} of {stats.get('lazy_pages', 0)} pages never arrived"
 
-    def _route_and_unlock(self, service_ip: str) -> None:
-        self.net.route_service(service_ip, container=self.name)
-        self.net.unlock_container(self.name)
+    def _route_and_unlock(self, service_ip: str, steps: Steps | None = None) -> None:
+        steps = steps or Steps()
+        with steps("live.route"):
+            self.net.route_service(service_ip, container=self.name)
+        with steps("live.unlock"):
+            self.net.unlock_container(self.name)
 
     def go_live(self, service_ip: str) -> None:
         """Return once the restored container is routed and unlocked (begun by ``restore``;

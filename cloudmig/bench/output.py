@@ -185,8 +185,8 @@ def _outages(runs: list[dict]) -> list[str]:
 
 
 PROFILE_KEYS = ("calls",          # the controller's round trips inside the freeze
-                "dump", "dump.lock", "dump.criu", "fs_sync", "images", "restore", "restore.mount",
-                "restore.lazy_daemon", "restore.runc_restore", "pins")
+                "dump", "dump.lock", "dump.criu", "fs_sync", "images", "restore", "restore.receive",
+                "restore.mount", "restore.runc_restore", "restore.live", "pins")
 
 
 def _profile(groups: dict[tuple, list[dict]]) -> list[str]:

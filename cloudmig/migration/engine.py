@@ -332,7 +332,7 @@ class Migration:
         """runc and CRIU start on both sides and wait at their gates, and the destination
         listens for the freeze's transfers: none of it inside the freeze."""
         descriptors = self.src.outgoing.arm(self.name, self.src_addr, self.ps_port)
-        self.dst.incoming.arm(self.name, descriptors)
+        self.dst.incoming.arm(self.name, descriptors, self.src_addr, self.ps_port)
         self.receivers = {what: self.dst.incoming.receive(self.name, what, self.dst_addr)
                           for what in ("upper", "images")}
 
@@ -538,7 +538,7 @@ PHASES: tuple[Phase, ...] = (
     Phase("prepare", "tunnel; layers and writable layer sent; connections listed",
           "tunnel; netns, bundle (locked); receives; reply pins", Migration._prepare, State.PREPARED,
           undo=Migration._abort_destination, undo_text="incoming.abort: destination cleaned"),
-    Phase("arm", "runc checkpoint + CRIU wait at their gate", "runc restore + CRIU wait; receivers open",
+    Phase("arm", "runc checkpoint + CRIU wait at their gate", "runc restore + CRIU wait; lazy-pages daemon listens; receivers open",
           Migration._arm, State.ARMED,
           undo=Migration._disarm_source, undo_text="outgoing.disarm: the armed dump called off"),
     Phase("hold", "the service's packets queued in the kernel (NFQUEUE), no longer dropped", "-",
@@ -549,7 +549,7 @@ PHASES: tuple[Phase, ...] = (
           undo=Migration._resume_source, undo_text="outgoing.rollback: thawed or restored, unlocked"),
     Phase("sync", "writable layer's changes and CRIU images sent", "received",
           Migration._sync, State.FROZEN, frozen=True),
-    Phase("restore", "serves pages", "mount, lazy-pages daemon, CRIU restore; then routed and unlocked",
+    Phase("restore", "serves pages", "mount, CRIU restore; then routed and unlocked",
           Migration._restore,
           State.RESUMED, frozen=True),
     Phase("switch", "once the destination is live: service IP into the tunnel, held packets let go, "

@@ -63,9 +63,7 @@ def mount_overlay(lowerdirs: list[str], bundle: Bundle) -> None:
         d.mkdir(parents=True, exist_ok=True)
     if mounts.is_mounted(bundle.rootfs):
         return
-    opts = f"lowerdir={':'.join(lowerdirs)},upperdir={bundle.upper},workdir={bundle.work}"
-    _run(["mount", "-t", "overlay", "overlay", "-o", opts, str(bundle.rootfs)],
-         what="mounting the container's overlayfs root")
+    mounts.mount_overlay(lowerdirs, bundle.upper, bundle.work, bundle.rootfs)
 
 
 def find_in_rootfs(rootfs: Path, command: str, path_env: str) -> bool:
