@@ -136,8 +136,7 @@ def markdown(data: dict) -> str:
                   "tunnel': post-copy's lazy phase, stop-and-copy's sync of its images, each as a "
                   "fraction of that."]
     lines += ["", "Post-copy freeze profile (medians, ms; `dump.*` and `restore.*` are steps inside "
-              "`dump` and `restore`, measured by the agents; `fs_sync` and `images` end the dump, "
-              "`restore.pins` is the wait for pins set beside runc and CRIU):", ""]
+              "`dump` and `restore`, measured by the agents; `pins` overlaps the restore):", ""]
     lines += _profile(groups)
     lines += _outages(data["runs"])
     lines += ["", "Targets, as the bench checked them:", ""]
@@ -187,7 +186,7 @@ def _outages(runs: list[dict]) -> list[str]:
 
 PROFILE_KEYS = ("calls",          # the controller's round trips inside the freeze
                 "dump", "dump.lock", "dump.criu", "fs_sync", "images", "restore", "restore.receive",
-                "restore.mount", "restore.runc_restore", "restore.pins", "restore.live")
+                "restore.mount", "restore.runc_restore", "restore.live", "pins")
 
 
 def _profile(groups: dict[tuple, list[dict]]) -> list[str]:
