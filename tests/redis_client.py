@@ -65,10 +65,24 @@ class HeldClient:
         assert self.counter_values == list(range(1, len(self.counter_values) + 1)), "answers out of order"
 
 
-def check_data(address: str, port: int, keys: int, value_bytes: int) -> None:
-    """Every key DEBUG POPULATE made is there (plus the held client's counter), with its size."""
+SAMPLE_STRIDE = 97          # every 97th key DEBUG POPULATE made: spread over the heap
+
+
+def digests(address: str, port: int, keys: int) -> list[str]:
+    """Redis's digest of the value of every SAMPLE_STRIDE-th key (needs --enable-debug-command):
+    a byte that moved wrong changes one."""
+    sock, f = connect(address, port)
+    with sock:
+        return resp(f, "DEBUG", "DIGEST-VALUE", *(f"key:{i}" for i in range(0, keys, SAMPLE_STRIDE)))
+
+
+def check_data(address: str, port: int, keys: int, value_bytes: int, sampled: list[str] | None = None) -> None:
+    """Every key DEBUG POPULATE made is there (plus the held client's counter), with its size;
+    with ``sampled`` (``digests`` before the move), the sampled values byte for byte."""
     sock, f = connect(address, port)
     with sock:
         assert resp(f, "DBSIZE") in (keys, keys + 1)
         for i in (0, 1, keys // 2, keys - 1):
             assert resp(f, "STRLEN", f"key:{i}") == value_bytes
+    if sampled is not None:
+        assert digests(address, port, keys) == sampled

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lab import Lab, connect, lab_fixture, resp
+import redis_client
 from redis_client import HeldClient
 
 PORT = 16379
@@ -37,26 +38,11 @@ def start_db(lab: Lab, host: str = "h1") -> list[str]:
     with sock:
         assert resp(f, "DEBUG", "POPULATE", str(KEYS), "key", str(VALUE_BYTES)) == "OK"
         assert resp(f, "DBSIZE") == KEYS
-    return digests(lab.public_address(host))
+    return redis_client.digests(lab.public_address(host), PORT, KEYS)
 
 
-SAMPLED_KEYS = [f"key:{i}" for i in range(0, KEYS, 97)]     # ~3,000 keys spread over the heap
-
-
-def digests(address: str) -> list[str]:
-    """Redis's digest of each sampled key's value: a byte that moved wrong changes one."""
-    sock, f = connect(address, PORT)
-    with sock:
-        return resp(f, "DEBUG", "DIGEST-VALUE", *SAMPLED_KEYS)
-
-
-def check_data(address: str, before: list[str]) -> None:
-    sock, f = connect(address, PORT)
-    with sock:
-        assert resp(f, "DBSIZE") in (KEYS, KEYS + 1)   # + the held client's counter
-        for i in (0, 1, KEYS // 2, KEYS - 1):
-            assert resp(f, "STRLEN", f"key:{i}") == VALUE_BYTES
-    assert digests(address) == before
+def check_data(address: str, sampled: list[str]) -> None:
+    redis_client.check_data(address, PORT, KEYS, VALUE_BYTES, sampled)
 
 
 def migrate(lab: Lab, to: str, mode: str, report: Path) -> dict:

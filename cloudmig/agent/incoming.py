@@ -132,7 +132,6 @@ class Incoming(Side):
         self.expect("restore", State.ARMED)
         steps = Steps()
         armed, self.armed = self.armed, None
-        work = self.work("dst")
         try:
             with steps("receive"):
                 for what in ("upper", "images"):

@@ -17,7 +17,7 @@ import pytest
 
 from busybox_image import HTTPD_COMMAND, http_get, make_busybox_image
 from lab import VENV_BIN, Lab, connect, new_lab_id, resp
-from redis_client import HeldClient
+from redis_client import HeldClient, check_data, digests
 from cloudmig.bench.sshd import Sshd
 
 PORT = 16380
@@ -65,14 +65,6 @@ def _sessions(sshd: Sshd) -> int:
     return sshd.log.read_text().count("Accepted publickey")
 
 
-def _check_data(address: str) -> None:
-    sock, f = connect(address, PORT)
-    with sock:
-        assert resp(f, "DBSIZE") in (KEYS, KEYS + 1)     # + the held client's counter
-        for i in (0, KEYS // 2, KEYS - 1):
-            assert resp(f, "STRLEN", f"key:{i}") == VALUE_BYTES
-
-
 def _row(lab: Lab, name: str) -> dict:
     [row] = [r for r in lab.ps() if r["name"] == name]
     return row
@@ -85,6 +77,7 @@ def test_ssh_and_lab_hosts_migrate_both_ways(mixed, tmp_path):
     sock, f = connect(entry, PORT)
     with sock:
         assert resp(f, "DEBUG", "POPULATE", str(KEYS), "key", str(VALUE_BYTES)) == "OK"
+    sampled = digests(entry, PORT, KEYS)     # compared byte for byte after the moves
     client = HeldClient(entry, PORT).start()
     reports = {}
     try:
@@ -120,7 +113,7 @@ def test_ssh_and_lab_hosts_migrate_both_ways(mixed, tmp_path):
         assert 0 < rep["control_round_trips_in_freeze"] <= 8, rep["control_round_trips_in_freeze"]
         assert rep["lazy_pages"] > 5000
     for host in ("s1", "s2", "h3"):
-        _check_data(lab.public_address(host))
+        check_data(lab.public_address(host), PORT, KEYS, VALUE_BYTES, sampled)
 
 
 def test_an_image_whose_file_is_gone_moves_between_separate_stores(mixed, tmp_path):
