@@ -33,7 +33,12 @@ def _kill_agent(ops: "Migrations", name: str) -> None:
 
 
 def _break_images(ops: "Migrations", name: str) -> None:
-    """CRIU's core images of the incoming migration vanish: its restore must fail."""
+    """CRIU's core images of the incoming migration vanish: its restore must fail. The
+    source's sync returns once its bytes are sent, so they may still be arriving: wait."""
+    inc = ops.incoming.get(name)
+    rx = inc.receivers.get("images") if inc is not None else None
+    if rx is not None:
+        rx.wait()
     for img in (ops.ctx.migration_dir(name) / "images").glob("core-*.img"):
         img.unlink()
 
