@@ -317,12 +317,17 @@ class Migration:
     def _pin(self, dst: Agent, connections) -> None:
         """Each TCP connection goes on answering through the host whose NAT it belongs to: the
         source itself, or the forwarder whose tunnel it came in by. Pinned on the destination
-        where not pinned yet (inert until the switch: nothing reaches the service IP there)."""
+        where not pinned yet (inert until the switch: nothing reaches the service IP there).
+        A connection the destination itself NATs (a move back to a host that forwarded) needs
+        none: its conntrack answers it directly, and a pin would send it into the tunnel."""
         peers = self.session.tunnel_peers(self.src_name)
-        pins = [Pin(client_ip=conn.client_ip, client_port=conn.client_port, service_port=conn.service_port,
-                    tunnel_ifname=self.dst_if_by_host.get(peers.get(conn.via_tunnel or "", self.src_name),
-                                                          self.dst_if))
-                for conn in connections]
+        pins = []
+        for conn in connections:
+            owner = peers.get(conn.via_tunnel or "", self.src_name)
+            if owner != self.dst_name:
+                pins.append(Pin(client_ip=conn.client_ip, client_port=conn.client_port,
+                                service_port=conn.service_port,
+                                tunnel_ifname=self.dst_if_by_host.get(owner, self.dst_if)))
         new = [p for p in pins if p not in self._pinned]
         if new:
             dst.net.pin_replies(self.container.service_ip, new)

@@ -34,6 +34,7 @@ WAN_PREFIX_LEN = 24
 HOST_ADDRESS_OFFSET = 10          # h1 gets .11, h2 .12, ...
 TBF_LATENCY_MS = 50               # queueing the shaper allows before it drops
 TBF_MIN_BURST_BYTES = 16 * 1024
+SOURCE_CHECK_TABLE = "cloudmig_lab"
 
 
 def lab_id() -> str:
@@ -142,9 +143,24 @@ class Topology:
             _sysctl(ns, "net.ipv4.ip_forward", "1")
             _sysctl(ns, "net.ipv4.conf.all.rp_filter", "0")
             _sysctl(ns, "net.ipv4.conf.default.rp_filter", "0")
+            self._source_check(ns, self.public_address(index))
         except (NetlinkError, OSError, subprocess.CalledProcessError) as exc:
             self.remove_host(host)
             raise errors.ProviderError(f"Could not wire lab host {host}: {exc}.") from exc
+
+    @staticmethod
+    def _source_check(ns: str, address: str) -> None:
+        """Like a cloud's network (EC2's source/destination check, Azure's IP forwarding off),
+        the lab's drops what a host sends with a source other than its own address: a reply
+        sent back by another host than the one that NATed it gets through a shared bridge, but
+        not through a real network (counted, for tests: ``nft list table ip cloudmig_lab``)."""
+        rules = (f"add table ip {SOURCE_CHECK_TABLE}\n"
+                 f"add chain ip {SOURCE_CHECK_TABLE} out "
+                 f"{{ type filter hook postrouting priority srcnat + 10; policy accept; }}\n"
+                 f"add rule ip {SOURCE_CHECK_TABLE} out oifname \"wan0\" ip saddr != {address} "
+                 f"counter drop comment \"source check\"\n")
+        subprocess.run(["nsenter", f"--net={NETNS_DIR / ns}", "nft", "-f", "-"], input=rules, text=True,
+                       check=True, capture_output=True)
 
     @staticmethod
     def _shape(ipr: IPRoute, index: int, rate_bps: int) -> None:
