@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 
 PHASES = {
-    "postcopy": ["preflight", "prepare", "arm", "hold", "dump", "sync", "restore", "switch", "lazy", "cleanup"],
-    "stopcopy": ["preflight", "prepare", "arm", "hold", "dump", "sync", "restore", "switch", "cleanup"],
+    "postcopy": ["preflight", "prepare", "arm", "hold", "dump", "restore", "switch", "lazy", "cleanup"],
+    "stopcopy": ["preflight", "prepare", "arm", "hold", "dump", "restore", "switch", "cleanup"],
 }
 AFTER_RESUME = ("switch", "lazy", "cleanup")
 
@@ -86,7 +86,7 @@ SLICE = [
     ("destination agent SIGKILL", "arm", "postcopy"),
     ("source CRIU killed", "hold", "postcopy"),
     ("source agent SIGKILL", "dump", "postcopy"),
-    ("controller SIGKILL", "sync", "postcopy"),
+    ("controller SIGKILL", "restore", "postcopy"),
     ("destination CRIU killed", "restore", "postcopy"),
     ("destination agent SIGKILL", "switch", "postcopy"),
     ("destination CRIU killed", "lazy", "postcopy"),

@@ -85,6 +85,8 @@ class Dumped:
     steps_ms: dict[str, float]
     images_bytes: int
     connections: list[Connection]       # the container's TCP connections at the freeze
+    upper: Sent | None = None           # the writable layer's last changes, sent in the same call
+    images: Sent | None = None          # CRIU's images, sent in the same call
 
 
 @dataclasses.dataclass
@@ -153,18 +155,16 @@ class Outgoing(_Ops):
         return int(self._c.call("outgoing.switch_over", name=name, service_ip=service_ip,
                                 tunnel_ifname=tunnel_ifname))
 
-    def checkpoint(self, name: str, service_ip: str) -> Dumped:
-        d = self._c.call("outgoing.checkpoint", name=name, service_ip=service_ip)
+    def checkpoint(self, name: str, service_ip: str, address: str, upper: Receiver,
+                   images: Receiver) -> Dumped:
+        """Lock, freeze, dump; then the writable layer's last changes and the images go into
+        the destination's receivers at ``address``, in the same call."""
+        d = self._c.call("outgoing.checkpoint", name=name, service_ip=service_ip, address=address,
+                         upper=[upper.port, upper.token], images=[images.port, images.token])
         d["connections"] = [Connection(**c) for c in d["connections"]]
+        for key in ("upper", "images"):
+            d[key] = _make(Sent, d[key]) if d.get(key) else None
         return _make(Dumped, d)
-
-    def final_sync(self, name: str, rx: Receiver, address: str) -> Sent:
-        return _make(Sent, self._c.call("outgoing.final_sync", name=name, address=address,
-                                        port=rx.port, token=rx.token))
-
-    def send_images(self, name: str, rx: Receiver, address: str) -> Sent:
-        return _make(Sent, self._c.call("outgoing.send_images", name=name, address=address,
-                                        port=rx.port, token=rx.token))
 
     def wait_dump(self, name: str, timeout_s: float | None = None) -> DumpEnd:
         return _make(DumpEnd, self._c.call("outgoing.wait_dump", name=name, timeout_s=timeout_s))
@@ -201,10 +201,13 @@ class Incoming(_Ops):
         """runc restore waits at its gate; post-copy's lazy-pages daemon listens already."""
         self._c.call("incoming.arm", name=name, descriptors=descriptors, page_server=page_server, port=port)
 
-    def restore(self, name: str, page_server: str, port: int, service_ip: str) -> Restored:
-        """CRIU restores; once it did, the agent routes and unlocks the container (go_live)."""
+    def restore(self, name: str, page_server: str, port: int, service_ip: str,
+                pins: list[Pin] | None = None) -> Restored:
+        """CRIU restores while ``pins`` are set; then the agent routes and unlocks the
+        container (go_live)."""
         return _make(Restored, self._c.call("incoming.restore", name=name, page_server=page_server,
-                                            port=port, service_ip=service_ip))
+                                            port=port, service_ip=service_ip,
+                                            pins=[dataclasses.asdict(p) for p in pins or []]))
 
     def go_live(self, name: str, service_ip: str) -> None:
         """Records the switch on the destination (routed and unlocked by its restore already;

@@ -19,6 +19,7 @@ restore).
 
 from __future__ import annotations
 
+import concurrent.futures
 import shutil
 import subprocess
 import threading
@@ -125,13 +126,17 @@ class Incoming(Side):
             raise
         self.advance(State.ARMED)
 
-    def restore(self, page_server: str, port: int, service_ip: str) -> Restored:
+    def restore(self, page_server: str, port: int, service_ip: str, pins: list[dict] | None = None) -> Restored:
         """Inside the freeze: the transfers arrived (their receivers were opened before it),
         the rootfs is mounted, CRIU restores; with lazy pages, the daemon proves it reached
-        the page server (without it the restored copy would fault forever)."""
+        the page server (without it the restored copy would fault forever). ``pins``, the
+        connections that came since the prepare, are pinned beside it, before the unlock."""
         self.expect("restore", State.ARMED)
         steps = Steps()
         armed, self.armed = self.armed, None
+        pinning = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        pinned = pinning.submit(self.net.pin_replies, service_ip, pins) if pins else None
+        pinning.shutdown(wait=False)
         try:
             with steps("receive"):
                 for what in ("upper", "images"):
@@ -143,7 +148,12 @@ class Incoming(Side):
                 armed.bind_rootfs()
             armed.go(steps)
             pid = armed.finish(self.daemon, (page_server, port) if self.daemon else None, steps)
+            with steps("pins"):
+                if pinned is not None:
+                    pinned.result()
         except BaseException:
+            if pinned is not None:
+                concurrent.futures.wait([pinned])    # before anything undoes them
             armed.abort()
             raise
         self.advance(State.RESUMED)

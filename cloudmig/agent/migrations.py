@@ -75,8 +75,6 @@ class Migrations:
             "outgoing.hold": out(Outgoing.hold),
             "outgoing.release_hold": self.outgoing_release_hold,
             "outgoing.checkpoint": out(Outgoing.checkpoint),
-            "outgoing.final_sync": out(Outgoing.final_sync),
-            "outgoing.send_images": out(Outgoing.send_images),
             "outgoing.switch_over": out(Outgoing.switch_over),
             "outgoing.wait_dump": out(Outgoing.wait_dump),
             "outgoing.finish": out(Outgoing.finish),

@@ -136,7 +136,8 @@ def markdown(data: dict) -> str:
                   "tunnel': post-copy's lazy phase, stop-and-copy's sync of its images, each as a "
                   "fraction of that."]
     lines += ["", "Post-copy freeze profile (medians, ms; `dump.*` and `restore.*` are steps inside "
-              "`dump` and `restore`, measured by the agents; `pins` overlaps the restore):", ""]
+              "`dump` and `restore`, measured by the agents; `fs_sync` and `images` end the dump, "
+              "`restore.pins` is the wait for pins set beside runc and CRIU):", ""]
     lines += _profile(groups)
     lines += _outages(data["runs"])
     lines += ["", "Targets, as the bench checked them:", ""]
@@ -186,7 +187,7 @@ def _outages(runs: list[dict]) -> list[str]:
 
 PROFILE_KEYS = ("calls",          # the controller's round trips inside the freeze
                 "dump", "dump.lock", "dump.criu", "fs_sync", "images", "restore", "restore.receive",
-                "restore.mount", "restore.runc_restore", "restore.live", "pins")
+                "restore.mount", "restore.runc_restore", "restore.pins", "restore.live")
 
 
 def _profile(groups: dict[tuple, list[dict]]) -> list[str]:

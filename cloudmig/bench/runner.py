@@ -282,8 +282,8 @@ def _transfer_rate(res: RunResult, cfg: Config) -> None:
         return
     if res.mode == "postcopy" and res.lazy_ms:
         moved, seconds = rep.get("lazy_pages", 0) * rep.get("page_size", 4096), res.lazy_ms / 1000
-    elif res.mode == "stopcopy" and _phase(rep, "sync"):
-        moved, seconds = rep.get("images_bytes", 0), _phase(rep, "sync")["ms"] / 1000
+    elif res.mode == "stopcopy" and rep.get("freeze_breakdown_ms", {}).get("images"):
+        moved, seconds = rep.get("images_bytes", 0), rep["freeze_breakdown_ms"]["images"] / 1000
     else:
         return
     if moved and seconds > 0:

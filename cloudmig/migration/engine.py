@@ -17,7 +17,6 @@ hands it connected agents, brings tunnels up and records the move.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import enum
 import logging
@@ -95,8 +94,7 @@ class Migration:
         self.forwarder_ifs: dict[str, str] = {}      # forwarder host -> its tunnel to dst
         self.receivers: dict[str, Receiver] = {}
         self._pinned: set[Pin] = set()
-        self._pins: concurrent.futures.Future | None = None
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=3)
+        self._freeze_pins: list[Pin] = []
         self.journal: Journal | None = None
 
     LEARNT = ("src_if", "dst_if", "ps_port", "dst_if_by_host", "forwarder_ifs")
@@ -170,7 +168,6 @@ class Migration:
             raise
         finally:
             self.journal.release()
-            self._pool.shutdown(wait=False, cancel_futures=True)
             self.report.total_ms = (time.monotonic() - t0) * 1000
 
     def _step(self, phase: Phase, resumed: bool) -> None:
@@ -317,9 +314,15 @@ class Migration:
     def _pin(self, dst: Agent, connections) -> None:
         """Each TCP connection goes on answering through the host whose NAT it belongs to: the
         source itself, or the forwarder whose tunnel it came in by. Pinned on the destination
-        where not pinned yet (inert until the switch: nothing reaches the service IP there).
-        A connection the destination itself NATs (a move back to a host that forwarded) needs
-        none: its conntrack answers it directly, and a pin would send it into the tunnel."""
+        where not pinned yet (inert until the switch: nothing reaches the service IP there)."""
+        new = self._new_pins(connections)
+        if new:
+            dst.net.pin_replies(self.container.service_ip, new)
+            self._pinned.update(new)
+
+    def _new_pins(self, connections) -> list[Pin]:
+        """A connection the destination itself NATs (a move back to a host that forwarded)
+        needs none: its conntrack answers it directly, and a pin would send it into the tunnel."""
         peers = self.session.tunnel_peers(self.src_name)
         pins = []
         for conn in connections:
@@ -328,10 +331,7 @@ class Migration:
                 pins.append(Pin(client_ip=conn.client_ip, client_port=conn.client_port,
                                 service_port=conn.service_port,
                                 tunnel_ifname=self.dst_if_by_host.get(owner, self.dst_if)))
-        new = [p for p in pins if p not in self._pinned]
-        if new:
-            dst.net.pin_replies(self.container.service_ip, new)
-            self._pinned.update(new)
+        return [p for p in pins if p not in self._pinned]
 
     def _arm(self) -> None:
         """runc and CRIU start on both sides and wait at their gates, and the destination
@@ -348,33 +348,30 @@ class Migration:
 
     # ------------------------------------------------------------------ the freeze
     def _dump(self) -> None:
-        dumped: Dumped = self.src.outgoing.checkpoint(self.name, self.container.service_ip)
+        """Lock, freeze, dump; in the same call the source sends the writable layer's last
+        changes and CRIU's images, at once, into the receivers the destination opened before
+        the freeze (its restore waits for them and says whether everything came)."""
+        dumped: Dumped = self.src.outgoing.checkpoint(self.name, self.container.service_ip, self.dst_addr,
+                                                      self.receivers["upper"], self.receivers["images"])
         breakdown = self.report.freeze_breakdown_ms
         breakdown["dump"] = self.report.phases[-1].ms
-        breakdown.update({f"dump.{k}": v for k, v in dumped.steps_ms.items()})
-        # connections that came since the prepare only need their pins before the switch:
-        # alongside the sync and the restore
-        self._pins = self._pool.submit(self._timed, "pins", lambda: self._pin(self.dst, dumped.connections))
-
-    def _sync(self) -> None:
-        """The writable layer's last changes and CRIU's images, at once, into the receivers
-        the destination opened before the freeze (its restore waits for them)."""
-        src, rx = self.src.outgoing, self.receivers
-        fs = self._pool.submit(self._timed, "fs_sync",
-                               lambda: src.final_sync(self.name, rx["upper"], self.dst_addr))
-        images = self._pool.submit(self._timed, "images",
-                                   lambda: src.send_images(self.name, rx["images"], self.dst_addr))
-        self.report.fs_bytes += fs.result().bytes
-        self.report.images_bytes = images.result().bytes
+        for k, v in dumped.steps_ms.items():
+            breakdown[k if k in ("fs_sync", "images") else f"dump.{k}"] = v
+        self.report.fs_bytes += dumped.upper.bytes if dumped.upper else 0
+        self.report.images_bytes = dumped.images.bytes if dumped.images else 0
+        # connections that came since the prepare: pinned by the destination's restore call,
+        # beside runc and CRIU, before it unlocks the container (a reply the restored copy sent
+        # before its pin would leave by the wrong way: seen as a client's connection reset)
+        self._freeze_pins = self._new_pins(dumped.connections)
 
     def _restore(self) -> None:
-        restored = self.dst.incoming.restore(self.name, self.src_addr, self.ps_port, self.container.service_ip)
+        restored = self.dst.incoming.restore(self.name, self.src_addr, self.ps_port, self.container.service_ip,
+                                             self._freeze_pins)
+        self._pinned.update(self._freeze_pins)
         breakdown = self.report.freeze_breakdown_ms
         breakdown["restore"] = self.report.phases[-1].ms
         breakdown["restore.agent"] = restored.restore_ms
         breakdown.update({f"restore.{k}": v for k, v in restored.steps_ms.items()})
-        if self._pins is not None:
-            self._pins.result()
 
     def _timed(self, key: str, fn: Callable):
         t = time.monotonic()
@@ -549,11 +546,10 @@ PHASES: tuple[Phase, ...] = (
     Phase("hold", "the service's packets queued in the kernel (NFQUEUE), no longer dropped", "-",
           Migration._hold, State.ARMED,
           undo=Migration._release_hold, undo_text="outgoing.release_hold: held packets reach the source"),
-    Phase("dump", "lock, freeze, CRIU dump (page server up)", "pins of new connections",
+    Phase("dump", "lock, freeze, CRIU dump (page server up); writable layer's changes and CRIU "
+          "images sent (one call)", "received; pins of new connections",
           Migration._dump, State.FROZEN, frozen=True,
           undo=Migration._resume_source, undo_text="outgoing.rollback: thawed or restored, unlocked"),
-    Phase("sync", "writable layer's changes and CRIU images sent", "received",
-          Migration._sync, State.FROZEN, frozen=True),
     Phase("restore", "serves pages", "mount, CRIU restore; then routed and unlocked",
           Migration._restore,
           State.RESUMED, frozen=True),

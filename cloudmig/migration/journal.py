@@ -1,7 +1,7 @@
 """The controller's journal of one migration: how far it got and what it learnt on the way.
 
     journal = Journal.begin("db", source="h1", destination="h2", mode="postcopy")
-    journal.update(state="frozen", phase="sync", learnt={"ps_port": 41234})
+    journal.update(state="frozen", phase="restore", learnt={"ps_port": 41234})
     journal.end("done")
     Journal.load("db").status        # "in flight" | "interrupted" | "done" | "rolled_back" | "failed"
 
