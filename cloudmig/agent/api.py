@@ -132,10 +132,14 @@ class Outgoing(_Ops):
         return _make(Sent, self._c.call("outgoing.presync", name=name, mode=mode.value, address=address,
                                         port=rx.port, token=rx.token))
 
-    def arm(self, name: str, address: str, port: int) -> list[str]:
-        """Start the dump's runc and CRIU (post-copy), waiting at their gate; the container's
-        stdio paths, which the destination's runc needs."""
-        return self._c.call("outgoing.arm", name=name, address=address, port=port)
+    def arm(self, name: str, address: str, port: int, receivers_at: str | None = None,
+            receivers: list[Receiver] | None = None) -> list[str]:
+        """Start the dump's runc and CRIU (post-copy), waiting at their gate, and connect to
+        the destination's ``receivers`` (the writable layer's, the images') at
+        ``receivers_at``, for the freeze; the container's stdio paths, which the destination's
+        runc needs."""
+        return self._c.call("outgoing.arm", name=name, address=address, port=port, receivers_at=receivers_at,
+                            ports=[r.port for r in receivers or []])
 
     def disarm(self, name: str) -> None:
         self._c.call("outgoing.disarm", name=name)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import shutil
+import socket
 import subprocess
 
 from cloudmig import errors
@@ -41,6 +42,7 @@ class Outgoing(Side):
         self.held: hold.Hold | None = None
         self.released: hold.Hold | None = None   # its rules go in the background
         self.adopted = False
+        self.connected: dict[str, socket.socket] = {}   # to the destination's receivers, ahead
 
     @classmethod
     def adopt(cls, ctx: HostContext, name: str, mode: Mode, state: State) -> "Outgoing":
@@ -58,16 +60,26 @@ class Outgoing(Side):
         self.manifest = transfer.manifest(upper)
         return Sent(bytes=transfer.send(upper, address, port, token))
 
-    def arm(self, address: str, port: int) -> list[str]:
+    def arm(self, address: str, port: int, receivers_at: str | None = None,
+            ports: list[int] | None = None) -> list[str]:
         """Post-copy: start the dump's runc and CRIU, which wait at their gate until
-        ``checkpoint``. Returns the container's stdio paths (the destination's runc needs
-        them before its CRIU starts)."""
+        ``checkpoint``. With the destination's address and its receivers' ``ports`` (the
+        writable layer's, the images'): connected now, so that the freeze's transfers do not
+        wait for a handshake (a WAN's round trip). Returns the container's stdio paths (the
+        destination's runc needs them before its CRIU starts)."""
         self.expect("arm", State.PREPARED)
         self.net.ensure_tunnels()          # the page server binds this host's tunnel address
         descriptors = self.runtime.external_descriptors(self.name)
-        if self.mode.lazy:
-            self.dump = dump.LazyDump.arm(self.runtime, self.name, self.images, self.work("src"),
-                                          address, port)
+        try:
+            if receivers_at is not None and ports:
+                self.connected = {what: transfer.connect(receivers_at, port)
+                                  for what, port in zip(("upper", "images"), ports)}
+            if self.mode.lazy:
+                self.dump = dump.LazyDump.arm(self.runtime, self.name, self.images, self.work("src"),
+                                              address, port)
+        except BaseException:
+            self._call_off_dump()
+            raise
         self.advance(State.ARMED)
         return descriptors
 
@@ -136,8 +148,10 @@ class Outgoing(Side):
         if address is not None and upper is not None and images is not None:
             self.net.ensure_tunnels()      # ~1 ms; a tunnel that died is back before we send
             with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-                fs = pool.submit(self._timed, steps, "fs_sync", self._final_sync, address, *upper)
-                img = pool.submit(self._timed, steps, "images", self._send_images, address, *images)
+                fs = pool.submit(self._timed, steps, "fs_sync", self._final_sync, address, *upper,
+                                 self.connected.pop("upper", None))
+                img = pool.submit(self._timed, steps, "images", self._send_images, address, *images,
+                                  self.connected.pop("images", None))
                 dumped.upper, dumped.images = fs.result(), img.result()
             dumped.dump_ms = steps.total_ms
         return dumped
@@ -147,18 +161,18 @@ class Outgoing(Side):
         with steps(name):
             return fn(*args)
 
-    def _final_sync(self, address: str, port: int, token: str) -> Sent:
+    def _final_sync(self, address: str, port: int, token: str, sock: socket.socket | None) -> Sent:
         upper = self.runtime.bundle(self.name).upper
         only, delete = transfer.changes(self.manifest, transfer.manifest(upper))
         # the destination's restore waits for this receiver and says whether all of it came
-        sent = transfer.send(upper, address, port, token, only=only, delete=delete, await_ack=False)
+        sent = transfer.send(upper, address, port, token, only=only, delete=delete, await_ack=False, sock=sock)
         return Sent(bytes=sent, files=len(only), deleted=len(delete))
 
-    def _send_images(self, address: str, port: int, token: str) -> Sent:
+    def _send_images(self, address: str, port: int, token: str, sock: socket.socket | None) -> Sent:
         # a lazy dump's images are small and compress well; a full dump's pages go as they are.
         # The destination's restore waits for its receiver, which says whether all of it came.
         return Sent(bytes=transfer.send_files(self.images, address, port, token, compress=self.mode.lazy,
-                                              await_ack=False))
+                                              await_ack=False, sock=sock))
 
     # ------------------------------------------------------------------ after the resume
     def switch_over(self, service_ip: str, tunnel_ifname: str) -> int:
@@ -229,6 +243,9 @@ class Outgoing(Side):
         self.advance(State.ROLLED_BACK)
 
     def _call_off_dump(self) -> None:
+        for sock in self.connected.values():     # the destination's receivers see the end
+            sock.close()
+        self.connected = {}
         if self.dump is not None:
             d, self.dump = self.dump, None
             d.abort()

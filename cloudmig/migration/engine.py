@@ -335,11 +335,13 @@ class Migration:
 
     def _arm(self) -> None:
         """runc and CRIU start on both sides and wait at their gates, and the destination
-        listens for the freeze's transfers: none of it inside the freeze."""
-        descriptors = self.src.outgoing.arm(self.name, self.src_addr, self.ps_port)
-        self.dst.incoming.arm(self.name, descriptors, self.src_addr, self.ps_port)
+        listens for the freeze's transfers, which the source connects to now (their
+        handshakes, a WAN's round trip, are not in the freeze): none of it inside the freeze."""
         self.receivers = {what: self.dst.incoming.receive(self.name, what, self.dst_addr)
                           for what in ("upper", "images")}
+        descriptors = self.src.outgoing.arm(self.name, self.src_addr, self.ps_port, self.dst_addr,
+                                            [self.receivers["upper"], self.receivers["images"]])
+        self.dst.incoming.arm(self.name, descriptors, self.src_addr, self.ps_port)
 
     def _hold(self) -> None:
         pub = self.session.host(self.src_name).public_address or ""
@@ -540,7 +542,8 @@ PHASES: tuple[Phase, ...] = (
     Phase("prepare", "tunnel; layers and writable layer sent; connections listed",
           "tunnel; netns, bundle (locked); receives; reply pins", Migration._prepare, State.PREPARED,
           undo=Migration._abort_destination, undo_text="incoming.abort: destination cleaned"),
-    Phase("arm", "runc checkpoint + CRIU wait at their gate", "runc restore + CRIU wait; lazy-pages daemon listens; receivers open",
+    Phase("arm", "runc checkpoint + CRIU wait at their gate; the freeze's transfers connected",
+          "receivers open; runc restore + CRIU wait; lazy-pages daemon listens",
           Migration._arm, State.ARMED,
           undo=Migration._disarm_source, undo_text="outgoing.disarm: the armed dump called off"),
     Phase("hold", "the service's packets queued in the kernel (NFQUEUE), no longer dropped", "-",

@@ -205,13 +205,20 @@ def changes(before: dict[str, Entry], after: dict[str, Entry]) -> tuple[list[str
     return send, gone + retyped
 
 
-def _open_transfer(address: str, port: int, header: dict) -> socket.socket:
-    """Connect to a Receiver and send the header (token, format, sizes)."""
+def connect(address: str, port: int) -> socket.socket:
+    """A connection to a Receiver, for a transfer whose header and data come later: opened
+    before a freeze, its handshake (a WAN's round trip) is not inside it."""
     try:
-        sock = socket.create_connection((address, port), timeout=30)
+        return socket.create_connection((address, port), timeout=30)
     except OSError as exc:
         raise errors.NetworkError(f"Cannot reach {address}:{port} through the tunnel: {exc}.",
                                   hint="Check `cloudmig tunnel status`.") from exc
+
+
+def _open_transfer(address: str, port: int, header: dict, sock: socket.socket | None = None) -> socket.socket:
+    """Connect to a Receiver (or use ``sock``, connected ahead) and send the header (token,
+    format, sizes)."""
+    sock = sock or connect(address, port)
     data = json.dumps(header).encode()
     try:
         sock.sendall(struct.pack("!I", len(data)) + data)
@@ -236,9 +243,9 @@ def _end_stream(sock: socket.socket, src: Path, await_ack: bool) -> None:
 
 
 def send(src: Path, address: str, port: int, token: str, *, only: list[str] | None = None,
-         delete: list[str] | None = None, await_ack: bool = True) -> int:
+         delete: list[str] | None = None, await_ack: bool = True, sock: socket.socket | None = None) -> int:
     """Send ``src`` (or just the paths ``only``) to a Receiver; returns the bytes of file data.
-    ``await_ack``: see ``_end_stream``."""
+    ``await_ack``: see ``_end_stream``; ``sock``: a connection to it opened ahead (``connect``)."""
     names = only if only is not None else None
     data_bytes = 0
     for rel in (names if names is not None else [p for p in manifest(src)]):
@@ -248,7 +255,8 @@ def send(src: Path, address: str, port: int, token: str, *, only: list[str] | No
             continue
         if stat.S_ISREG(st.st_mode):
             data_bytes += st.st_size
-    with _open_transfer(address, port, {"token": token, "delete": delete or [], "bytes": data_bytes}) as sock:
+    with _open_transfer(address, port, {"token": token, "delete": delete or [], "bytes": data_bytes},
+                        sock) as sock:
         if names is None:
             argv = ["tar", *TAR_FLAGS, "-cf", "-", "-C", str(src), "."]
             stdin_data = None
@@ -281,7 +289,7 @@ class _SendAll:
 
 
 def send_files(src: Path, address: str, port: int, token: str, *, compress: bool = False,
-               await_ack: bool = True) -> int:
+               await_ack: bool = True, sock: socket.socket | None = None) -> int:
     """Send the regular files of the flat directory ``src`` (CRIU's images) to a Receiver,
     without tar: inside the freeze, two tar processes cost more than the bytes. With
     ``compress``, as one zstd frame (for small images: a full dump's GiBs go as they are,
@@ -295,7 +303,7 @@ def send_files(src: Path, address: str, port: int, token: str, *, compress: bool
     total = sum(size for _, size in files)
     header = {"token": token, "format": "files", "files": files, "bytes": total,
               "compression": "zstd" if compress else None}
-    with _open_transfer(address, port, header) as sock:
+    with _open_transfer(address, port, header, sock) as sock:
         sock.settimeout(TRANSFER_TIMEOUT_S)
         if compress:
             wire = _SendAll(sock)
