@@ -49,6 +49,11 @@ ZSTD_LEVEL = 1
 # transfer, not for a full dump's images or a writable layer, which keep the default.
 FREEZE_RCVBUF_BYTES = 4 << 20
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+# The receiver's first word, sent as it accepts. Its segment carries the receiver's whole
+# window (a SYN-ACK cannot offer more than 64 KiB), so a sender that connected before a freeze
+# knows it by then: the images' ~300 KiB then cross in one flight, not two (a WAN's round
+# trip less: 88 -> ~40 ms waiting for them at 100mbit+50ms).
+READY = b"R"
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -112,6 +117,7 @@ class Receiver:
         with conn:
             try:
                 conn.settimeout(TRANSFER_TIMEOUT_S)
+                conn.sendall(READY)
                 (size,) = struct.unpack("!I", _recv_exact(conn, 4))
                 if size > HEADER_MAX_BYTES:
                     raise errors.MigrationError("Transfer header too large.")
@@ -206,13 +212,24 @@ def changes(before: dict[str, Entry], after: dict[str, Entry]) -> tuple[list[str
 
 
 def connect(address: str, port: int) -> socket.socket:
-    """A connection to a Receiver, for a transfer whose header and data come later: opened
-    before a freeze, its handshake (a WAN's round trip) is not inside it."""
+    """A connection to a Receiver, once it said it is ready (``READY``), for a transfer whose
+    header and data come later: opened before a freeze, its handshake and the receiver's
+    window (round trips of the link) are not inside it."""
     try:
-        return socket.create_connection((address, port), timeout=30)
+        sock = socket.create_connection((address, port), timeout=30)
     except OSError as exc:
         raise errors.NetworkError(f"Cannot reach {address}:{port} through the tunnel: {exc}.",
                                   hint="Check `cloudmig tunnel status`.") from exc
+    try:
+        word = sock.recv(len(READY))
+    except OSError as exc:
+        sock.close()
+        raise errors.NetworkError(f"{address}:{port} did not answer through the tunnel: {exc}.",
+                                  hint="Check `cloudmig tunnel status`.") from exc
+    if word != READY:
+        sock.close()
+        raise errors.MigrationError(f"{address}:{port} is not a cloudmig receiver (it said {word!r}).")
+    return sock
 
 
 def _open_transfer(address: str, port: int, header: dict, sock: socket.socket | None = None) -> socket.socket:
