@@ -49,11 +49,21 @@ def test_a_sender_that_does_not_wait_for_the_answer_still_delivers_everything(tm
         assert (tmp_path / "dest" / f.name).read_bytes() == f.read_bytes(), f.name
     # a transfer cut short is the receiver's error, even though the sender did not wait
     rx = transfer.Receiver.start(tmp_path / "short", "127.0.0.1")
-    with socket.create_connection(("127.0.0.1", rx.port)) as sock:
+    with transfer.connect("127.0.0.1", rx.port) as sock:
         header = json.dumps({"token": rx.token, "format": "files", "files": [["a.img", 100]],
                              "bytes": 100, "compression": None}).encode()
         sock.sendall(struct.pack("!I", len(header)) + header + b"x" * 10)
     with pytest.raises(errors.MigrationError):
+        rx.wait(30)
+    # a connection reset mid-transfer (the sender's host gone) is the transfer's error too
+    rx = transfer.Receiver.start(tmp_path / "reset", "127.0.0.1")
+    sock = transfer.connect("127.0.0.1", rx.port)
+    header = json.dumps({"token": rx.token, "format": "files", "files": [["a.img", 100]],
+                         "bytes": 100, "compression": None}).encode()
+    sock.sendall(struct.pack("!I", len(header)) + header + b"x" * 10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()                                    # linger 0: a reset, not an end
+    with pytest.raises(errors.MigrationError, match="broke off"):
         rx.wait(30)
 
 

@@ -126,7 +126,7 @@ class Receiver:
                     raise errors.AuthError(f"A transfer from {peer[0]} had the wrong token.")
                 if header.get("format") == "files":
                     self.bytes = self._receive_files(conn, header.get("files", []), header.get("compression"))
-                    conn.sendall(b"ok\n")
+                    self._answer(conn)
                     return
                 for rel in header.get("delete", []):
                     target = _safe_join(self.dest, rel)
@@ -140,9 +140,20 @@ class Receiver:
                 if res.returncode != 0:
                     raise errors.MigrationError(f"Unpacking the transfer failed: {res.stderr.decode(errors='replace').strip()}")
                 self.bytes = int(header.get("bytes", 0))
-                conn.sendall(b"ok\n")
+                self._answer(conn)
+            except OSError as exc:    # a reset, a timeout: reported through wait() as what it is
+                self.error = errors.MigrationError(f"The transfer into {self.dest} broke off: {exc}.")
             except Exception as exc:  # reported to the controller through wait()
                 self.error = exc
+
+    @staticmethod
+    def _answer(conn: socket.socket) -> None:
+        """Everything arrived: say so. A sender that does not wait for the answer
+        (``await_ack=False``) may have closed already; what it sent is here all the same."""
+        try:
+            conn.sendall(b"ok\n")
+        except OSError:
+            pass
 
     def _receive_files(self, conn: socket.socket, files: list, compression: str | None) -> int:
         """The ``files`` format: the files of one flat directory, back to back (in one zstd
