@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -50,6 +54,50 @@ def test_three_hosts_a_redis_container_and_a_client(lab):
 
     lab.cm("lab", "down")
     assert lab.leftovers("redis-server --port 6379") == {}
+
+
+# sent from inside a lab host's namespace: one UDP datagram whose IP header says it comes from
+# SOURCE (a raw socket writes its own header), to DESTINATION:PORT
+SEND_FROM = r"""
+import socket, struct, sys
+src, dst, word, port = sys.argv[1], sys.argv[2], sys.argv[3].encode(), int(sys.argv[4])
+udp = struct.pack("!HHHH", 40000, port, 8 + len(word), 0) + word
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0,
+                 socket.inet_aton(src), socket.inet_aton(dst))
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+try:
+    s.sendto(ip + udp, (dst, 0))
+    print("sent")
+except PermissionError:                          # netfilter dropped it on its way out
+    print("refused")
+"""
+
+
+def test_a_lab_host_cannot_send_with_another_hosts_address(lab):
+    """Like a cloud's network (EC2's source/destination check): what h2 sends with h1's
+    address as source never leaves it; with its own address it does."""
+    from cloudmig.providers.lab.topology import SOURCE_CHECK_TABLE, Topology
+    lab.cm("lab", "up", "--hosts", "2")
+    bridge = Topology(lab.lab_id).bridge_address
+    h1, h2 = lab.public_address("h1"), lab.public_address("h2")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind((bridge, 0))
+        rx.settimeout(2)
+        port = str(rx.getsockname()[1])
+        said = [subprocess.run(["ip", "netns", "exec", f"{lab.lab_id}-h2", sys.executable, "-c", SEND_FROM,
+                                source, bridge, word, port], check=True, capture_output=True,
+                               text=True).stdout.strip()
+                for source, word in ((h1, "spoofed"), (h2, "own"))]
+        assert said == ["refused", "sent"]
+        got = [rx.recvfrom(64)]
+        with pytest.raises(socket.timeout):
+            got.append(rx.recvfrom(64))
+    assert got == [(b"own", (h2, 40000))]
+    listed = subprocess.run(["ip", "netns", "exec", f"{lab.lab_id}-h2", "nft", "-j", "list", "table", "ip",
+                             SOURCE_CHECK_TABLE], check=True, capture_output=True, text=True).stdout
+    counters = [e["counter"]["packets"] for item in json.loads(listed)["nftables"] if "rule" in item
+                for e in item["rule"]["expr"] if "counter" in e]
+    assert counters == [1]
 
 
 def test_bad_input_is_refused_and_nothing_is_half_made(lab):
