@@ -83,10 +83,9 @@ class Sent:
 class Dumped:
     dump_ms: float
     steps_ms: dict[str, float]
-    images_bytes: int
     connections: list[Connection]       # the container's TCP connections at the freeze
-    upper: Sent | None = None           # the writable layer's last changes, sent in the same call
-    images: Sent | None = None          # CRIU's images, sent in the same call
+    upper: Sent                         # the writable layer's last changes, sent in the same call
+    images: Sent                        # CRIU's images, sent in the same call
 
 
 @dataclasses.dataclass
@@ -132,14 +131,14 @@ class Outgoing(_Ops):
         return _make(Sent, self._c.call("outgoing.presync", name=name, mode=mode.value, address=address,
                                         port=rx.port, token=rx.token))
 
-    def arm(self, name: str, address: str, port: int, receivers_at: str | None = None,
-            receivers: list[Receiver] | None = None) -> list[str]:
+    def arm(self, name: str, address: str, port: int, receivers_at: str,
+            receivers: dict[str, Receiver]) -> list[str]:
         """Start the dump's runc and CRIU (post-copy), waiting at their gate, and connect to
-        the destination's ``receivers`` (the writable layer's, the images') at
+        the destination's ``receivers`` (by what they receive: "upper", "images") at
         ``receivers_at``, for the freeze; the container's stdio paths, which the destination's
         runc needs."""
         return self._c.call("outgoing.arm", name=name, address=address, port=port, receivers_at=receivers_at,
-                            ports=[r.port for r in receivers or []])
+                            ports={what: rx.port for what, rx in receivers.items()})
 
     def disarm(self, name: str) -> None:
         self._c.call("outgoing.disarm", name=name)
@@ -167,7 +166,7 @@ class Outgoing(_Ops):
                          upper=[upper.port, upper.token], images=[images.port, images.token])
         d["connections"] = [Connection(**c) for c in d["connections"]]
         for key in ("upper", "images"):
-            d[key] = _make(Sent, d[key]) if d.get(key) else None
+            d[key] = _make(Sent, d[key])
         return _make(Dumped, d)
 
     def wait_dump(self, name: str, timeout_s: float | None = None) -> DumpEnd:

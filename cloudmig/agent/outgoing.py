@@ -60,20 +60,17 @@ class Outgoing(Side):
         self.manifest = transfer.manifest(upper)
         return Sent(bytes=transfer.send(upper, address, port, token))
 
-    def arm(self, address: str, port: int, receivers_at: str | None = None,
-            ports: list[int] | None = None) -> list[str]:
+    def arm(self, address: str, port: int, receivers_at: str, ports: dict[str, int]) -> list[str]:
         """Post-copy: start the dump's runc and CRIU, which wait at their gate until
-        ``checkpoint``. With the destination's address and its receivers' ``ports`` (the
-        writable layer's, the images'): connected now, so that the freeze's transfers do not
-        wait for a handshake (a WAN's round trip). Returns the container's stdio paths (the
-        destination's runc needs them before its CRIU starts)."""
+        ``checkpoint``. The destination's receivers at ``receivers_at`` (``ports`` by what
+        they receive: "upper", "images") are connected now, so that the freeze's transfers do
+        not wait for a handshake (a WAN's round trip). Returns the container's stdio paths
+        (the destination's runc needs them before its CRIU starts)."""
         self.expect("arm", State.PREPARED)
         self.net.ensure_tunnels()          # the page server binds this host's tunnel address
         descriptors = self.runtime.external_descriptors(self.name)
         try:
-            if receivers_at is not None and ports:
-                self.connected = {what: transfer.connect(receivers_at, port)
-                                  for what, port in zip(("upper", "images"), ports)}
+            self.connected = {what: transfer.connect(receivers_at, port) for what, port in ports.items()}
             if self.mode.lazy:
                 self.dump = dump.LazyDump.arm(self.runtime, self.name, self.images, self.work("src"),
                                               address, port)
@@ -114,10 +111,9 @@ class Outgoing(Side):
             self.released.wait_closed(HOLD_CLOSE_TIMEOUT_S)
 
     # ------------------------------------------------------------------ the freeze
-    def checkpoint(self, service_ip: str, address: str | None = None, upper: list | None = None,
-                   images: list | None = None) -> Dumped:
+    def checkpoint(self, service_ip: str, address: str, upper: list, images: list) -> Dumped:
         """Lock, freeze and dump the container, and list its TCP connections (while CRIU
-        works: they cannot change once the container is locked). Then, with the destination's
+        works: they cannot change once the container is locked). Then, to the destination's
         ``address`` and its receivers (``upper``, ``images``: [port, token]), send the
         writable layer's last changes and CRIU's images, both at once, in the same call: the
         controller's call for them was a round trip (a WAN's, 50 ms, in the bench) inside the
@@ -143,18 +139,15 @@ class Outgoing(Side):
                 self.dump.wait_ready()
             else:
                 dump.full_dump(self.runtime, self.name, self.images, self.work("src"))
-        dumped = Dumped(dump_ms=steps.total_ms, steps_ms=steps.ms,
-                        images_bytes=transfer.dir_bytes(self.images), connections=connections.result())
-        if address is not None and upper is not None and images is not None:
-            self.net.ensure_tunnels()      # ~1 ms; a tunnel that died is back before we send
-            with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-                fs = pool.submit(self._timed, steps, "fs_sync", self._final_sync, address, *upper,
-                                 self.connected.pop("upper", None))
-                img = pool.submit(self._timed, steps, "images", self._send_images, address, *images,
-                                  self.connected.pop("images", None))
-                dumped.upper, dumped.images = fs.result(), img.result()
-            dumped.dump_ms = steps.total_ms
-        return dumped
+        self.net.ensure_tunnels()          # ~1 ms; a tunnel that died is back before we send
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            fs = pool.submit(self._timed, steps, "fs_sync", self._final_sync, address, *upper,
+                             self.connected.pop("upper", None))
+            img = pool.submit(self._timed, steps, "images", self._send_images, address, *images,
+                              self.connected.pop("images", None))
+            sent_upper, sent_images = fs.result(), img.result()
+        return Dumped(dump_ms=steps.total_ms, steps_ms=steps.ms, connections=connections.result(),
+                      upper=sent_upper, images=sent_images)
 
     @staticmethod
     def _timed(steps: Steps, name: str, fn, *args):

@@ -339,8 +339,7 @@ class Migration:
         handshakes, a WAN's round trip, are not in the freeze): none of it inside the freeze."""
         self.receivers = {what: self.dst.incoming.receive(self.name, what, self.dst_addr)
                           for what in ("upper", "images")}
-        descriptors = self.src.outgoing.arm(self.name, self.src_addr, self.ps_port, self.dst_addr,
-                                            [self.receivers["upper"], self.receivers["images"]])
+        descriptors = self.src.outgoing.arm(self.name, self.src_addr, self.ps_port, self.dst_addr, self.receivers)
         self.dst.incoming.arm(self.name, descriptors, self.src_addr, self.ps_port)
 
     def _hold(self) -> None:
@@ -359,8 +358,8 @@ class Migration:
         breakdown["dump"] = self.report.phases[-1].ms
         for k, v in dumped.steps_ms.items():
             breakdown[k if k in ("fs_sync", "images") else f"dump.{k}"] = v
-        self.report.fs_bytes += dumped.upper.bytes if dumped.upper else 0
-        self.report.images_bytes = dumped.images.bytes if dumped.images else 0
+        self.report.fs_bytes += dumped.upper.bytes
+        self.report.images_bytes = dumped.images.bytes
         # connections that came since the prepare: pinned by the destination's restore call,
         # beside runc and CRIU, before it unlocks the container (a reply the restored copy sent
         # before its pin would leave by the wrong way: seen as a client's connection reset)

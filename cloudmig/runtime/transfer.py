@@ -351,14 +351,3 @@ def send_files(src: Path, address: str, port: int, token: str, *, compress: bool
         _end_stream(sock, src, await_ack)
     return total
 
-
-def dir_bytes(path: Path) -> int:
-    """Bytes of the files below ``path`` (what a transfer of it moves, about)."""
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, f)).st_size
-            except OSError:
-                pass
-    return total
