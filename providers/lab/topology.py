@@ -24,6 +24,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cloudmig import errors
+from cloudmig.network import _ns
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class Topology:
             _sysctl(ns, "net.ipv4.conf.all.rp_filter", "0")
             _sysctl(ns, "net.ipv4.conf.default.rp_filter", "0")
             self._source_check(ns, self.public_address(index))
-        except (NetlinkError, OSError, subprocess.CalledProcessError) as exc:
+        except (NetlinkError, OSError, subprocess.CalledProcessError, errors.NetworkError) as exc:
             self.remove_host(host)
             raise errors.ProviderError(f"Could not wire lab host {host}: {exc}.") from exc
 
@@ -159,8 +160,7 @@ class Topology:
                  f"{{ type filter hook postrouting priority srcnat + 10; policy accept; }}\n"
                  f"add rule ip {SOURCE_CHECK_TABLE} out oifname \"wan0\" ip saddr != {address} "
                  f"counter drop comment \"source check\"\n")
-        subprocess.run(["nsenter", f"--net={NETNS_DIR / ns}", "nft", "-f", "-"], input=rules, text=True,
-                       check=True, capture_output=True)
+        _ns.nft(ns, ["-f", "-"], "dropping what does not come from the host's own address", script=rules)
 
     @staticmethod
     def _shape(ipr: IPRoute, index: int, rate_bps: int) -> None:
