@@ -16,7 +16,6 @@ import dataclasses
 import logging
 import os
 import re
-import subprocess
 import zlib
 from pathlib import Path
 
@@ -57,11 +56,6 @@ def parse_rate(text: str) -> int:
     if bps < 8000:
         raise errors.ConfigError(f"--wan-rate {text!r} is too low (minimum 8kbit).")
     return bps
-
-
-def _sysctl(ns: str, key: str, value: str) -> None:
-    subprocess.run(["nsenter", f"--net={NETNS_DIR / ns}", "sysctl", "-q", "-w", f"{key}={value}"],
-                   check=True, capture_output=True)
 
 
 @dataclasses.dataclass
@@ -141,11 +135,10 @@ class Topology:
                     self._shape(ipr, wan, rate_bps)
             # a host routes between its containers, tunnels and WAN; replies of forwarded
             # connections may come back on another interface than they left (see docs/network.md)
-            _sysctl(ns, "net.ipv4.ip_forward", "1")
-            _sysctl(ns, "net.ipv4.conf.all.rp_filter", "0")
-            _sysctl(ns, "net.ipv4.conf.default.rp_filter", "0")
+            _ns.sysctl(ns, {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0",
+                            "net.ipv4.conf.default.rp_filter": "0"})
             self._source_check(ns, self.public_address(index))
-        except (NetlinkError, OSError, subprocess.CalledProcessError, errors.NetworkError) as exc:
+        except (NetlinkError, OSError, errors.NetworkError) as exc:
             self.remove_host(host)
             raise errors.ProviderError(f"Could not wire lab host {host}: {exc}.") from exc
 
