@@ -90,8 +90,11 @@ def _host_sysctls(netns: str | None, host_veth: str) -> None:
 
 
 def create_container_netns(netns: str | None, container_netns: str, service_ip: str,
-                           host_veth: str | None = None) -> ContainerLink:
-    """Create /run/netns/CONTAINER_NETNS wired to ``netns``; nothing is left on failure."""
+                           host_veth: str | None = None, route: bool = True) -> ContainerLink:
+    """Create /run/netns/CONTAINER_NETNS wired to ``netns``; nothing is left on failure.
+    Without ``route`` the host's route for the service IP is left as it is (a forwarder's
+    route into a tunnel: the new namespace has no socket yet, and would answer its
+    connections with resets); ``route_service`` points it at the veth later."""
     service = _service(service_ip)
     host_veth = host_veth or host_veth_name(container_netns)
     link = ContainerLink(netns, container_netns, service, host_veth)
@@ -111,7 +114,8 @@ def create_container_netns(netns: str | None, container_netns: str, service_ip: 
             index = ipr.link_lookup(ifname=host_veth)[0]
             ipr.addr("add", index=index, address=GATEWAY, prefixlen=32)
             ipr.link("set", index=index, state="up")
-            ipr.route("replace", dst=f"{service}/32", oif=index)
+            if route:
+                ipr.route("replace", dst=f"{service}/32", oif=index)
         _host_sysctls(netns, host_veth)
         with _ns.iproute(container_netns, f"addressing {service} in the container") as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")

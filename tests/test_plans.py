@@ -45,7 +45,7 @@ def held_clients(endpoints: dict[str, tuple[str, int]]):
         for c in clients.values():
             before = c.answers
             c.wait_answers(before + 10)
-            assert c.answers >= before + 10, "no answers after the plan"
+            assert c.answers >= before + 10, f"no answers after the plan: {c.errors[:3]}"
     finally:
         for c in clients.values():
             c.stop()

@@ -79,11 +79,12 @@ class NetOps:
     def create_container_netns(self, name: str, service_ip: str, keep_route: bool = False) -> str:
         """The container's namespace with its service IP. With ``keep_route``, a route this
         host already has for the service IP (into a tunnel: it forwards to the container's
-        current home) stays until the caller switches it to the new namespace."""
+        current home) stays, untouched, until the caller switches it to the new namespace:
+        for a moment pointed at the new namespace, it would reset every connection that
+        arrived then (a move back to the host that forwards the container)."""
         previous = self._route_ifname(service_ip) if keep_route else None
-        routing.create_container_netns(HOST_NETNS, self.container_netns(name), service_ip)
-        if previous and previous != self.container_veth(name):
-            routing.route_service(HOST_NETNS, service_ip, previous)
+        routing.create_container_netns(HOST_NETNS, self.container_netns(name), service_ip,
+                                       route=not previous or previous == self.container_veth(name))
         return self.container_netns_path(name)
 
     @staticmethod
