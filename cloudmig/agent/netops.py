@@ -82,20 +82,16 @@ class NetOps:
         current home) stays, untouched, until the caller switches it to the new namespace:
         for a moment pointed at the new namespace, it would reset every connection that
         arrived then (a move back to the host that forwards the container)."""
-        previous = self._route_ifname(service_ip) if keep_route else None
         routing.create_container_netns(HOST_NETNS, self.container_netns(name), service_ip,
-                                       route=not previous or previous == self.container_veth(name))
+                                       route=not (keep_route and self._has_route(service_ip)))
         return self.container_netns_path(name)
 
     @staticmethod
-    def _route_ifname(service_ip: str) -> str | None:
+    def _has_route(service_ip: str) -> bool:
         with IPRoute() as ipr:
-            for route in ipr.get_routes(family=2, table=254):   # a dump: no lookup
-                if (route.get_attr("RTA_DST") == service_ip and route.get("dst_len") == 32
-                        and route.get_attr("RTA_OIF")):
-                    links = ipr.get_links(route.get_attr("RTA_OIF"))
-                    return links[0].get_attr("IFLA_IFNAME") if links else None
-        return None
+            return any(route.get_attr("RTA_DST") == service_ip and route.get("dst_len") == 32
+                       and route.get_attr("RTA_OIF")
+                       for route in ipr.get_routes(family=2, table=254))   # a dump: no lookup
 
     def set_uplink(self, name: str, up: bool) -> None:
         """Bring the host side of the container's veth up or down."""
