@@ -13,12 +13,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
+import threading
 
 from cloudmig.network import routing
 
 SERVICE_IP = "100.96.0.7"
-MARKS = ("100.96.0.250", "100.96.0.251")     # routes added before and after: the monitor saw all between
+MARKS = ("100.96.0.250", "100.96.0.251")     # routes seen before and after: the monitor saw all between
 
 PREPARE = """
     import sys
@@ -33,14 +33,30 @@ def _ip(netns: str, *args: str) -> str:
     return subprocess.run(["ip", "-n", netns, *args], check=True, capture_output=True, text=True).stdout
 
 
-def _wait_for(monitor_out, text: str, seen: list[str]) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        line = monitor_out.readline()
-        seen.append(line)
-        if text in line:
-            return
-    raise AssertionError(f"ip monitor never showed {text}: {seen}")
+def _mark(netns: str, monitor: subprocess.Popen, mark: str, seen: list[str]) -> None:
+    """Add and delete the route ``mark``, again and again (``ip monitor`` may not listen yet
+    when it starts), and read the monitor's lines into ``seen`` until one shows it; a monitor
+    silent for 10 s is killed, which ends its output."""
+    stop = threading.Event()
+
+    def poke() -> None:
+        for step in range(100):
+            _ip(netns, "route", "add" if step % 2 == 0 else "del", f"{mark}/32", "dev", "fwd0")
+            if stop.wait(0.1):
+                return
+        monitor.kill()
+
+    poker = threading.Thread(target=poke)
+    poker.start()
+    try:
+        for line in iter(monitor.stdout.readline, ""):
+            seen.append(line)
+            if mark in line:
+                return
+    finally:
+        stop.set()
+        poker.join()
+    raise AssertionError(f"ip monitor never showed {mark}: {seen}")
 
 
 def test_preparing_the_namespace_leaves_the_forwarders_route_alone(lab, tmp_path):
@@ -54,12 +70,10 @@ def test_preparing_the_namespace_leaves_the_forwarders_route_alone(lab, tmp_path
                                stdout=subprocess.PIPE, text=True)
     seen: list[str] = []
     try:
-        _ip(a.netns, "route", "add", f"{MARKS[0]}/32", "dev", "fwd0")
-        _wait_for(monitor.stdout, MARKS[0], seen)
+        _mark(a.netns, monitor, MARKS[0], seen)
         subprocess.run(["nsenter", f"--net=/run/netns/{a.netns}", sys.executable, "-c", textwrap.dedent(PREPARE),
                         prefix, str(tmp_path), SERVICE_IP], check=True, timeout=60)
-        _ip(a.netns, "route", "add", f"{MARKS[1]}/32", "dev", "fwd0")
-        _wait_for(monitor.stdout, MARKS[1], seen)
+        _mark(a.netns, monitor, MARKS[1], seen)
     finally:
         monitor.kill()
         monitor.wait()
