@@ -13,13 +13,14 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from cloudmig.network import keys, lock, pins, proxy, replies, routing, wireguard
+from cloudmig.network import _ns, keys, lock, pins, proxy, replies, routing, wireguard
 
 HOST_NETNS = None  # the agent's own namespace
 
@@ -96,9 +97,9 @@ class NetOps:
     def set_uplink(self, name: str, up: bool) -> None:
         """Bring the host side of the container's veth up or down."""
         with IPRoute() as ipr:  # the agent's own namespace
-            idx = ipr.link_lookup(ifname=self.container_veth(name))
-            if idx:
-                ipr.link("set", index=idx[0], state="up" if up else "down")
+            idx = _ns.link_index(ipr, self.container_veth(name))
+            if idx is not None:
+                ipr.link("set", index=idx, state="up" if up else "down")
 
     def lock_container(self, name: str) -> None:
         lock.lock(self.container_netns(name))
@@ -189,8 +190,11 @@ class NetOps:
     @staticmethod
     def _is_dead(ifname: str) -> bool:
         """Recorded as up, but its interface is gone (wireguard-go's TUN device dies with it)."""
-        with IPRoute() as ipr:
-            return not ipr.link_lookup(ifname=ifname)
+        try:
+            socket.if_nametoindex(ifname)       # the agent's own namespace; microseconds
+        except OSError:
+            return True
+        return False
 
     def _bring_up(self, ifname: str, listen_port: int, address: str, peer_public_key: str,
                   peer_endpoint: str, peer_address: str, keepalive_s: int = 0) -> dict:
