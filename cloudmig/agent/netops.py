@@ -101,8 +101,11 @@ class NetOps:
             if idx is not None:
                 ipr.link("set", index=idx, state="up" if up else "down")
 
-    def lock_container(self, name: str) -> None:
-        lock.lock(self.container_netns(name))
+    def arm_lock(self, name: str) -> None:
+        lock.arm(self.container_netns(name))
+
+    def lock_container(self, name: str, armed: bool = False) -> None:
+        lock.lock(self.container_netns(name), armed=armed)
 
     def unlock_container(self, name: str) -> bool:
         return lock.unlock(self.container_netns(name))

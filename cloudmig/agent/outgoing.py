@@ -43,6 +43,7 @@ class Outgoing(Side):
         self.released: hold.Hold | None = None   # its rules go in the background
         self.adopted = False
         self.connected: dict[str, socket.socket] = {}   # to the destination's receivers, ahead
+        self.lock_armed = False            # the network lock waits, dormant, for the freeze
 
     @classmethod
     def adopt(cls, ctx: HostContext, name: str, mode: Mode, state: State) -> "Outgoing":
@@ -74,8 +75,11 @@ class Outgoing(Side):
             if self.mode.lazy:
                 self.dump = dump.LazyDump.arm(self.runtime, self.name, self.images, self.work("src"),
                                               address, port)
+            self.net.arm_lock(self.name)
+            self.lock_armed = True
         except BaseException:
             self._call_off_dump()
+            self._disarm_lock()
             raise
         self.advance(State.ARMED)
         return descriptors
@@ -84,8 +88,14 @@ class Outgoing(Side):
         """Undo ``arm``: the armed dump is called off; the container was never touched."""
         if self.state is State.ARMED:
             self._call_off_dump()
+            self._disarm_lock()
             shutil.rmtree(self.dir, ignore_errors=True)
             self.advance(State.PREPARED)
+
+    def _disarm_lock(self) -> None:
+        """The dormant lock goes (it would drop nothing, but it is not ours to leave)."""
+        self.net.unlock_container(self.name)
+        self.lock_armed = False
 
     def hold(self, service_ip: str, endpoints: list[list], not_from: str | None = None) -> None:
         """From now on the container's packets wait in the kernel instead of reaching it
@@ -124,7 +134,7 @@ class Outgoing(Side):
             self.net.ensure_tunnels()
         # silence the container before CRIU freezes it: see cloudmig.network.lock
         with steps("lock"):
-            self.net.lock_container(self.name)
+            self.net.lock_container(self.name, armed=self.lock_armed)
         listing = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         connections = listing.submit(self.net.connections, service_ip)
         listing.shutdown(wait=False)

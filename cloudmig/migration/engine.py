@@ -541,10 +541,11 @@ PHASES: tuple[Phase, ...] = (
     Phase("prepare", "tunnel; layers and writable layer sent; connections listed",
           "tunnel; netns, bundle (locked); receives; reply pins", Migration._prepare, State.PREPARED,
           undo=Migration._abort_destination, undo_text="incoming.abort: destination cleaned"),
-    Phase("arm", "runc checkpoint + CRIU wait at their gate; the freeze's transfers connected",
+    Phase("arm", "runc checkpoint + CRIU wait at their gate; the freeze's transfers connected; "
+          "network lock in place, dormant",
           "receivers open; runc restore + CRIU wait; lazy-pages daemon listens",
           Migration._arm, State.ARMED,
-          undo=Migration._disarm_source, undo_text="outgoing.disarm: the armed dump called off"),
+          undo=Migration._disarm_source, undo_text="outgoing.disarm: the armed dump and lock called off"),
     Phase("hold", "the service's packets queued in the kernel (NFQUEUE), no longer dropped", "-",
           Migration._hold, State.ARMED,
           undo=Migration._release_hold, undo_text="outgoing.release_hold: held packets reach the source"),
