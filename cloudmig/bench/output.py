@@ -52,7 +52,7 @@ def _f(value, fmt="{:.0f}") -> str:
 
 def table(results) -> Table:
     t = Table("WAN", "via", "MiB", "dirty\nMiB/s", "mode", "freeze\nms", "client\nwait ms", "wait -\nfreeze",
-              "client\nresends", "total\nms", "moved\nMiB", "transfer\n/ tunnel", "faulted /\npushed", "req/s before\n/ bulk / lazy",
+              "client\nresends", "total\nms", "moved\nMiB", "transfer\n/ tunnel", "faulted /\npushed", "req/s before /\nbulk / lazy / after",
               "state", box=None)
     for r in results:
         rep = r.report
@@ -68,7 +68,7 @@ def table(results) -> Table:
                   _f(r.client_longest_wait_ms), _f(_wait_over_freeze(dataclasses.asdict(r))),
                   _f(r.client_retransmits), _f(r.total_ms),
                   _f(r.bytes_moved / MIB, "{:.1f}"), _f(r.transfer_of_tunnel, "{:.2f}"), pages,
-                  f"{_f(r.rate_before_rps)} / {_f(r.rate_bulk_rps)} / {_f(r.rate_lazy_rps)}", state)
+                  f"{_f(r.rate_before_rps)} / {_f(r.rate_bulk_rps)} / {_f(r.rate_lazy_rps)} / {_f(r.rate_after_rps)}", state)
     return t
 
 
@@ -104,7 +104,7 @@ def markdown(data: dict) -> str:
              f"{m['memory_gib']} GiB, kernel {m['kernel']}; medians of {cfg.get('repetitions', 1)} "
              "repetition(s).", "",
              "| WAN | via | MiB | dirty MiB/s | mode | freeze ms | client wait ms | wait - freeze ms "
-             "| client resends | total ms | moved MiB | transfer / tunnel | faulted / pushed | req/s before / bulk / lazy | state |",
+             "| client resends | total ms | moved MiB | transfer / tunnel | faulted / pushed | req/s before / bulk / lazy / after | state |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(groups, key=lambda k: (k[0] != "-", k[0], k[1], k[2], k[3], order.get(k[4], 9))):
         wan, via, mib, dirty, mode = key
@@ -126,7 +126,8 @@ def markdown(data: dict) -> str:
             f"| {_f(_median(rows, lambda r: r.get('transfer_of_tunnel')), '{:.2f}')} | {pages} "
             f"| {_f(_median(rows, lambda r: r['rate_before_rps']))} / "
             f"{_f(_median(rows, lambda r: r.get('rate_bulk_rps')))} / "
-            f"{_f(_median(rows, lambda r: r['rate_lazy_rps']))} "
+            f"{_f(_median(rows, lambda r: r['rate_lazy_rps']))} / "
+            f"{_f(_median(rows, lambda r: r.get('rate_after_rps')))} "
             f"| {'/'.join(states)} ({len(rows)}/{len(groups[key])}) |")
     tunnels = {r["wan_rate"] or "-": r["tunnel_mibps"] for r in data["runs"] if r.get("tunnel_mibps")}
     if tunnels:

@@ -104,6 +104,7 @@ class RunResult:
     rate_before_rps: float | None = None  # client's answered requests/s before the freeze
     rate_lazy_rps: float | None = None    # ... while memory was still arriving (post-copy)
     rate_bulk_rps: float | None = None    # ... while the tunnel carried a bulk transfer (before the move)
+    rate_after_rps: float | None = None   # ... once the migration had ended (AFTER_S: the new path, no pages)
     bulk_window: tuple[float, float] | None = None   # wall clock: when that transfer ran
     answers: int = 0
     bytes_moved: int = 0                  # images + writable layer + lazily moved pages
@@ -309,6 +310,11 @@ def _client_numbers(res: RunResult, held: bench_client.HeldClient) -> None:
     lazy = _phase(rep, "lazy")
     if lazy and lazy.get("end"):
         res.rate_lazy_rps = held.rate_between(lazy["start"], lazy["end"])
+    if rep.get("started_at") and rep.get("total_ms") and held.samples:
+        # the path the client's requests take from now on (a post-copy source forwards them
+        # through the tunnel), with no page left to move: what the lazy phase is measured against
+        res.rate_after_rps = held.rate_between(rep["started_at"] + rep["total_ms"] / 1000,
+                                               held.samples[-1].sent)
     res.bytes_moved = (rep.get("images_bytes", 0) + rep.get("fs_bytes", 0)
                        + rep.get("lazy_pages", 0) * rep.get("page_size", 0))
 

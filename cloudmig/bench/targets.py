@@ -101,6 +101,11 @@ def _issue15(m, large: int, wan: str | None, tag: str) -> list[Check]:
     out.append(_ratio(f"post-copy requests/s while pages arrive / during a bulk transfer through the "
                       f"tunnel at {large} MiB >= {LAZY_RATE_SHARE_MIN} {tag}", m("postcopy", large, "rate_lazy_rps"),
                       m("postcopy", large, "rate_bulk_rps"), LAZY_RATE_SHARE_MIN, below=False))
+    # and against the path the client keeps after the move (a source forwarding through the
+    # tunnel) once no page is left: what the page transfer alone costs the service
+    out.append(_ratio(f"post-copy requests/s while pages arrive / after the move (same path, no pages) "
+                      f"at {large} MiB >= {LAZY_RATE_SHARE_MIN} {tag}", m("postcopy", large, "rate_lazy_rps"),
+                      m("postcopy", large, "rate_after_rps"), LAZY_RATE_SHARE_MIN, below=False))
     out.append(_limit(f"post-copy freeze at {large} MiB < {FREEZE_MS_MAX_15} ms {tag}",
                       m("postcopy", large), FREEZE_MS_MAX_15))
     return out
