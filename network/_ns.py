@@ -40,7 +40,7 @@ CLONE_NEWNET = 0x40000000
 NETLINK_ROUTE = 0
 _libc = ctypes.CDLL(None, use_errno=True)
 SIOCGIFINDEX = 0x8933
-IFREQ = struct.Struct("16si12x")         # struct ifreq: the name, then ifr_ifindex (40 bytes)
+IFREQ = struct.Struct("16si20x")         # struct ifreq (40 bytes): the name, then ifr_ifindex
 TOOL_TIMEOUT_S = 30  # nft, sysctl and nsenter finish in milliseconds; this only catches hangs
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 
