@@ -159,7 +159,7 @@ def link_index(ipr: IPRoute, ifname: str) -> int | None:
     """The index of ``ifname`` in ``ipr``'s namespace, None if there is no such interface.
 
     An ioctl on the netlink socket (the kernel answers it in the socket's namespace) takes
-    microseconds; pyroute2's ``link_lookup`` dumps every link, 3-4 ms on these 2 cores once
+    microseconds; pyroute2's ``link_lookup`` dumps every link, 2-5 ms on these 2 cores once
     CRIU and wireguard-go are busy, and the switch and the restore's routing ask inside the
     client's wait."""
     try:

@@ -16,7 +16,7 @@ namespace, where it sees every packet of the container.
 The lock sits inside the freeze, and ``nft`` costs 3-5 ms there on these 2 cores (a fork, an
 exec, a netlink socket whose close is slow). So ``arm`` writes the table before the freeze with
 ``flags dormant`` (chains and rules in place, no hook registered), and ``lock(armed=True)``
-wakes it with one netlink message (network/_nftnl.py): ~0.1 ms.
+wakes it with one netlink message (network/_nftnl.py): 0.3-0.5 ms in the freeze.
 """
 
 from __future__ import annotations
