@@ -77,8 +77,8 @@ def test_a_stack_pointer_on_a_page_boundary_leaves_memory_lazy(aligned_sp_proces
     """CRIU keeps each thread's stack page out of the lazy pages. Its test compared the page
     offsets of the stack pointer and the page (``& ~PAGE_MASK``), so a thread whose stack
     pointer sat on a page boundary made every page of the process a "stack page": the whole
-    memory went into the images, inside the freeze (seen in the bench as a 6.5 s freeze, about
-    1 run in 80: 3 threads, 16-byte aligned stack pointers). Our patch compares the pages."""
+    memory went into the images, inside the freeze (seen in the bench as a 6.3-6.5 s freeze at
+    1 GiB, a few times in some hundred runs). Our patch compares the pages."""
     pid = aligned_sp_process.pid
     syscall = open(f"/proc/{pid}/syscall").read().split()
     assert syscall[0] == "34" and int(syscall[-2], 16) % 4096 == 0, syscall   # in pause, sp aligned
