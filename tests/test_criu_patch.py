@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 
@@ -13,6 +12,7 @@ import pycriu
 import pytest
 
 from cloudmig import paths
+from cloudmig.runtime import sockets
 
 PE_LAZY = 1 << 1                 # criu/images/pagemap.proto
 MEMORY_MIB = 64
@@ -45,12 +45,6 @@ int main(void)
 			     : : "r"(stack + 2 * 4096) : "rax", "rcx", "r11", "r12", "memory");
 }
 """.replace("MEMORY_MIB", str(MEMORY_MIB))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -86,7 +80,7 @@ def test_a_stack_pointer_on_a_page_boundary_leaves_memory_lazy(aligned_sp_proces
     images.mkdir()
     dump = subprocess.Popen([paths.criu_binary(), "dump", "-t", str(pid), "-D", str(images),
                              "-o", "dump.log", "-v4", "--lazy-pages", "--address", "127.0.0.1",
-                             "--port", str(_free_port())],
+                             "--port", str(sockets.free_port("127.0.0.1"))],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         log = images / "dump.log"

@@ -17,7 +17,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tarfile
 import time
@@ -30,7 +29,7 @@ from cloudmig.agent import dial, layer_ops
 from cloudmig.control import layers as layer_shipping
 from cloudmig.inventory import Inventory
 from cloudmig.runtime import images as image_sources
-from cloudmig.runtime import layer_store
+from cloudmig.runtime import layer_store, sockets
 from busybox_image import HTTPD_COMMAND, http_get, make_busybox_image, make_busybox_rootfs
 from lab import Lab, connect, new_lab_id
 
@@ -288,17 +287,11 @@ def test_layers_between_hosts_through_the_tunnel(lab, tmp_path):
 
 
 # ---------------------------------------------------------------------------- a registry
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     """Debian's docker-registry on 127.0.0.1 (a free port, storage of its own): its address."""
     base = tmp_path_factory.mktemp("registry")
-    port = _free_port()
+    port = sockets.free_port("127.0.0.1")
     config = base / "config.yml"
     config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
                       f"    rootdirectory: {base / 'storage'}\nhttp:\n  addr: 127.0.0.1:{port}\n")
@@ -347,7 +340,7 @@ def test_registry_image_runs(lab, registry, tmp_path):
 def test_bad_registry_input_is_refused_and_changes_nothing(lab, registry):
     before = {"containers": sorted(lab.inventory()["containers"]), "netns": lab.netns(),
               "layers": host_layers(lab, "h1")}
-    silent = f"127.0.0.1:{_free_port()}"
+    silent = f"127.0.0.1:{sockets.free_port('127.0.0.1')}"
     cases = [
         (f"{silent}/web:1", "does not answer"),
         (f"{registry}/no/such-image:1", "does not exist"),
