@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 MODES = ("postcopy", "stopcopy", "cold")
 CONTAINER_PORT = 7000
 BASELINE_S = 1.0            # client answers before the move (the "before" request rate)
+LATER_LOG_S = 5.0           # the lazy-pages log copied again this long after the switch
 AFTER_S = 1.0               # and after it
 BULK_S = 1.0                # post-copy: client answers while the tunnel carries this long a bulk transfer
 READY_TIMEOUT_S = 120       # filling 2 GiB in Python takes a while on a busy machine
@@ -126,6 +127,7 @@ class _Recorder:
     def __init__(self, name: str, src: str, dst: str, log_dir: Path | None) -> None:
         self.name, self.src, self.dst, self.log_dir = name, src, dst, log_dir
         self.events: list[dict] = []
+        self._switched: float | None = None
 
     def __call__(self, event: events.Event) -> None:
         match event:
@@ -146,6 +148,11 @@ class _Recorder:
             self._list_images(self.dst)
         if phase == ("cleanup", "start"):
             self._copy_logs(self.src, "work-src")
+        if phase == ("switch", "end"):
+            self._switched = time.monotonic()
+        elif row["kind"] == "lazy" and self._switched and time.monotonic() - self._switched > LATER_LOG_S:
+            self._switched = None        # the first answers' faults, over a WAN seconds long
+            self._copy_lazy_log(self.dst)
 
     def _copy_logs(self, host: str, work: str) -> None:
         if self.log_dir is None:
@@ -154,6 +161,16 @@ class _Recorder:
         for path in src.glob("*.log"):
             self.log_dir.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, self.log_dir / f"{work}-{path.name}")
+
+    def _copy_lazy_log(self, host: str) -> None:
+        """The lazy-pages log once more, LATER_LOG_S after the switch (the daemon removes its
+        directory with its last page): ``later-work-dst-lazy-pages.log``."""
+        if self.log_dir is None:
+            return
+        path = lab_hosts.agent_dir(host) / "migrations" / self.name / "work-dst" / "lazy-pages.log"
+        with contextlib.suppress(FileNotFoundError):
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, self.log_dir / "later-work-dst-lazy-pages.log")
 
     def _list_images(self, host: str) -> None:
         """What CRIU's images were made of (the part of the freeze that crosses the network)."""
