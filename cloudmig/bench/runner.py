@@ -152,25 +152,18 @@ class _Recorder:
             self._switched = time.monotonic()
         elif row["kind"] == "lazy" and self._switched and time.monotonic() - self._switched > LATER_LOG_S:
             self._switched = None        # the first answers' faults, over a WAN seconds long
-            self._copy_lazy_log(self.dst)
+            self._copy_logs(self.dst, "work-dst", "lazy-pages.log", prefix="later-")
 
-    def _copy_logs(self, host: str, work: str) -> None:
+    def _copy_logs(self, host: str, work: str, pattern: str = "*.log", prefix: str = "") -> None:
+        """PREFIXwork-NAME for each log; one may go with its directory meanwhile (the lazy-pages
+        daemon removes its own with its last page)."""
         if self.log_dir is None:
             return
         src = lab_hosts.agent_dir(host) / "migrations" / self.name / work
-        for path in src.glob("*.log"):
+        for path in src.glob(pattern):
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, self.log_dir / f"{work}-{path.name}")
-
-    def _copy_lazy_log(self, host: str) -> None:
-        """The lazy-pages log once more, LATER_LOG_S after the switch (the daemon removes its
-        directory with its last page): ``later-work-dst-lazy-pages.log``."""
-        if self.log_dir is None:
-            return
-        path = lab_hosts.agent_dir(host) / "migrations" / self.name / "work-dst" / "lazy-pages.log"
-        with contextlib.suppress(FileNotFoundError):
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, self.log_dir / "later-work-dst-lazy-pages.log")
+            with contextlib.suppress(FileNotFoundError):
+                shutil.copy2(path, self.log_dir / f"{prefix}{work}-{path.name}")
 
     def _list_images(self, host: str) -> None:
         """What CRIU's images were made of (the part of the freeze that crosses the network)."""
