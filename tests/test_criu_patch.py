@@ -136,13 +136,9 @@ def _lazy_pages(entries: list[dict]) -> int:
     return sum(e["nr_pages"] for e in entries if e["flags"] & PE_LAZY)
 
 
-def _int(value) -> int:
-    return int(value, 16) if isinstance(value, str) else value
-
-
 def _entry_at(entries: list[dict], addr: int) -> dict | None:
     page = addr & ~4095
-    return next((e for e in entries if _int(e["vaddr"]) <= page < _int(e["vaddr"]) + e["nr_pages"] * 4096), None)
+    return next((e for e in entries if e["vaddr"] <= page < e["vaddr"] + e["nr_pages"] * 4096), None)
 
 
 def test_a_stack_pointer_on_a_page_boundary_leaves_memory_lazy(aligned_sp_process, tmp_path):
@@ -168,8 +164,8 @@ def test_what_a_restore_touches_first_is_in_the_images(stack_in_use_process, tmp
     keeps the rseq area's page and FIRST_TOUCH_STACK (16 KiB) of stack from the stack
     pointer's page up out of the lazy pages."""
     entries, core, _ = _lazy_dump(stack_in_use_process.pid, tmp_path / "images")
-    sp = _int(core["thread_info"]["gpregs"]["sp"])
-    rseq = _int(core["thread_core"]["rseq_entry"]["rseq_abi_pointer"])
+    sp = core["thread_info"]["gpregs"]["sp"]
+    rseq = core["thread_core"]["rseq_entry"]["rseq_abi_pointer"]
     assert rseq, "glibc registered no rseq area"
     for addr in [rseq] + [(sp & ~4095) + k * 4096 for k in range(4)]:
         entry = _entry_at(entries, addr)
