@@ -5,7 +5,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: all bootstrap test demo vendor-exit bench faults test-wan clean
+.PHONY: all bootstrap test demo vendor-exit bench faults clean
 
 all: test
 
@@ -29,10 +29,6 @@ faults: bootstrap
 	rm -f $(FAULT_RESULTS)
 	-CLOUDMIG_FAULT_MATRIX=full CLOUDMIG_FAULT_RESULTS=$(FAULT_RESULTS) $(VENV)/bin/pytest tests/test_fault_matrix.py $(PYTEST_ARGS)
 	$(PY) tests/fault_matrix.py $(FAULT_RESULTS) docs/faults.md
-
-# the tests that need the bench's WAN lab (hosts 50 ms apart; its set-up is flaky, see tests/test_bench.py)
-test-wan: bootstrap
-	CLOUDMIG_WAN_TESTS=1 $(VENV)/bin/pytest tests/test_bench.py -k wan $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

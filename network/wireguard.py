@@ -35,7 +35,7 @@ from cloudmig.network._wgtypes import Peer, PeerStatus, PeerUpdate, TunnelStatus
 
 __all__ = ["Peer", "PeerStatus", "TunnelStatus", "HANDSHAKE_TIMEOUT_S", "backend", "find_backend",
            "interface_name", "up", "down", "is_up", "status", "set_peer", "remove_peer",
-           "add_allowed_ip", "remove_allowed_ip", "warm"]
+           "add_allowed_ip", "remove_allowed_ip", "warm", "keep_alive"]
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +301,24 @@ def _poke(netns: str | None, address: str) -> None:
                                        "address?") from exc
     finally:
         sock.close()
+
+
+def keep_alive(name: str, netns: str | None, public_key: str, seconds: int,
+               timeout_s: float = HANDSHAKE_TIMEOUT_S) -> None:
+    """Turn on the peer's persistent keepalive once this end's session is confirmed (it has
+    a latest handshake: the responder's is set by the initiator's first data packet).
+
+    Not earlier: set on an end without a session, a keepalive starts a handshake. Set at both
+    ends as they came up, both started one; across a WAN's round trip the two initiations
+    crossed, each end dropped its own for the other's, neither completed, and the tunnel sat
+    silent for WireGuard's 5 s REKEY_TIMEOUT (or failed a 12 s warm() when that repeated;
+    measured with the bench's 50 ms delay lines, docs/network.md). If no session comes
+    within ``timeout_s`` the keepalive is set all the same: the handshake it starts is then
+    what is wanted."""
+    deadline = time.monotonic() + timeout_s
+    while _peer(name, netns, public_key).handshake_age_s() is None and time.monotonic() < deadline:
+        time.sleep(WARM_POLL_S)
+    _configure(name, netns, None, None, [PeerUpdate(public_key, persistent_keepalive=int(seconds))])
 
 
 def warm(name: str, netns: str | None, peer_overlay_ip: str,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 
+from cloudmig.bench.delay import DelayLine
 from lab import Lab, lab_fixture
 
 WG_RUN = Path("/var/run/wireguard")
@@ -51,6 +53,37 @@ def test_tunnel_up_status_down(lab):
     assert not list((lab.state_dir / "hosts").glob("*/wireguard/*.key"))
     assert not ({f"{i}.sock" for i in ifaces} & {p.name for p in WG_RUN.glob("*.sock")})
     assert not lab.processes("wireguard-go " + ifaces[0])
+
+
+INITIATION_IP_BYTES = 148 + 8 + 20      # a WireGuard handshake initiation, in UDP, in IPv4
+
+
+def _count_initiations(netns: str, action: str) -> int:
+    """Handshake initiations ``netns`` received on its WAN (a counting rule: no target)."""
+    cmd = ["nsenter", f"--net=/run/netns/{netns}", "iptables", "-w", "-t", "raw"]
+    rule = ["PREROUTING", "-i", "wan0", "-p", "udp", "-m", "length", "--length", str(INITIATION_IP_BYTES)]
+    if action == "add":
+        subprocess.run([*cmd, "-A", *rule], check=True)
+        return 0
+    out = subprocess.run([*cmd, "-L", "PREROUTING", "-v", "-x", "-n"], check=True,
+                         capture_output=True, text=True).stdout
+    return sum(int(line.split()[0]) for line in out.splitlines() if "length 176" in line)
+
+
+def test_tunnel_up_across_a_wan_round_trip_takes_one_handshake(lab):
+    """Hosts 50 ms apart (the bench's delay lines): the tunnel comes up with one handshake.
+    Both ends used to start one as they were configured (their persistent keepalive), the
+    two crossed, and WireGuard let the tunnel sit silent for its 5 s retry (or failed it)."""
+    netns = {h: f"{lab.lab_id}-{h}" for h in ("h1", "h2")}
+    for ns in netns.values():
+        _count_initiations(ns, "add")
+    with DelayLine(netns["h1"], 25), DelayLine(netns["h2"], 25):
+        lab.cm("tunnel", "up", "h1", "h2")
+        [t] = json.loads(lab.cm("tunnel", "status", "--json").stdout)
+    assert sum(_count_initiations(ns, "read") for ns in netns.values()) == 1
+    for side in t["sides"]:
+        assert side["latest_handshake"] > 0
+        assert side["keepalive_s"] == 25        # on once the session is there, at both ends
 
 
 def test_tunnel_bad_input(lab):

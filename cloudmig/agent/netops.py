@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
+from cloudmig import errors
 from cloudmig.network import _ns, keys, lock, pins, proxy, replies, routing, wireguard
 
 HOST_NETNS = None  # the agent's own namespace
@@ -228,6 +229,18 @@ class NetOps:
 
     def tunnel_warm(self, ifname: str, peer_address: str) -> dict:
         return dataclasses.asdict(wireguard.warm(ifname, HOST_NETNS, peer_address))
+
+    def tunnel_keepalive(self, ifname: str, keepalive_s: int) -> None:
+        """Turn the peer's persistent keepalive on once this end has a session (see
+        wireguard.keep_alive); the keeper brings the tunnel back with it."""
+        config = self._kept().get(ifname)
+        if config is None:
+            raise errors.NetworkError(f"Tunnel {ifname} is not up on this host.",
+                                      hint="`cloudmig tunnel up` brings it up.")
+        wireguard.keep_alive(ifname, HOST_NETNS, config["peer_public_key"], keepalive_s)
+        with self._keeper_lock:
+            if ifname in self._kept():
+                self._keep(ifname, config | {"keepalive_s": keepalive_s})
 
     def tunnel_status(self, ifname: str) -> dict:
         return wireguard.status(ifname, HOST_NETNS).to_dict()

@@ -75,6 +75,7 @@ class AgentOps:
             "tunnel.key": self.net.tunnel_key,
             "tunnel.up": self.net.tunnel_up,
             "tunnel.warm": self.net.tunnel_warm,
+            "tunnel.keepalive": self.net.tunnel_keepalive,
             "tunnel.status": self.net.tunnel_status,
             "tunnel.down": self.net.tunnel_down,
         }

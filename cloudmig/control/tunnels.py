@@ -114,7 +114,7 @@ def up(a: str, b: str, inv: Inventory | None = None, *, exist_ok: bool = False,
             pub_b = ag_b.call("tunnel.key", ifname=rec.iface_b)
             _up_end(ag_a, rec.iface_a, rec.port_a, ha, hb, rec.port_b, pub_b)
             _up_end(ag_b, rec.iface_b, rec.port_b, hb, ha, rec.port_a, pub_a)
-            ag_a.call("tunnel.warm", ifname=rec.iface_a, peer_address=hb.overlay_address)
+            _warm_then_keep_alive(rec, ag_a, ag_b, hb)
     except BaseException:
         _teardown(inv, rec)
         raise
@@ -122,9 +122,19 @@ def up(a: str, b: str, inv: Inventory | None = None, *, exist_ok: bool = False,
 
 
 def _up_end(agent, ifname: str, port: int, host, peer, peer_port: int, peer_key: str) -> None:
+    # no keepalive yet: it would start a handshake at each end at once (_warm_then_keep_alive)
     agent.call("tunnel.up", ifname=ifname, listen_port=port, address=host.overlay_address,
                peer_public_key=peer_key, peer_endpoint=f"{peer.public_address}:{peer_port}",
-               peer_address=peer.overlay_address, keepalive_s=KEEPALIVE_S)
+               peer_address=peer.overlay_address, keepalive_s=0)
+
+
+def _warm_then_keep_alive(rec: TunnelRecord, ag_a, ag_b, hb) -> None:
+    """One handshake, started by a; then each end's keepalive, once it has the session.
+    Keepalives set as the ends came up started a handshake at both, which crossed over a
+    WAN and stalled the tunnel for WireGuard's 5 s retry (network/wireguard.keep_alive)."""
+    ag_a.call("tunnel.warm", ifname=rec.iface_a, peer_address=hb.overlay_address)
+    ag_a.call("tunnel.keepalive", ifname=rec.iface_a, keepalive_s=KEEPALIVE_S)
+    ag_b.call("tunnel.keepalive", ifname=rec.iface_b, keepalive_s=KEEPALIVE_S)
 
 
 def repair(rec: TunnelRecord, ha, hb, session) -> list[str]:
@@ -146,7 +156,7 @@ def repair(rec: TunnelRecord, ha, hb, session) -> list[str]:
         _up_end(agent, ifname, port, host, peer, peer_port, peer_agent.call("tunnel.key", ifname=peer_if))
         repaired.append(host.name)
     if repaired:
-        ag_a.call("tunnel.warm", ifname=rec.iface_a, peer_address=hb.overlay_address)
+        _warm_then_keep_alive(rec, ag_a, ag_b, hb)
     return repaired
 
 
@@ -205,6 +215,7 @@ def status(inv: Inventory | None = None) -> list[dict]:
                 sides.append({"host": host, "interface": ifname, "listen_port": st["listen_port"],
                               "backend": st["backend"], "endpoint": peer.get("endpoint"),
                               "latest_handshake": peer.get("latest_handshake"),
+                              "keepalive_s": peer.get("persistent_keepalive"),
                               "rx_bytes": peer.get("rx_bytes", 0), "tx_bytes": peer.get("tx_bytes", 0),
                               "state": "up"})
             except errors.CloudmigError as exc:
