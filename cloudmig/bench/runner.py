@@ -260,7 +260,7 @@ def _lazy_numbers(res: RunResult) -> None:
     res.recovery_s = (after["t"] - back) if after else (end["t"] - back if end["t"] > back else None)
 
 
-TUNNEL_PROBE_S = 3               # the throughput probe sends what the WAN rate moves in this long
+TUNNEL_PROBE_S = 3               # the throughput probe sends for this long (or what the WAN rate moves in it)
 TUNNEL_PROBE_MAX = 512 << 20
 
 
@@ -270,7 +270,7 @@ def tunnel_throughput(src: str, dst: str, wan_rate: str | None) -> float:
     nbytes = TUNNEL_PROBE_MAX if rate_bps is None else min(TUNNEL_PROBE_MAX, rate_bps // 8 * TUNNEL_PROBE_S)
     with Session(Inventory()) as session:
         session.tunnel(src, dst)
-        return tunnels.throughput(session, src, dst, nbytes)
+        return tunnels.throughput(session, src, dst, nbytes, seconds=TUNNEL_PROBE_S)
 
 
 def _bulk_transfer(src: str, dst: str) -> tuple[float, float]:
