@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -107,20 +108,28 @@ def stack_in_use_process(tmp_path):
     yield from _process(tmp_path, STACK_IN_USE_C)
 
 
-def _lazy_dump(pid: int, images) -> tuple[list[dict], dict, int]:
-    """CRIU's lazy dump of PID, up to its page server: (pagemap entries, core, bytes of pages)."""
+def _start_lazy_dump(pid: int, images, port: int, *extra: str) -> subprocess.Popen:
+    """CRIU's lazy dump of PID, returned once its page server listens on 127.0.0.1:PORT."""
     images.mkdir()
     dump = subprocess.Popen([paths.criu_binary(), "dump", "-t", str(pid), "-D", str(images),
                              "-o", "dump.log", "-v4", "--lazy-pages", "--address", "127.0.0.1",
-                             "--port", str(sockets.free_port("127.0.0.1"))],
+                             "--port", str(port), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = images / "dump.log"
+    deadline = time.monotonic() + 30
+    while "Starting lazy pages server" not in (log.read_text() if log.exists() else ""):
+        if dump.poll() is not None or time.monotonic() > deadline:
+            os.killpg(dump.pid, signal.SIGKILL)
+            dump.wait()
+            raise AssertionError(log.read_text() if log.exists() else "no dump log")
+        time.sleep(0.05)
+    return dump
+
+
+def _lazy_dump(pid: int, images) -> tuple[list[dict], dict, int]:
+    """CRIU's lazy dump of PID, up to its page server: (pagemap entries, core, bytes of pages)."""
+    dump = _start_lazy_dump(pid, images, sockets.free_port("127.0.0.1"))
     try:
-        log = images / "dump.log"
-        deadline = time.monotonic() + 30
-        while "Starting lazy pages server" not in (log.read_text() if log.exists() else ""):
-            assert dump.poll() is None, log.read_text() if log.exists() else "no dump log"
-            assert time.monotonic() < deadline, "CRIU's dump did not get to its page server"
-            time.sleep(0.05)
         with open(images / f"pagemap-{pid}.img", "rb") as f:
             entries = pycriu.images.load(f)["entries"][1:]
         with open(images / f"core-{pid}.img", "rb") as f:
@@ -173,3 +182,31 @@ def test_what_a_restore_touches_first_is_in_the_images(stack_in_use_process, tmp
             continue                  # above the stack's top, or never touched: not in the images
         assert entry is not None and not entry["flags"] & PE_LAZY, (hex(addr), entry)
     assert _lazy_pages(entries) >= MEMORY_MIB * 256       # the rest of the memory stays lazy
+
+
+def test_a_page_client_that_leaves_unasked_does_not_end_the_lazy_dump(stack_in_use_process, tmp_path):
+    """The lazy-pages daemon connects to the source's page server as soon as the restore
+    connects to it, so that the handshake (a WAN's round trip) overlaps the restore. A restore
+    that fails then closes that connection before asking for a page; the page server used to
+    end there, and with it the lazy dump, which resumed the source's copy on its own, before
+    the controller had rolled anything back. Our patch has it take another client instead;
+    the controller ends it with PS_IOV_CLOSE (sockets.abort_page_server), and the process,
+    dumped with --leave-running, runs on."""
+    pid, port = stack_in_use_process.pid, sockets.free_port("127.0.0.1")
+    dump = _start_lazy_dump(pid, tmp_path / "images", port, "--leave-running")
+    log = tmp_path / "images" / "dump.log"
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()    # a failed restore's daemon
+        deadline = time.monotonic() + 30
+        while "accepting another" not in log.read_text():
+            assert dump.poll() is None, "the lazy dump ended with its first page client"
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.05)
+        sockets.abort_page_server("127.0.0.1", port)
+        assert dump.wait(timeout=30) == 0, log.read_text()[-2000:]
+    finally:
+        if dump.poll() is None:
+            os.killpg(dump.pid, signal.SIGKILL)
+            dump.wait()
+    state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    assert state == "S", f"the dumped process is in state {state}, not back in its pause()"

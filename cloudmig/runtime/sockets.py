@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 
 ABORT_CONNECT_TIMEOUT_S = 5
+# criu/page-xfer.c's struct page_server_iov {u32 cmd; u64 nr_pages; u64 vaddr; u64 dst_id},
+# native layout, with cmd PS_IOV_CLOSE (0x1023)
+PS_IOV_CLOSE = struct.pack("@IQQQ", 0x1023, 0, 0, 0)
 SO_ACCEPTCON = 1 << 16          # /proc/net/unix's flag of a listening socket
 
 
@@ -22,10 +26,15 @@ def free_port(address: str) -> int:
 
 
 def abort_page_server(address: str, port: int) -> None:
-    """End a lazy dump whose page server nobody connected to: connect and close at once."""
+    """End a lazy dump whose pages nobody will fetch: tell its page server the session is
+    over (CRIU's PS_IOV_CLOSE), as a finished lazy-pages daemon does. A client that only
+    connects and closes no longer ends it: our CRIU patch's page server then waits for
+    another client, so that a restore that failed after its daemon connected leaves the
+    source's frozen copy to roll back to."""
     try:
-        with socket.create_connection((address, port), timeout=ABORT_CONNECT_TIMEOUT_S):
-            pass
+        with socket.create_connection((address, port), timeout=ABORT_CONNECT_TIMEOUT_S) as s:
+            s.sendall(PS_IOV_CLOSE)
+            s.recv(4)                   # the server's status: the session is over
     except OSError:
         pass
 
