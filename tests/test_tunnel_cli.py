@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 from cloudmig.bench.delay import DelayLine
-from lab import Lab, lab_fixture
+from lab import Lab, cloudmig, lab_fixture
 
 WG_RUN = Path("/var/run/wireguard")
 
@@ -45,8 +45,9 @@ def test_tunnel_up_status_down(lab):
     # private keys are never printed
     assert "PRIVATE" not in json.dumps(st).upper()
 
-    human = lab.cm("tunnel", "status").stdout
+    human = cloudmig("tunnel", "status", env={**lab.env, "COLUMNS": "200"}).stdout   # one line a side
     assert "h1-h2" in human or "h2-h1" in human
+    assert "KEEPALIVE" in human and human.count(" 25s ") == 2     # on at both ends
 
     lab.cm("tunnel", "down", "h1", "h2")
     assert json.loads(lab.cm("tunnel", "status", "--json").stdout) == []

@@ -23,19 +23,20 @@ def up(a: str = typer.Argument(..., help="One host."), b: str = typer.Argument(.
 
 @tunnel_app.command("status")
 def status(json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """Tunnels: latest handshake, bytes each way, endpoint."""
+    """Tunnels: latest handshake, keepalive, bytes each way, endpoint."""
     rows = tunnels.status()
     if json_out:
         print_json(rows)
         return
-    table = Table("TUNNEL", "HOST", "INTERFACE", "ENDPOINT", "HANDSHAKE", "RX", "TX", box=None)
+    table = Table("TUNNEL", "HOST", "INTERFACE", "ENDPOINT", "HANDSHAKE", "KEEPALIVE", "RX", "TX", box=None)
     now = time.time()
     for t in rows:
         for s in t["sides"]:
             hs = s.get("latest_handshake")
             hs_text = f"{now - hs:.0f}s ago" if hs else ("never" if s["state"] == "up" else s["state"])
+            keepalive = f"{s['keepalive_s']}s" if s.get("keepalive_s") else "off" if s["state"] == "up" else "-"
             table.add_row(f"{t['a']}-{t['b']}", s["host"], s["interface"], s.get("endpoint") or "-",
-                          hs_text, str(s.get("rx_bytes", "-")), str(s.get("tx_bytes", "-")))
+                          hs_text, keepalive, str(s.get("rx_bytes", "-")), str(s.get("tx_bytes", "-")))
     console.print(table)
 
 
