@@ -59,16 +59,21 @@ def test_tunnel_up_status_down(lab):
 INITIATION_IP_BYTES = 148 + 8 + 20      # a WireGuard handshake initiation, in UDP, in IPv4
 
 
-def _count_initiations(netns: str, action: str) -> int:
-    """Handshake initiations ``netns`` received on its WAN (a counting rule: no target)."""
-    cmd = ["nsenter", f"--net=/run/netns/{netns}", "iptables", "-w", "-t", "raw"]
-    rule = ["PREROUTING", "-i", "wan0", "-p", "udp", "-m", "length", "--length", str(INITIATION_IP_BYTES)]
-    if action == "add":
-        subprocess.run([*cmd, "-A", *rule], check=True)
-        return 0
-    out = subprocess.run([*cmd, "-L", "PREROUTING", "-v", "-x", "-n"], check=True,
-                         capture_output=True, text=True).stdout
-    return sum(int(line.split()[0]) for line in out.splitlines() if "length 176" in line)
+def _iptables_raw(netns: str, *args: str) -> str:
+    return subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "iptables", "-w", "-t", "raw", *args],
+                          check=True, capture_output=True, text=True).stdout
+
+
+def _count_initiations(netns: str) -> None:
+    """From now on, count the handshake initiations ``netns`` receives on its WAN (a rule
+    without a target: it only counts)."""
+    _iptables_raw(netns, "-A", "PREROUTING", "-i", "wan0", "-p", "udp", "-m", "length",
+                  "--length", str(INITIATION_IP_BYTES))
+
+
+def _initiations(netns: str) -> int:
+    out = _iptables_raw(netns, "-L", "PREROUTING", "-v", "-x", "-n")
+    return sum(int(line.split()[0]) for line in out.splitlines() if f"length {INITIATION_IP_BYTES}" in line)
 
 
 def test_tunnel_up_across_a_wan_round_trip_takes_one_handshake(lab):
@@ -77,11 +82,11 @@ def test_tunnel_up_across_a_wan_round_trip_takes_one_handshake(lab):
     two crossed, and WireGuard let the tunnel sit silent for its 5 s retry (or failed it)."""
     netns = {h: f"{lab.lab_id}-{h}" for h in ("h1", "h2")}
     for ns in netns.values():
-        _count_initiations(ns, "add")
+        _count_initiations(ns)
     with DelayLine(netns["h1"], 25), DelayLine(netns["h2"], 25):
         lab.cm("tunnel", "up", "h1", "h2")
         [t] = json.loads(lab.cm("tunnel", "status", "--json").stdout)
-    assert sum(_count_initiations(ns, "read") for ns in netns.values()) == 1
+    assert sum(_initiations(ns) for ns in netns.values()) == 1
     for side in t["sides"]:
         assert side["latest_handshake"] > 0
         assert side["keepalive_s"] == 25        # on once the session is there, at both ends

@@ -239,8 +239,9 @@ class NetOps:
                                       hint="`cloudmig tunnel up` brings it up.")
         wireguard.keep_alive(ifname, HOST_NETNS, config["peer_public_key"], keepalive_s)
         with self._keeper_lock:
-            if ifname in self._kept():
-                self._keep(ifname, config | {"keepalive_s": keepalive_s})
+            current = self._kept().get(ifname)     # as kept now: down or up again meanwhile
+            if current is not None:
+                self._keep(ifname, current | {"keepalive_s": keepalive_s})
 
     def tunnel_status(self, ifname: str) -> dict:
         return wireguard.status(ifname, HOST_NETNS).to_dict()

@@ -260,17 +260,15 @@ def _lazy_numbers(res: RunResult) -> None:
     res.recovery_s = (after["t"] - back) if after else (end["t"] - back if end["t"] > back else None)
 
 
-TUNNEL_PROBE_S = 3               # the throughput probe sends for this long (or what the WAN rate moves in it)
+TUNNEL_PROBE_S = 3               # the throughput probe sends for this long (or TUNNEL_PROBE_MAX)
 TUNNEL_PROBE_MAX = 512 << 20
 
 
-def tunnel_throughput(src: str, dst: str, wan_rate: str | None) -> float:
+def tunnel_throughput(src: str, dst: str) -> float:
     """MiB/s through the src-dst tunnel, measured with a bulk transfer from agent to agent."""
-    rate_bps, _ = lab.parse_wan(wan_rate)
-    nbytes = TUNNEL_PROBE_MAX if rate_bps is None else min(TUNNEL_PROBE_MAX, rate_bps // 8 * TUNNEL_PROBE_S)
     with Session(Inventory()) as session:
         session.tunnel(src, dst)
-        return tunnels.throughput(session, src, dst, nbytes, seconds=TUNNEL_PROBE_S)
+        return tunnels.throughput(session, src, dst, TUNNEL_PROBE_MAX, seconds=TUNNEL_PROBE_S)
 
 
 def _bulk_transfer(src: str, dst: str) -> tuple[float, float]:
@@ -444,7 +442,7 @@ def _sweep_in_lab(cfg: Config, progress: Callable[[str], None],
             addresses = stack.enter_context(lab.own_lab(cfg.state_dir, cfg.lab_id, hosts=2, wan=wan_rate,
                                                         progress=lambda line: progress("  " + line)))
             src, dst = TRANSPORT_HOSTS["lab"]
-            mibps = tunnel_throughput(src, dst, wan_rate)
+            mibps = tunnel_throughput(src, dst)
             cfg.tunnel_mibps[wan_rate or "-"] = mibps
             progress(f"tunnel {src} -> {dst}: {mibps:.0f} MiB/s (bulk TCP through it)")
             if "ssh" in cfg.transports:
