@@ -16,7 +16,7 @@ import subprocess
 import pytest
 
 from busybox_image import HTTPD_COMMAND, http_get, make_busybox_image
-from lab import VENV_BIN, Lab, connect, new_lab_id, resp
+from lab import VENV_BIN, Lab, cloudmig, connect, new_lab_id, resp
 from redis_client import HeldClient, check_data, digests
 from cloudmig.bench.sshd import Sshd
 
@@ -136,3 +136,39 @@ def test_an_image_whose_file_is_gone_moves_between_separate_stores(mixed, tmp_pa
         assert http_get(entry, 18083) == "from a file that is gone\n"
     row = _row(lab, "web")
     assert row["host"] == "h3" and row["state"] == "running"
+
+
+def test_a_restore_that_fails_on_an_adopted_host_rolls_back_to_the_adopted_source(mixed, tmp_path):
+    """Post-copy from s1 to s2, whose restore fails (its CRIU core images gone). The restore
+    connects to s2's lazy-pages daemon before it reads them, and the daemon at once to s1's
+    page server across the tunnel: s1's page server outlives that connection, and the
+    rollback ends it with PS_IOV_CLOSE, so the
+    container runs on at s1 as it was, its client still connected. Nothing of CRIU's stays
+    on either host, whose files are their own."""
+    lab, _sshds, base = mixed
+    port = PORT + 1
+    lab.cm("run", "s1", "kv", "--publish", f"{port}:6379", "--", *REDIS)
+    entry = lab.public_address("s1")
+    sock, f = connect(entry, port)
+    with sock:
+        assert resp(f, "DEBUG", "POPULATE", "5000", "key", str(VALUE_BYTES)) == "OK"
+    sampled = digests(entry, port, 5000)
+    client = HeldClient(entry, port).start()
+    out = tmp_path / "report.json"
+    try:
+        client.wait_answers(30)
+        res = cloudmig("migrate", "kv", "--to", "s2", "--report", str(out), timeout=600, check=False,
+                       env={**lab.env, "CLOUDMIG_FAULTS": "before-restore:destination:break-images"})
+        answers = client.answers
+        client.wait_answers(answers + 30)
+    finally:
+        client.stop()
+    assert res.returncode != 0 and "Error:" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    report = json.loads(out.read_text())
+    assert report["ok"] is False and report["rolled_back"] is True, report
+    client.assert_healthy()
+    row = _row(lab, "kv")
+    assert row["host"] == "s1" and row["state"] == "running"
+    check_data(entry, port, 5000, VALUE_BYTES, sampled)
+    for name in ("s1", "s2"):
+        assert not [p for p in lab.processes(str(base / f"remote-{name}")) if "criu" in p], name
