@@ -86,6 +86,8 @@ class Dumped:
     connections: list[Connection]       # the container's TCP connections at the freeze
     upper: Sent                         # the writable layer's last changes, sent in the same call
     images: Sent                        # CRIU's images, sent in the same call
+    hot: dict[str, int] = dataclasses.field(default_factory=dict)   # pages sent ahead: sent,
+    # sent_bytes, unchanged, changed (new contents with the images), dropped (cloudmig.runtime.hot_pages)
 
 
 @dataclasses.dataclass
@@ -99,6 +101,7 @@ class Restored:
     pid: int
     restore_ms: float
     steps_ms: dict[str, float]
+    hot_installed: int = 0              # pages sent ahead that went into the images as present
 
 
 @dataclasses.dataclass
@@ -132,13 +135,15 @@ class Outgoing(_Ops):
                                         port=rx.port, token=rx.token))
 
     def arm(self, name: str, address: str, port: int, receivers_at: str,
-            receivers: dict[str, Receiver]) -> list[str]:
+            receivers: dict[str, Receiver], hot: Receiver | None = None) -> list[str]:
         """Start the dump's runc and CRIU (post-copy), waiting at their gate, and connect to
         the destination's ``receivers`` (by what they receive: "upper", "images") at
-        ``receivers_at``, for the freeze; the container's stdio paths, which the destination's
+        ``receivers_at``, for the freeze; with ``hot``, send the pages the container will
+        likely touch first there now. The container's stdio paths, which the destination's
         runc needs."""
         return self._c.call("outgoing.arm", name=name, address=address, port=port, receivers_at=receivers_at,
-                            ports={what: rx.port for what, rx in receivers.items()})
+                            ports={what: rx.port for what, rx in receivers.items()},
+                            hot=[hot.port, hot.token] if hot else None)
 
     def disarm(self, name: str) -> None:
         self._c.call("outgoing.disarm", name=name)

@@ -20,15 +20,19 @@ restore).
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import shutil
 import subprocess
 import threading
+from pathlib import Path
 
 from cloudmig import errors
 from cloudmig.agent.api import LazyProgress, Mode, Receiver, Restored
 from cloudmig.agent.side import HostContext, Side, State
-from cloudmig.runtime import lazy_pages, mounts, restore, transfer
+from cloudmig.runtime import hot_pages, lazy_pages, mounts, restore, transfer
 from cloudmig.timing import Steps
+
+log = logging.getLogger(__name__)
 
 LAZY_FINISH_TIMEOUT_S = 3600      # after the last page, the daemon exits at once
 MAX_PROGRESS_WAIT_S = 1.0        # lazy_progress(wait_s): the longest an answer is held back
@@ -45,6 +49,7 @@ class Incoming(Side):
         self._live = False          # routed and unlocked by this agent (in the restore)
         self.daemon: lazy_pages.LazyPagesDaemon | None = None
         self.lost: str | None = None       # why the container's memory can no longer arrive
+        self.ahead: concurrent.futures.Future | None = None   # the pages sent ahead, read
 
     @classmethod
     def adopt(cls, ctx: HostContext, name: str, mode: Mode, state: State) -> "Incoming":
@@ -85,14 +90,20 @@ class Incoming(Side):
         return inc
 
     def receive(self, what: str, bind_address: str) -> Receiver:
-        """A receiver for the writable layer ("upper") or CRIU's images ("images")."""
+        """A receiver for the writable layer ("upper"), CRIU's images ("images") or the pages
+        sent ahead of the freeze ("hot": cloudmig.runtime.hot_pages)."""
         self.expect(f"receive {what}", State.PREPARED, State.ARMED)
-        dest = {"upper": self.runtime.bundle(self.name).upper, "images": self.images}[what]
+        dest = {"upper": self.runtime.bundle(self.name).upper, "images": self.images, "hot": self.hot}[what]
+        dest.mkdir(parents=True, exist_ok=True)
         # a lazy dump's images are small, and come inside the freeze
         small = what == "images" and self.mode.lazy
         rx = transfer.Receiver.start(dest, bind_address, rcvbuf=transfer.FREEZE_RCVBUF_BYTES if small else None)
         self.receivers[what] = rx
         return Receiver(port=rx.port, token=rx.token)
+
+    @property
+    def hot(self) -> Path:
+        return self.dir / "hot"
 
     def receive_wait(self, what: str) -> int:
         """Strict: the transfer into ``what`` must have arrived whole."""
@@ -110,6 +121,7 @@ class Incoming(Side):
         self.expect("arm", State.PREPARED)
         work = self.work("dst")
         if self.mode.lazy:
+            self._read_ahead()
             self.daemon = lazy_pages.LazyPagesDaemon.spawn(self.images, work, page_server, port)
         try:
             self.armed = restore.Restore.arm(self.runtime, self.name, self.images, work,
@@ -143,6 +155,8 @@ class Incoming(Side):
                     rx = self.receivers.pop(what, None)
                     if rx is not None:
                         rx.wait()
+            with steps("hot"):
+                installed = self._install_hot()
             with steps("mount"):
                 self.runtime.mount(self.name)
                 armed.bind_rootfs()
@@ -164,7 +178,39 @@ class Incoming(Side):
         self._live = True
         if self.daemon is not None:
             self.watch()
-        return Restored(pid=pid, restore_ms=steps.total_ms, steps_ms=steps.ms)
+        return Restored(pid=pid, restore_ms=steps.total_ms, steps_ms=steps.ms, hot_installed=installed)
+
+    def _read_ahead(self) -> None:
+        """The pages the source sends ahead (``receive("hot")``) are read into memory as they
+        arrive, in the background: not inside the freeze. pycriu, which rewrites the images,
+        is imported now for the same reason."""
+        rx = self.receivers.get("hot")
+        if rx is None:
+            return
+        hot_pages.preload()
+
+        def read() -> dict:
+            rx.wait()
+            return hot_pages.load_ahead(self.hot, self.dir / "hot-parent")
+        reader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"hot-{self.name}")
+        self.ahead = reader.submit(read)
+        reader.shutdown(wait=False)
+
+    def _install_hot(self) -> int:
+        """The pages sent ahead and known at the freeze become present pages of the images.
+        If that fails before the pagemap is replaced (its one change), the pages come
+        lazily, like the others."""
+        self.receivers.pop("hot", None)
+        if self.ahead is None:
+            return 0
+        if not self.ahead.done():     # not all here yet (a slow link): not waited for in the freeze
+            log.info("pages sent ahead for %s not read yet: they come lazily", self.name)
+            return 0
+        try:
+            return hot_pages.merge(self.images, self.ahead.result(), self.dir / "hot-parent")
+        except Exception as exc:          # a bad file, no pycriu: the pages come lazily
+            log.warning("pages sent ahead not installed for %s: %s", self.name, exc)
+            return 0
 
     def _watch_daemon(self) -> None:
         """The moment the lazy-pages daemon ends without having moved every page, the

@@ -16,6 +16,7 @@ here; a stop-and-copy dump ends it, and a rollback restores it from its images.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import shutil
 import socket
 import subprocess
@@ -24,7 +25,7 @@ from cloudmig import errors
 from cloudmig.agent.api import Dumped, DumpEnd, Mode, Sent
 from cloudmig.agent.side import HostContext, Side, State
 from cloudmig.network import hold
-from cloudmig.runtime import criu, dump, mounts, restore, transfer
+from cloudmig.runtime import criu, dump, hot_pages, mounts, restore, transfer
 from cloudmig.timing import Steps
 
 DUMP_ROLLBACK_WAIT_S = 60          # a dump told to stop serving pages ends within this
@@ -44,6 +45,8 @@ class Outgoing(Side):
         self.adopted = False
         self.connected: dict[str, socket.socket] = {}   # to the destination's receivers, ahead
         self.lock_armed = False            # the network lock waits, dormant, for the freeze
+        self.hot: dict[int, hot_pages.Pages] = {}     # pages sent ahead of the freeze, by vpid
+        self.hot_bytes = 0
 
     @classmethod
     def adopt(cls, ctx: HostContext, name: str, mode: Mode, state: State) -> "Outgoing":
@@ -61,12 +64,15 @@ class Outgoing(Side):
         self.manifest = transfer.manifest(upper)
         return Sent(bytes=transfer.send(upper, address, port, token))
 
-    def arm(self, address: str, port: int, receivers_at: str, ports: dict[str, int]) -> list[str]:
+    def arm(self, address: str, port: int, receivers_at: str, ports: dict[str, int],
+            hot: list | None = None) -> list[str]:
         """Post-copy: start the dump's runc and CRIU, which wait at their gate until
         ``checkpoint``. The destination's receivers at ``receivers_at`` (``ports`` by what
         they receive: "upper", "images") are connected now, so that the freeze's transfers do
-        not wait for a handshake (a WAN's round trip). Returns the container's stdio paths
-        (the destination's runc needs them before its CRIU starts)."""
+        not wait for a handshake (a WAN's round trip). With ``hot`` (a receiver's [port,
+        token]), the pages the container will likely touch first go there now
+        (cloudmig.runtime.hot_pages). Returns the container's stdio paths (the destination's
+        runc needs them before its CRIU starts)."""
         self.expect("arm", State.PREPARED)
         self.net.ensure_tunnels()          # the page server binds this host's tunnel address
         descriptors = self.runtime.external_descriptors(self.name)
@@ -77,12 +83,26 @@ class Outgoing(Side):
                                               address, port)
             self.net.arm_lock(self.name)
             self.lock_armed = True
+            if self.mode.lazy and hot:
+                self._send_hot(receivers_at, *hot)
         except BaseException:
             self._call_off_dump()
             self._disarm_lock()
             raise
         self.advance(State.ARMED)
         return descriptors
+
+    def _send_hot(self, address: str, port: int, token: str) -> None:
+        self.hot = hot_pages.scan(self.runtime.pids(self.name))
+        ahead = self.work("hot")
+        shutil.rmtree(ahead, ignore_errors=True)
+        hot_pages.write(self.hot, ahead)
+        try:
+            # acknowledged: all of it must be there before the freeze (over a WAN a new
+            # connection's slow start takes round trips), or it is of no use in it
+            self.hot_bytes = transfer.send_files(ahead, address, port, token, compress=True)
+        finally:
+            shutil.rmtree(ahead, ignore_errors=True)
 
     def disarm(self) -> None:
         """Undo ``arm``: the armed dump is called off; the container was never touched."""
@@ -143,6 +163,13 @@ class Outgoing(Side):
         with steps("cgroup_freeze"):
             self.runtime.freeze(self.name)
         self.advance(State.FROZEN)
+        # the pages sent ahead are judged while CRIU dumps: the container is frozen, and CRIU
+        # touches none of them (cloudmig.runtime.hot_pages)
+        verdict: concurrent.futures.Future | None = None
+        if self.hot:
+            judging = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+            verdict = judging.submit(self._timed, steps, "hot", hot_pages.write_verdicts, self.hot, self.images)
+            judging.shutdown(wait=False)
         with steps("criu"):
             if self.dump is not None:
                 self.dump.go()
@@ -153,11 +180,23 @@ class Outgoing(Side):
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
             fs = pool.submit(self._timed, steps, "fs_sync", self._final_sync, address, *upper,
                              self.connected.pop("upper", None))
-            img = pool.submit(self._timed, steps, "images", self._send_images, address, *images,
+            img = pool.submit(self._judged_images, steps, verdict, address, *images,
                               self.connected.pop("images", None))
             sent_upper, sent_images = fs.result(), img.result()
+        hot = {}
+        if verdict is not None:
+            hot = dataclasses.asdict(verdict.result()) | {"sent": sum(len(p.addrs) for p in self.hot.values()),
+                                                          "sent_bytes": self.hot_bytes}
         return Dumped(dump_ms=steps.total_ms, steps_ms=steps.ms, connections=connections.result(),
-                      upper=sent_upper, images=sent_images)
+                      upper=sent_upper, images=sent_images, hot=hot)
+
+    def _judged_images(self, steps: Steps, verdict: concurrent.futures.Future | None, address: str,
+                       port: int, token: str, sock: socket.socket | None) -> Sent:
+        """The images, with the verdict on the pages sent ahead."""
+        if verdict is not None:
+            verdict.result()
+        with steps("images"):
+            return self._send_images(address, port, token, sock)
 
     @staticmethod
     def _timed(steps: Steps, name: str, fn, *args):

@@ -339,7 +339,10 @@ class Migration:
         handshakes, a WAN's round trip, are not in the freeze): none of it inside the freeze."""
         self.receivers = {what: self.dst.incoming.receive(self.name, what, self.dst_addr)
                           for what in ("upper", "images")}
-        descriptors = self.src.outgoing.arm(self.name, self.src_addr, self.ps_port, self.dst_addr, self.receivers)
+        # post-copy: the pages it will likely touch first go ahead now (cloudmig.runtime.hot_pages)
+        hot = self.dst.incoming.receive(self.name, "hot", self.dst_addr) if self.mode.lazy else None
+        descriptors = self.src.outgoing.arm(self.name, self.src_addr, self.ps_port, self.dst_addr,
+                                            self.receivers, hot=hot)
         self.dst.incoming.arm(self.name, descriptors, self.src_addr, self.ps_port)
 
     def _hold(self) -> None:
@@ -360,6 +363,7 @@ class Migration:
             breakdown[k if k in ("fs_sync", "images") else f"dump.{k}"] = v
         self.report.fs_bytes += dumped.upper.bytes
         self.report.images_bytes = dumped.images.bytes
+        self.report.hot_pages = dict(dumped.hot)
         # connections that came since the prepare: pinned by the destination's restore call,
         # beside runc and CRIU, before it unlocks the container (a reply the restored copy sent
         # before its pin would leave by the wrong way: seen as a client's connection reset)
@@ -373,6 +377,8 @@ class Migration:
         breakdown["restore"] = self.report.phases[-1].ms
         breakdown["restore.agent"] = restored.restore_ms
         breakdown.update({f"restore.{k}": v for k, v in restored.steps_ms.items()})
+        if self.report.hot_pages:
+            self.report.hot_pages["installed"] = restored.hot_installed
 
     def _timed(self, key: str, fn: Callable):
         t = time.monotonic()
@@ -542,18 +548,21 @@ PHASES: tuple[Phase, ...] = (
           "tunnel; netns, bundle (locked); receives; reply pins", Migration._prepare, State.PREPARED,
           undo=Migration._abort_destination, undo_text="incoming.abort: destination cleaned"),
     Phase("arm", "runc checkpoint + CRIU wait at their gate; the freeze's transfers connected; "
-          "network lock in place, dormant",
-          "receivers open; runc restore + CRIU wait; lazy-pages daemon listens",
+          "network lock in place, dormant; (post-copy) the pages found from the stacks sent ahead",
+          "receivers open; runc restore + CRIU wait; lazy-pages daemon listens; the pages sent "
+          "ahead made a parent image set",
           Migration._arm, State.ARMED,
           undo=Migration._disarm_source, undo_text="outgoing.disarm: the armed dump and lock called off"),
     Phase("hold", "the service's packets queued in the kernel (NFQUEUE), no longer dropped", "-",
           Migration._hold, State.ARMED,
           undo=Migration._release_hold, undo_text="outgoing.release_hold: held packets reach the source"),
-    Phase("dump", "lock, freeze, CRIU dump (page server up); writable layer's changes and CRIU "
-          "images sent (one call)", "received; pins of new connections",
+    Phase("dump", "lock, freeze, CRIU dump (page server up) while the pages sent ahead are judged; "
+          "writable layer's changes and CRIU images with that verdict sent (one call)",
+          "received; pins of new connections",
           Migration._dump, State.FROZEN, frozen=True,
           undo=Migration._resume_source, undo_text="outgoing.rollback: thawed or restored, unlocked"),
-    Phase("restore", "serves pages", "mount, CRIU restore; then routed and unlocked",
+    Phase("restore", "serves pages", "pages sent ahead and known at the freeze marked in the parent; "
+          "mount, CRIU restore; then routed and unlocked",
           Migration._restore,
           State.RESUMED, frozen=True),
     Phase("switch", "once the destination is live: service IP into the tunnel, held packets let go, "

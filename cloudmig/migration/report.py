@@ -47,6 +47,8 @@ class Report:
     dumped_pages: int = 0               # pages CRIU wrote into the images (stop-and-copy: all)
     fs_bytes: int = 0                   # writable layer: pre-sync + final sync
     images_bytes: int = 0               # CRIU images sent during the freeze
+    hot_pages: dict[str, int] = dataclasses.field(default_factory=dict)  # sent ahead of the
+    # freeze (post-copy): sent, sent_bytes, unchanged, changed, dropped, installed
     layers_bytes: int = 0               # image layers the destination lacked (prepare)
     page_size: int = 4096               # the destination's, as its lazy-pages daemon counted
     control_round_trips_in_freeze: int = 0   # controller -> agent calls inside the freeze

@@ -227,6 +227,16 @@ class Runtime:
         v1 = Path("/sys/fs/cgroup/freezer") / self.cgroups_path(name).lstrip("/") / "freezer.state"
         return v1 if v1.exists() else (v2 if v2.exists() else None)
 
+    def pids(self, name: str) -> list[int]:
+        """The container's processes, in this host's PID namespace (its cgroup's)."""
+        f = self.freezer_file(name)
+        if f is None:
+            return []
+        try:
+            return [int(x) for x in (f.parent / "cgroup.procs").read_text().split()]
+        except OSError:
+            return []
+
     def freeze(self, name: str, timeout_s: float = FREEZE_TIMEOUT_S) -> bool:
         """Freeze the container's cgroup now, polling finely (CRIU, freezing it itself, sleeps
         100 ms before its first look). False if there is no freezer to use."""

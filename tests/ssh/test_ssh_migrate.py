@@ -112,6 +112,8 @@ def test_ssh_and_lab_hosts_migrate_both_ways(mixed, tmp_path):
         assert rep["ok"] and rep["state"] == "done", rep
         assert 0 < rep["control_round_trips_in_freeze"] <= 8, rep["control_round_trips_in_freeze"]
         assert rep["lazy_pages"] > 5000
+        # sent ahead into the destination's own store, and installed there from it
+        assert rep["hot_pages"]["installed"] > 0, (dst, rep["hot_pages"])
     for host in ("s1", "s2", "h3"):
         check_data(lab.public_address(host), PORT, KEYS, VALUE_BYTES, sampled)
 
