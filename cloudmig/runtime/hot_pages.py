@@ -115,14 +115,14 @@ _libc.process_vm_readv.argtypes = [ctypes.c_int, ctypes.POINTER(_Iovec), ctypes.
 _libc.process_vm_readv.restype = ctypes.c_ssize_t
 
 
-def read_pages(pid: int, addrs: list[int]) -> tuple[memoryview, bytearray]:
+def read_pages(pid: int, addrs: list[int]) -> tuple[bytearray, bytearray]:
     """The pages at ``addrs`` of process ``pid``, back to back, with as few system calls as
     the kernel allows (one per IOV_MAX pages, and one more past each page that cannot be
     read): (contents, 1 for each page read, 0 for each that could not be)."""
     buf = bytearray(len(addrs) * PAGE)
     ok = bytearray(len(addrs))
     if not addrs:
-        return memoryview(buf), ok
+        return buf, ok
     base = ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
     at = 0
     while at < len(addrs):
@@ -136,7 +136,7 @@ def read_pages(pid: int, addrs: list[int]) -> tuple[memoryview, bytearray]:
         whole = max(got, 0) // PAGE
         ok[at:at + whole] = b"\1" * whole
         at += whole if whole == n else whole + 1          # past the page it stopped at
-    return memoryview(buf), ok
+    return buf, ok
 
 
 def _pointed_pages(buf: bytes | memoryview, ranges: list[tuple[int, int]], starts: list[int]) -> list[int]:
@@ -245,12 +245,12 @@ def write_verdicts(hot: dict[int, Pages], images: Path) -> Verdict:
         try:
             now, readable = read_pages(p.pid, p.addrs)
         except OSError:
-            now, readable = memoryview(b""), bytearray(len(p.addrs))
-        was = memoryview(p.data)
+            now, readable = bytearray(), bytearray(len(p.addrs))
         for i, addr in enumerate(p.addrs):
+            # slices of bytes compare with memcmp (memoryviews compare item by item: 7x slower)
             if not readable[i]:
                 total.dropped += 1
-            elif now[i * PAGE:(i + 1) * PAGE] == was[i * PAGE:(i + 1) * PAGE]:
+            elif now[i * PAGE:(i + 1) * PAGE] == p.data[i * PAGE:(i + 1) * PAGE]:
                 flags[i] = 1
                 total.unchanged += 1
             elif len(changed_addrs) < CHANGED_MAX:
