@@ -3,6 +3,7 @@ recording every answer, error and wait: what a user's application sees during a 
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -11,6 +12,7 @@ from lab import connect, resp
 REQUEST_INTERVAL_S = 0.005     # a request every 5 ms
 MAX_REQUESTS = 200_000         # bounded, whatever happens
 REQUEST_TIMEOUT_S = 30         # a request unanswered this long is an error
+STOP_GRACE_S = 5               # stop(): the request in flight gets this long to be answered
 
 
 class HeldClient:
@@ -56,8 +58,17 @@ class HeldClient:
             time.sleep(0.01)
 
     def stop(self) -> None:
+        """Stop after the request in flight; one that has no answer coming (a connection
+        whose other end was taken back to an older state) is cut off after STOP_GRACE_S
+        rather than waited out (its error is recorded)."""
         self._stop.set()
-        self._thread.join(self.request_timeout_s * 2 + 5)
+        self._thread.join(STOP_GRACE_S)
+        if self._thread.is_alive():
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._thread.join(self.request_timeout_s * 2 + 5)
         self.sock.close()
 
     def assert_healthy(self) -> None:

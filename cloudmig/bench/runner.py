@@ -108,7 +108,7 @@ class RunResult:
     rate_after_rps: float | None = None   # ... once the migration had ended (AFTER_S: the new path, no pages)
     bulk_window: tuple[float, float] | None = None   # wall clock: when that transfer ran
     answers: int = 0
-    bytes_moved: int = 0                  # images + writable layer + lazily moved pages
+    bytes_moved: int = 0                  # images + writable layer + pages sent ahead + lazily moved pages
     report: dict = dataclasses.field(default_factory=dict)
     timeline: list[dict] = dataclasses.field(default_factory=list)
 
@@ -324,6 +324,7 @@ def _client_numbers(res: RunResult, held: bench_client.HeldClient) -> None:
         res.rate_after_rps = held.rate_between(rep["started_at"] + rep["total_ms"] / 1000,
                                                held.samples[-1].sent)
     res.bytes_moved = (rep.get("images_bytes", 0) + rep.get("fs_bytes", 0)
+                       + rep.get("hot_pages", {}).get("sent_bytes", 0)
                        + rep.get("lazy_pages", 0) * rep.get("page_size", 0))
 
 
