@@ -152,6 +152,22 @@ def test_the_scan_follows_the_stack_two_levels_and_the_verdict_sees_what_changed
     assert verdict.unchanged + verdict.changed == len(pages.addrs) and verdict.unchanged >= HOT
 
 
+def test_the_budget_is_for_the_whole_container(server, server_binary, tmp_path):
+    """A container of many processes sends no more than one of one process would."""
+    proc, _ = server
+    other = subprocess.Popen([str(server_binary), str(sockets.free_port("127.0.0.1"))],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        alone = len(hot_pages.scan([proc.pid])[proc.pid].addrs)
+        both = hot_pages.scan([proc.pid, other.pid], budget=alone + 5)
+        assert len(both[proc.pid].addrs) == alone and len(both[other.pid].addrs) == 5
+        assert list(hot_pages.scan([proc.pid, other.pid], budget=alone)) == [proc.pid]
+    finally:
+        other.kill()
+        other.wait()
+
+
 def _stopped_verdict(pid: int, hot: dict, into) -> hot_pages.Verdict:
     time.sleep(0.1)                            # the server is back in accept()
     os.kill(pid, signal.SIGSTOP)
