@@ -16,6 +16,7 @@ import time
 import pycriu
 import pytest
 
+from busybox_image import make_busybox_rootfs
 from cloudmig.runtime import hot_pages, sockets
 from lab import connect, lab_fixture
 from test_criu_patch import PE_LAZY, _start_lazy_dump
@@ -91,9 +92,12 @@ int main(int argc, char **argv)
 
 @pytest.fixture
 def server_binary(tmp_path):
-    src, exe = tmp_path / "hotsrv.c", tmp_path / "hotsrv"
+    """The server, static, as /hotsrv of a rootfs directory (the image the lab test runs: a
+    container of an image of its own, whose root is not the host's)."""
+    rootfs = make_busybox_rootfs(tmp_path / "rootfs")       # its /bin/sh gives cloudmig the stdio
+    src, exe = tmp_path / "hotsrv.c", rootfs / "hotsrv"
     src.write_text(SERVER_C)
-    subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True)
+    subprocess.run(["gcc", "-O2", "-static", "-o", str(exe), str(src)], check=True)
     return exe
 
 
@@ -234,7 +238,8 @@ def test_a_page_that_changes_before_the_freeze_arrives_as_it_was_at_the_freeze(l
     through the move: the page changes between the scan and the freeze. Had its stale copy
     been installed, the counter would step back."""
     port = 18080
-    lab.cm("run", "h1", "hot", "--publish", f"{port}:{port}", "--", str(server_binary), str(port))
+    lab.cm("run", "h1", "hot", "--image", str(server_binary.parent), "--publish", f"{port}:{port}",
+           "--", "/hotsrv", str(port))
     sock, f = connect(lab.public_address("h1"), port)
     seen, errors, stop = [], [], threading.Event()
 
