@@ -83,12 +83,18 @@ def _process(tmp_path, source: str):
     src, exe = tmp_path / "proc.c", tmp_path / "proc"
     src.write_text(source)
     subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True)
-    out = open(tmp_path / "out.txt", "w+")
-    proc = subprocess.Popen([str(exe)], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+    yield from run_until_ready([str(exe)], tmp_path / "out.txt")
+
+
+def run_until_ready(argv: list[str], out_path):
+    """A test process, yielded once it printed "ready" (its output goes to ``out_path``),
+    killed afterwards."""
+    out = open(out_path, "w+")
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 10
-        while "ready" not in (tmp_path / "out.txt").read_text():
+        while "ready" not in out_path.read_text():
             assert proc.poll() is None and time.monotonic() < deadline, "the test process did not start"
             time.sleep(0.02)
         yield proc

@@ -19,7 +19,7 @@ import pytest
 from busybox_image import make_busybox_rootfs
 from cloudmig.runtime import hot_pages, sockets
 from lab import connect, lab_fixture
-from test_criu_patch import PE_LAZY, _start_lazy_dump
+from test_criu_patch import PE_LAZY, _start_lazy_dump, run_until_ready
 
 PE_PARENT = 1 << 0
 HOT = 64                 # pages the table points to
@@ -105,19 +105,8 @@ def server_binary(tmp_path):
 def server(server_binary, tmp_path):
     """The server as a plain process of this machine, listening on a loopback port."""
     port = sockets.free_port("127.0.0.1")
-    out = open(tmp_path / "out.txt", "w+")
-    proc = subprocess.Popen([str(server_binary), str(port)], stdout=out, stderr=out,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 10
-        while "ready" not in (tmp_path / "out.txt").read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
+    for proc in run_until_ready([str(server_binary), str(port)], tmp_path / "out.txt"):
         yield proc, port
-    finally:
-        proc.kill()
-        proc.wait()
-        out.close()
 
 
 def _pointed_pages(pid: int) -> list[int]:

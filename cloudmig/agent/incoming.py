@@ -105,6 +105,11 @@ class Incoming(Side):
     def hot(self) -> Path:
         return self.dir / "hot"
 
+    @property
+    def hot_parent(self) -> Path:
+        """Where the pages sent ahead are written as a parent image set."""
+        return self.dir / "hot-parent"
+
     def receive_wait(self, what: str) -> int:
         """Strict: the transfer into ``what`` must have arrived whole."""
         rx = self.receivers.pop(what, None)
@@ -181,17 +186,16 @@ class Incoming(Side):
         return Restored(pid=pid, restore_ms=steps.total_ms, steps_ms=steps.ms, hot_installed=installed)
 
     def _read_ahead(self) -> None:
-        """The pages the source sends ahead (``receive("hot")``) are read into memory as they
-        arrive, in the background: not inside the freeze. pycriu, which rewrites the images,
-        is imported now for the same reason."""
+        """The pages the source sends ahead (``receive("hot")``) become a parent image set as
+        they arrive, in the background: not inside the freeze (pycriu, which the images'
+        rewrite needs, is imported there too)."""
         rx = self.receivers.get("hot")
         if rx is None:
             return
-        hot_pages.preload()
 
         def read() -> dict:
             rx.wait()
-            return hot_pages.load_ahead(self.hot, self.dir / "hot-parent")
+            return hot_pages.load_ahead(self.hot, self.hot_parent)
         reader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"hot-{self.name}")
         self.ahead = reader.submit(read)
         reader.shutdown(wait=False)
@@ -207,7 +211,7 @@ class Incoming(Side):
             log.info("pages sent ahead for %s not read yet: they come lazily", self.name)
             return 0
         try:
-            return hot_pages.merge(self.images, self.ahead.result(), self.dir / "hot-parent")
+            return hot_pages.merge(self.images, self.ahead.result(), self.hot_parent)
         except Exception as exc:          # a bad file, no pycriu: the pages come lazily
             log.warning("pages sent ahead not installed for %s: %s", self.name, exc)
             return 0

@@ -139,7 +139,7 @@ def read_pages(pid: int, addrs: list[int]) -> tuple[bytearray, bytearray]:
     return buf, ok
 
 
-def _pointed_pages(buf: bytes | memoryview, ranges: list[tuple[int, int]], starts: list[int]) -> list[int]:
+def _pointed_pages(buf: bytes | bytearray, ranges: list[tuple[int, int]], starts: list[int]) -> list[int]:
     lo, hi = ranges[0][0], ranges[-1][1]
     found = []
     for (word,) in struct.iter_unpack("<Q", buf):
@@ -288,7 +288,9 @@ class Ahead:
 
 
 def pb():
-    from pycriu.images import pb as classes     # built from the same CRIU tree as the binary
+    """pycriu's protobuf classes (built from the same CRIU tree as the binary). Imported on
+    first use (~10 ms): ``load_ahead``, before the freeze, is the first."""
+    from pycriu.images import pb as classes
     return classes
 
 
@@ -337,16 +339,6 @@ def _read_verdict(path: Path, n_sent: int) -> tuple[bytes, dict[int, memoryview]
     if len(data) != m * PAGE:
         raise ValueError(f"{path.name}: truncated")
     return flags, {a: data[i * PAGE:(i + 1) * PAGE] for i, a in enumerate(addrs)}
-
-
-def preload() -> bool:
-    """Import pycriu's protobuf classes now (~10 ms), not inside the freeze. False without
-    pycriu: the pages sent ahead are then not installed, and come lazily."""
-    try:
-        pb()
-    except ImportError:
-        return False
-    return True
 
 
 def _read_pagemap(path: Path):
