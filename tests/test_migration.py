@@ -106,6 +106,8 @@ def test_migrate_keeps_the_connection_and_the_data(lab, tmp_path, mode):
         # the pages found from the stacks went ahead, and most were read from them at the restore
         hot = report["hot_pages"]
         assert hot["sent"] > 0 and 0 < hot["installed"] <= hot["unchanged"] + hot["changed"], hot
+        # the mappings' flags came from the copy of smaps taken at the arm, and still held
+        assert report["smaps"] == {"used": 1, "read": 0}, report["smaps"]
     else:
         assert report["dumped_pages"] > 50_000
         assert report["images_bytes"] > 300 * 2**20

@@ -88,6 +88,8 @@ class Dumped:
     images: Sent                        # CRIU's images, sent in the same call
     hot: dict[str, int] = dataclasses.field(default_factory=dict)   # pages sent ahead: sent,
     # sent_bytes, unchanged, changed (new contents with the images), dropped (cloudmig.runtime.hot_pages)
+    smaps: dict[str, int] = dataclasses.field(default_factory=dict)  # post-copy: processes whose
+    # mappings' flags CRIU took from the copies of smaps ("used"), or read itself ("read")
 
 
 @dataclasses.dataclass

@@ -25,7 +25,7 @@ from cloudmig import errors
 from cloudmig.agent.api import Dumped, DumpEnd, Mode, Sent
 from cloudmig.agent.side import HostContext, Side, State
 from cloudmig.network import hold
-from cloudmig.runtime import criu, dump, hot_pages, mounts, restore, transfer
+from cloudmig.runtime import criu, dump, hot_pages, mounts, restore, smaps_ahead, transfer
 from cloudmig.timing import Steps
 
 DUMP_ROLLBACK_WAIT_S = 60          # a dump told to stop serving pages ends within this
@@ -85,6 +85,9 @@ class Outgoing(Side):
             self.lock_armed = True
             if self.mode.lazy and hot:
                 self._send_hot(receivers_at, *hot)
+            if self.mode.lazy:
+                # last: the closer to the freeze, the likelier the mappings are still these
+                smaps_ahead.take(self.runtime.pids(self.name), dump.smaps_dir(self.work("src")))
         except BaseException:
             self._call_off_dump()
             self._disarm_lock()
@@ -170,6 +173,14 @@ class Outgoing(Side):
             judging = concurrent.futures.ThreadPoolExecutor(max_workers=1)
             verdict = judging.submit(self._timed, steps, "hot", hot_pages.write_verdicts, self.hot, self.images)
             judging.shutdown(wait=False)
+        # the mappings' flags, read again now that they cannot change, against the copies
+        # CRIU may take them from (cloudmig.runtime.smaps_ahead): beside CRIU's dump too
+        seen: concurrent.futures.Future | None = None
+        if self.dump is not None:
+            looking = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+            seen = looking.submit(self._timed, steps, "smaps_look", smaps_ahead.look,
+                                  dump.smaps_dir(self.work("src")))
+            looking.shutdown(wait=False)
         with steps("criu"):
             if self.dump is not None:
                 self.dump.go()
@@ -183,12 +194,26 @@ class Outgoing(Side):
             img = pool.submit(self._judged_images, steps, verdict, address, *images,
                               self.connected.pop("images", None))
             sent_upper, sent_images = fs.result(), img.result()
+        checked = None
+        if seen is not None:
+            # a flag CRIU took from a copy that no longer held fails the dump: nothing resumed
+            # yet, the migration rolls back
+            with steps("smaps_wait"):
+                looked = seen.result()
+            checked = smaps_ahead.check(looked, smaps_ahead.used_in_log(self._dump_log()))
         hot = {}
         if verdict is not None:
             hot = dataclasses.asdict(verdict.result()) | {"sent": sum(len(p.addrs) for p in self.hot.values()),
                                                           "sent_bytes": self.hot_bytes}
         return Dumped(dump_ms=steps.total_ms, steps_ms=steps.ms, connections=connections.result(),
-                      upper=sent_upper, images=sent_images, hot=hot)
+                      upper=sent_upper, images=sent_images, hot=hot,
+                      smaps=dataclasses.asdict(checked) if checked is not None else {})
+
+    def _dump_log(self) -> str:
+        try:
+            return (self.work("src") / "dump.log").read_text(errors="replace")
+        except OSError:
+            return ""
 
     def _judged_images(self, steps: Steps, verdict: concurrent.futures.Future | None, address: str,
                        port: int, token: str, sock: socket.socket | None) -> Sent:

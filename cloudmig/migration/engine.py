@@ -364,6 +364,7 @@ class Migration:
         self.report.fs_bytes += dumped.upper.bytes
         self.report.images_bytes = dumped.images.bytes
         self.report.hot_pages = dict(dumped.hot)
+        self.report.smaps = dict(dumped.smaps)
         # connections that came since the prepare: pinned by the destination's restore call,
         # beside runc and CRIU, before it unlocks the container (a reply the restored copy sent
         # before its pin would leave by the wrong way: seen as a client's connection reset)
@@ -548,7 +549,8 @@ PHASES: tuple[Phase, ...] = (
           "tunnel; netns, bundle (locked); receives; reply pins", Migration._prepare, State.PREPARED,
           undo=Migration._abort_destination, undo_text="incoming.abort: destination cleaned"),
     Phase("arm", "runc checkpoint + CRIU wait at their gate; the freeze's transfers connected; "
-          "network lock in place, dormant; (post-copy) the pages found from the stacks sent ahead",
+          "network lock in place, dormant; (post-copy) the pages found from the stacks sent ahead, "
+          "the mappings' flags copied from smaps",
           "receivers open; runc restore + CRIU wait; lazy-pages daemon listens; the pages sent "
           "ahead made a parent image set",
           Migration._arm, State.ARMED,
@@ -556,8 +558,9 @@ PHASES: tuple[Phase, ...] = (
     Phase("hold", "the service's packets queued in the kernel (NFQUEUE), no longer dropped", "-",
           Migration._hold, State.ARMED,
           undo=Migration._release_hold, undo_text="outgoing.release_hold: held packets reach the source"),
-    Phase("dump", "lock, freeze, CRIU dump (page server up) while the pages sent ahead are judged; "
-          "writable layer's changes and CRIU images with that verdict sent (one call)",
+    Phase("dump", "lock, freeze, CRIU dump (page server up; the flags from the copy if the "
+          "mappings are the same) while the pages sent ahead are judged and the copied flags "
+          "checked; writable layer's changes and CRIU images with that verdict sent (one call)",
           "received; pins of new connections",
           Migration._dump, State.FROZEN, frozen=True,
           undo=Migration._resume_source, undo_text="outgoing.rollback: thawed or restored, unlocked"),

@@ -49,6 +49,8 @@ class Report:
     images_bytes: int = 0               # CRIU images sent during the freeze
     hot_pages: dict[str, int] = dataclasses.field(default_factory=dict)  # sent ahead of the
     # freeze (post-copy): sent, sent_bytes, unchanged, changed, dropped, installed
+    smaps: dict[str, int] = dataclasses.field(default_factory=dict)  # post-copy: processes whose
+    # mappings' flags CRIU's dump took from a copy taken before the freeze ("used") or read ("read")
     layers_bytes: int = 0               # image layers the destination lacked (prepare)
     page_size: int = 4096               # the destination's, as its lazy-pages daemon counted
     control_round_trips_in_freeze: int = 0   # controller -> agent calls inside the freeze

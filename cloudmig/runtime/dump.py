@@ -1,8 +1,10 @@
 """Dumping a runc container with CRIU on the source host.
 
     d = LazyDump.arm(runtime, "web", images, work, address="100.64.0.1", port=27000)
+    smaps_ahead.take(pids, smaps_dir(work))    # the mappings' flags, read while it runs
     ...                          # the freeze: the container is locked and frozen
     d.go(); d.wait_ready()       # CRIU dumped all but memory; its page server listens
+    # (cloudmig.runtime.smaps_ahead: no flag CRIU took from a copy may have changed)
     d.wait()                     # returns once every page has been served
     full_dump(runtime, "web", images, work)    # stop-and-copy: everything, container ends
 
@@ -26,7 +28,7 @@ import time
 from pathlib import Path
 
 from cloudmig import errors
-from cloudmig.runtime import criu, gate, procs, sockets
+from cloudmig.runtime import criu, gate, procs, smaps_ahead, sockets
 from cloudmig.runtime.runc import Runtime
 
 PAGE_SERVER_READY_TIMEOUT_S = 60     # lazy dump until the page server listens (2 GiB: ~0.3 s)
@@ -38,6 +40,11 @@ def _fresh(*dirs: Path) -> None:
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
+
+
+def smaps_dir(work: Path) -> Path:
+    """Where a lazy dump's CRIU looks for the copies of smaps (cloudmig.runtime.smaps_ahead)."""
+    return work / "smaps-ahead"
 
 
 class LazyDump:
@@ -76,9 +83,11 @@ class LazyDump:
                               "--tcp-established", "--image-path", str(images),
                               "--work-path", str(work), name)
         with open(work / "runc.log", "wb") as out:
-            # own process group: an armed dump that is called off is killed with its criu
+            # own process group: an armed dump that is called off is killed with its criu.
+            # runc passes its environment on to CRIU: where the copies of smaps are, if any
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                    pass_fds=(w,), start_new_session=True)
+                                    pass_fds=(w,), start_new_session=True,
+                                    env=os.environ | smaps_ahead.env(smaps_dir(work)))
         os.close(w)
         dump = cls(proc, r, images, work, address, port, conf_gate if gated else None)
         if gated:

@@ -114,6 +114,7 @@ def test_ssh_and_lab_hosts_migrate_both_ways(mixed, tmp_path):
         assert rep["lazy_pages"] > 5000
         # sent ahead into the destination's own store, and installed there from it
         assert rep["hot_pages"]["installed"] > 0, (dst, rep["hot_pages"])
+        assert rep["smaps"]["used"] + rep["smaps"]["read"] == 1, (dst, rep["smaps"])
     for host in ("s1", "s2", "h3"):
         check_data(lab.public_address(host), PORT, KEYS, VALUE_BYTES, sampled)
 
