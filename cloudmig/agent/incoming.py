@@ -47,6 +47,7 @@ class Incoming(Side):
         self.receivers: dict[str, transfer.Receiver] = {}
         self.armed: restore.Restore | None = None
         self._live = False          # routed and unlocked by this agent (in the restore)
+        self.routed = False         # the service IP routed to the new namespace at the prepare
         self.daemon: lazy_pages.LazyPagesDaemon | None = None
         self.lost: str | None = None       # why the container's memory can no longer arrive
         self.ahead: concurrent.futures.Future | None = None   # the pages sent ahead, read
@@ -74,7 +75,7 @@ class Incoming(Side):
         if ctx.runtime.bundle(name).root.exists():
             raise errors.PreflightError(f"Container {name} already exists on the destination.")
         # a host the container lived on before keeps forwarding to it until the switch
-        netns_path = ctx.net.create_container_netns(name, service_ip, keep_route=True)
+        netns_path, routed = ctx.net.create_container_netns(name, service_ip, keep_route=True)
         # silent until the controller switches the network over
         ctx.net.lock_container(name)
         try:
@@ -85,6 +86,7 @@ class Incoming(Side):
             ctx.net.delete_container_netns(name)
             raise
         inc = cls(ctx, name, mode)
+        inc.routed = routed
         shutil.rmtree(inc.dir, ignore_errors=True)
         inc.images.mkdir(parents=True)
         return inc
@@ -236,7 +238,10 @@ class Incoming(Side):
     def _route_and_unlock(self, service_ip: str, steps: Steps | None = None) -> None:
         steps = steps or Steps()
         with steps("live.route"):
-            self.net.route_service(service_ip, container=self.name)
+            # routed here at the prepare, and no tunnel's keeper will route it elsewhere: a
+            # netlink socket in the host's namespace and a route less inside the freeze
+            if not (self.routed and not self.net.routed_to_tunnel_since(service_ip)):
+                self.net.route_service(service_ip, container=self.name)
         with steps("live.unlock"):
             self.net.unlock_container(self.name)
 

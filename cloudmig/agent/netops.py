@@ -1,7 +1,7 @@
 """The agent's network operations on its own host (it runs inside the host's namespace).
 
     net = NetOps(host="h1", netns_prefix="cm-c-h1")
-    path = net.create_container_netns("web", "100.96.0.1")   # /run/netns/cm-c-h1-web
+    path, _ = net.create_container_netns("web", "100.96.0.1")   # /run/netns/cm-c-h1-web
     net.publish(owner="web", public_ip=..., host_port=8080, service_ip=..., container_port=80)
 
 A thin host-side face of cloudmig.network: the container namespace naming lives here.
@@ -78,18 +78,24 @@ class NetOps:
     def container_veth(self, name: str) -> str:
         return routing.host_veth_name(self.container_netns(name))
 
-    def create_container_netns(self, name: str, service_ip: str, keep_route: bool = False) -> str:
-        """The container's namespace with its service IP. With ``keep_route``, a route this
-        host already has for the service IP (into a tunnel: it forwards to the container's
-        current home) stays, untouched, until the caller switches it to the new namespace:
-        for a moment pointed at the new namespace, it would reset every connection that
-        arrived then (a move back to the host that forwards the container)."""
-        routing.create_container_netns(HOST_NETNS, self.container_netns(name), service_ip,
-                                       route=not (keep_route and self._has_route(service_ip)))
-        return self.container_netns_path(name)
+    def create_container_netns(self, name: str, service_ip: str, keep_route: bool = False) -> tuple[str, bool]:
+        """The container's namespace with its service IP, and whether the service IP is now
+        routed to it. With ``keep_route``, a route this host already has for the service IP
+        (into a tunnel: it forwards to the container's current home) stays, untouched, until
+        the caller switches it to the new namespace: for a moment pointed at the new
+        namespace, it would reset every connection that arrived then (a move back to the
+        host that forwards the container)."""
+        route = not (keep_route and self.has_route(service_ip))
+        routing.create_container_netns(HOST_NETNS, self.container_netns(name), service_ip, route=route)
+        return self.container_netns_path(name), route
+
+    def routed_to_tunnel_since(self, service_ip: str) -> bool:
+        """Whether this host remembers sending SERVICE_IP into a tunnel (the tunnel's keeper
+        would route it there again when the tunnel comes back)."""
+        return service_ip in self._routes()
 
     @staticmethod
-    def _has_route(service_ip: str) -> bool:
+    def has_route(service_ip: str) -> bool:
         with IPRoute() as ipr:
             return any(route.get_attr("RTA_DST") == service_ip and route.get("dst_len") == 32
                        and route.get_attr("RTA_OIF")

@@ -98,7 +98,7 @@ class AgentOps:
         ``layers``: the image's layer digests, bottom first, already in this host's store."""
         made_netns = False
         try:
-            netns_path = self.net.create_container_netns(name, service_ip)
+            netns_path, _ = self.net.create_container_netns(name, service_ip)
             made_netns = True
             self.runtime.prepare(name, image=image, layers=layers, command=command, env=env,
                                  netns_path=netns_path, memory_limit_bytes=memory_limit_bytes)

@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import subprocess
 import time
 from pathlib import Path
@@ -70,6 +72,26 @@ def pids_mentioning(text: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+@contextlib.contextmanager
+def exit_waiter(proc: subprocess.Popen):
+    """``wait(timeout_s)``: sleep that long, or less if ``proc`` exits meanwhile (a pidfd)."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except OSError:                  # gone and reaped already: nothing to wait for
+        fd = None
+
+    def wait(timeout_s: float) -> None:
+        if fd is None:
+            time.sleep(timeout_s)
+        else:
+            select.select([fd], [], [], timeout_s)
+    try:
+        yield wait
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 class Orphan:

@@ -128,17 +128,23 @@ class Restore:
     def _finish(self, lazy: LazyPagesDaemon | None, page_server: tuple[str, int] | None) -> int:
         proc, work = self.proc, self.work
         connected = lazy is None
-        while proc.poll() is None:
-            if not connected and lazy is not None and page_server is not None:
-                connected = sockets.tcp_established(*page_server)
-                if not connected and (lazy.done or time.monotonic() - self.started > LAZY_CONNECT_TIMEOUT_S):
-                    lazy.kill()          # unblocks CRIU, which then fails the restore
-                    procs.wait_or_kill(proc, RESTORE_ABORT_S)
-                    raise lazy.unreachable(*page_server)
-            if time.monotonic() - self.started > RESTORE_TIMEOUT_S:
-                procs.wait_or_kill(proc, 0)
-                raise errors.RestoreError(f"The restore did not finish within {RESTORE_TIMEOUT_S} s.")
-            time.sleep(RESTORE_POLL_S)
+        with procs.exit_waiter(proc) as exited:
+            while proc.poll() is None:
+                if not connected and lazy is not None and page_server is not None:
+                    connected = sockets.tcp_established(*page_server)
+                    if not connected and (lazy.done or time.monotonic() - self.started > LAZY_CONNECT_TIMEOUT_S):
+                        lazy.kill()          # unblocks CRIU, which then fails the restore
+                        procs.wait_or_kill(proc, RESTORE_ABORT_S)
+                        raise lazy.unreachable(*page_server)
+                if time.monotonic() - self.started > RESTORE_TIMEOUT_S:
+                    procs.wait_or_kill(proc, 0)
+                    raise errors.RestoreError(f"The restore did not finish within {RESTORE_TIMEOUT_S} s.")
+                exited(RESTORE_POLL_S)      # at once when runc exits, not at the next poll
+        return self._restored(lazy, page_server, connected)
+
+    def _restored(self, lazy: LazyPagesDaemon | None, page_server: tuple[str, int] | None,
+                  connected: bool) -> int:
+        proc, work = self.proc, self.work
         if proc.returncode != 0:
             raise criu.failure(errors.RestoreError, "CRIU could not restore the container",
                                [work / "restore.log", work / "runc-restore.log"], side="destination")
