@@ -12,6 +12,7 @@ from lab import Lab, cloudmig, new_lab_id
 MODES = ["postcopy", "stopcopy", "cold"]
 MIB = 16            # small, and post-copy still moves thousands of pages lazily
 OUTAGE_S = 1        # the WAN cut: long enough for the lazy transfer to wait for the link
+WINDOW_S = 0.3      # the client's measuring windows: enough answers for each rate
 
 
 def test_bench_smoke(tmp_path):
@@ -20,7 +21,7 @@ def test_bench_smoke(tmp_path):
     try:
         res = cloudmig("bench", "--sizes", str(MIB), "--modes", ",".join(MODES), "--reps", "1",
                        "--transports", "lab,ssh", "--outages", f"0,{OUTAGE_S}", "--out", str(out), "--state-dir", str(bench_lab.state_dir),
-                       "--lab-id", bench_lab.lab_id, "--port", "17100", timeout=420)
+                       "--lab-id", bench_lab.lab_id, "--port", "17100", "--window", str(WINDOW_S), timeout=420)
     finally:
         cloudmig("lab", "down", env=bench_lab.env, check=False)
     data = json.loads((out / "results.json").read_text())
@@ -72,7 +73,7 @@ def test_bench_over_a_wan_round_trip(tmp_path):
     try:
         cloudmig("bench", "--sizes", str(MIB), "--modes", "postcopy", "--wan-rates", "50ms", "--reps", "1",
                  "--out", str(out), "--state-dir", str(bench_lab.state_dir), "--lab-id", bench_lab.lab_id,
-                 "--port", "17200", timeout=300)
+                 "--port", "17200", "--window", str(WINDOW_S), timeout=300)
     finally:
         cloudmig("lab", "down", env=bench_lab.env, check=False)
     (run,) = json.loads((out / "results.json").read_text())["runs"]

@@ -4,11 +4,11 @@
     results = runner.sweep(cfg, progress=print)      # list[RunResult]
 
 Every run: start the workload on h1 (published on h1's public address), connect a client
-through that address, let it answer for ``BASELINE_S`` (post-copy: then for ``BULK_S`` more while
-the tunnel carries a bulk transfer, the lab's own cost of moving bytes), move the container to h2 (post-copy
+through that address, let it answer for a window (``Config.window_s``; post-copy: then for one more
+while the tunnel carries a bulk transfer, the lab's own cost of moving bytes), move the container to h2 (post-copy
 and stop-and-copy through cloudmig.migration.engine.Migration in this process, with an
 ``on_event`` that timestamps phases and lazy-page progress; cold restart through
-cloudmig.bench.cold), keep the client going for ``AFTER_S``, then verify the memory and
+cloudmig.bench.cold), keep the client going for a window more, then verify the memory and
 remove the container. All modes of one size run back to back on the same lab hosts.
 
 The sweep runs in a child process (``python -m cloudmig.bench.runner``) started with the
@@ -52,10 +52,10 @@ log = logging.getLogger(__name__)
 
 MODES = ("postcopy", "stopcopy", "cold")
 CONTAINER_PORT = 7000
-BASELINE_S = 1.0            # client answers before the move (the "before" request rate)
+# each of the client's measuring windows (--window): answers before the move (the "before"
+# request rate), post-copy's while the tunnel carries a bulk transfer that long, and after it
+WINDOW_S = 1.0
 LATER_LOG_S = 5.0           # the lazy-pages log copied again this long after the switch
-AFTER_S = 1.0               # and after it
-BULK_S = 1.0                # post-copy: client answers while the tunnel carries this long a bulk transfer
 READY_TIMEOUT_S = 120       # filling 2 GiB in Python takes a while on a busy machine
 TRANSPORT_HOSTS = {"lab": ("h1", "h2"), "ssh": ("s1", "s2")}     # source, destination
 PR_SET_PDEATHSIG = 1        # prctl(2): the signal this process gets when its parent dies
@@ -78,6 +78,7 @@ class Config:
     state_dir: Path = Path("/tmp/cloudmig-bench")
     host_port: int = 17000
     keep_criu_logs: bool = True
+    window_s: float = WINDOW_S        # each of the client's measuring windows (before, bulk, after)
 
 
 @dataclasses.dataclass
@@ -105,7 +106,7 @@ class RunResult:
     rate_before_rps: float | None = None  # client's answered requests/s before the freeze
     rate_lazy_rps: float | None = None    # ... while memory was still arriving (post-copy)
     rate_bulk_rps: float | None = None    # ... while the tunnel carried a bulk transfer (before the move)
-    rate_after_rps: float | None = None   # ... once the migration had ended (AFTER_S: the new path, no pages)
+    rate_after_rps: float | None = None   # ... once the migration had ended (a window: the new path, no pages)
     bulk_window: tuple[float, float] | None = None   # wall clock: when that transfer ran
     answers: int = 0
     bytes_moved: int = 0                  # images + writable layer + pages sent ahead + lazily moved pages
@@ -203,9 +204,9 @@ def run_one(cfg: Config, addresses: dict[str, str], *, mode: str, memory_mib: in
                                        fallback=addresses[dst] if mode == "cold" else None,
                                        request_timeout_s=bench_client.REQUEST_TIMEOUT_S + 2 * outage_s
                                        + freeze_s).start()
-        time.sleep(BASELINE_S)
+        time.sleep(cfg.window_s)
         if mode == "postcopy" and not outage_s and transport == "lab":   # its tunnel is up (probed)
-            res.bulk_window = _bulk_transfer(src, dst)
+            res.bulk_window = _bulk_transfer(src, dst, cfg.window_s)
         log_dir = cfg.out_dir / "criu-logs" / name if cfg.keep_criu_logs else None
         rec = _Recorder(name, src, dst, log_dir)
         try:
@@ -223,7 +224,7 @@ def run_one(cfg: Config, addresses: dict[str, str], *, mode: str, memory_mib: in
         res.report = report.to_dict()
         _lazy_numbers(res)
         _transfer_rate(res, cfg)
-        time.sleep(AFTER_S)
+        time.sleep(cfg.window_s)
         held.stop()
         if mode != "cold":
             res.verify_bad_pages = held.verify()
@@ -271,14 +272,14 @@ def tunnel_throughput(src: str, dst: str) -> float:
         return tunnels.throughput(session, src, dst, TUNNEL_PROBE_MAX, seconds=TUNNEL_PROBE_S)
 
 
-def _bulk_transfer(src: str, dst: str) -> tuple[float, float]:
-    """A bulk transfer through the tunnel for ``BULK_S``, while the client runs: the client's
+def _bulk_transfer(src: str, dst: str, seconds: float) -> tuple[float, float]:
+    """A bulk transfer through the tunnel for ``seconds``, while the client runs: the client's
     request rate meanwhile is what moving bytes costs the lab itself (both hosts share this
     machine's CPUs: wireguard-go at both ends), without post-copy's faults."""
     with Session(Inventory()) as session:
         session.agent(src), session.agent(dst)         # connected before the window opens
         t0 = time.time()
-        tunnels.throughput(session, src, dst, TUNNEL_PROBE_MAX, seconds=BULK_S)
+        tunnels.throughput(session, src, dst, TUNNEL_PROBE_MAX, seconds=seconds)
         return t0, time.time()
 
 

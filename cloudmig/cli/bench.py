@@ -98,7 +98,10 @@ def bench(sizes: str = typer.Option("64,256,1024", "--sizes", help=f"Memory size
           lab_id: str = typer.Option("bn", "--lab-id", help="The bench lab's id (1-4 lowercase chars)."),
           state_dir: Path = typer.Option(None, "--state-dir",
                                          help="The bench lab's state directory (default: OUT/lab)."),
-          port: int = typer.Option(17000, "--port", help="Port the workload is published on.")) -> None:
+          port: int = typer.Option(17000, "--port", help="Port the workload is published on."),
+          window: float = typer.Option(1.0, "--window", min=0.1, max=60,
+                                       help="Seconds of each of the client's measuring windows: before "
+                                            "the move, during a bulk transfer (post-copy), after it.")) -> None:
     """Measure freeze, client wait and total time per mode, memory size, write rate and WAN rate."""
     from cloudmig.bench import output, plots, runner, targets
     from cloudmig.providers.lab.topology import LAB_ID_RE
@@ -109,7 +112,8 @@ def bench(sizes: str = typer.Option("64,256,1024", "--sizes", help=f"Memory size
     cfg = runner.Config(sizes_mib=_ints(sizes, "--sizes"), dirty_mibps=_dirty(write_rate),
                         modes=_modes(modes), wan_rates=_wan(wan_rates), transports=_transports(transports),
                         outages_s=_outages(outages), repetitions=reps, out_dir=out,
-                        lab_id=lab_id, state_dir=(state_dir or out / "lab").resolve(), host_port=port)
+                        lab_id=lab_id, state_dir=(state_dir or out / "lab").resolve(), host_port=port,
+                        window_s=window)
     console.print(f"bench: sizes {cfg.sizes_mib} MiB, write rates {cfg.dirty_mibps} MiB/s, modes "
                   f"{cfg.modes}, WAN {[w or 'unshaped' for w in cfg.wan_rates]}, via {cfg.transports}, "
                   f"WAN cuts {[o for o in cfg.outages_s if o] or 'none'} s, "
