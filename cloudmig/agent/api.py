@@ -88,8 +88,6 @@ class Dumped:
     images: Sent                        # CRIU's images, sent in the same call
     hot: dict[str, int] = dataclasses.field(default_factory=dict)   # pages sent ahead: sent,
     # sent_bytes, unchanged, changed (new contents with the images), dropped (cloudmig.runtime.hot_pages)
-    smaps: dict[str, int] = dataclasses.field(default_factory=dict)  # post-copy: processes whose
-    # mappings' flags CRIU took from the copies of smaps ("used"), or read itself ("read")
 
 
 @dataclasses.dataclass
@@ -104,6 +102,9 @@ class Restored:
     restore_ms: float
     steps_ms: dict[str, float]
     hot_installed: int = 0              # pages sent ahead that went into the images as present
+    smaps: dict[str, int] = dataclasses.field(default_factory=dict)  # post-copy: processes whose
+    # mappings' flags CRIU's dump took from a copy of smaps ("used") or read ("read"), as the
+    # source's check said before the unlock (cloudmig.runtime.smaps_ahead)
 
 
 @dataclasses.dataclass
@@ -166,11 +167,13 @@ class Outgoing(_Ops):
                                 tunnel_ifname=tunnel_ifname))
 
     def checkpoint(self, name: str, service_ip: str, address: str, upper: Receiver,
-                   images: Receiver) -> Dumped:
+                   images: Receiver, flags: Receiver | None = None) -> Dumped:
         """Lock, freeze, dump; then the writable layer's last changes and the images go into
-        the destination's receivers at ``address``, in the same call."""
+        the destination's receivers at ``address``, in the same call; post-copy's check of
+        the mappings' flags follows into ``flags`` after the call."""
         d = self._c.call("outgoing.checkpoint", name=name, service_ip=service_ip, address=address,
-                         upper=[upper.port, upper.token], images=[images.port, images.token])
+                         upper=[upper.port, upper.token], images=[images.port, images.token],
+                         flags=[flags.port, flags.token] if flags else None)
         d["connections"] = [Connection(**c) for c in d["connections"]]
         for key in ("upper", "images"):
             d[key] = _make(Sent, d[key])
@@ -200,7 +203,7 @@ class Incoming(_Ops):
                      layers=layers)
 
     def receive(self, name: str, what: str, bind_address: str) -> Receiver:
-        """Open a receiver for ``what`` ("upper" or "images") on the tunnel address."""
+        """Open a receiver for ``what`` ("upper", "images", "hot" or "flags") on the tunnel address."""
         return _make(Receiver, self._c.call("incoming.receive", name=name, what=what,
                                             bind_address=bind_address))
 

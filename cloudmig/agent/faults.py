@@ -138,8 +138,29 @@ def _fill_disk(ops: "Migrations", name: str) -> None:
         os.close(fd)
 
 
+def _stale_smaps_copy(ops: "Migrations", name: str) -> None:
+    """The source's copies of smaps say that the private anonymous mappings had huge pages
+    advised ("hg"), as if the container had asked for them after the copies were taken: CRIU's
+    dump takes the stale flags (the mappings are the same), and the check must refuse it."""
+    from cloudmig.runtime import dump
+    out = ops.outgoing.get(name)
+    if out is None:
+        return
+    for copy in dump.smaps_dir(out.work("src")).glob("*"):
+        lines, anonymous = [], False
+        for line in copy.read_text().splitlines(keepends=True):
+            if line.startswith("VmFlags: "):
+                line = line.rstrip("\n") + (" hg\n" if anonymous and " hg" not in line else "\n")
+            else:
+                fields = line.split()
+                anonymous = len(fields) == 5 and fields[1] == "rw-p"
+            lines.append(line)
+        copy.write_text("".join(lines))
+
+
 ACTIONS = {
     "fill-disk": _fill_disk,
+    "stale-smaps-copy": _stale_smaps_copy,
     "kill-host": _kill_host,
     "kill-criu": _kill_criu,
     "kill-tunnel": _kill_tunnel,

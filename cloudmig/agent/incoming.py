@@ -20,6 +20,7 @@ restore).
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import shutil
 import subprocess
@@ -29,7 +30,7 @@ from pathlib import Path
 from cloudmig import errors
 from cloudmig.agent.api import LazyProgress, Mode, Receiver, Restored
 from cloudmig.agent.side import HostContext, Side, State
-from cloudmig.runtime import hot_pages, lazy_pages, mounts, restore, transfer
+from cloudmig.runtime import hot_pages, lazy_pages, mounts, restore, smaps_ahead, transfer
 from cloudmig.timing import Steps
 
 log = logging.getLogger(__name__)
@@ -92,10 +93,12 @@ class Incoming(Side):
         return inc
 
     def receive(self, what: str, bind_address: str) -> Receiver:
-        """A receiver for the writable layer ("upper"), CRIU's images ("images") or the pages
-        sent ahead of the freeze ("hot": cloudmig.runtime.hot_pages)."""
+        """A receiver for the writable layer ("upper"), CRIU's images ("images"), the pages
+        sent ahead of the freeze ("hot": cloudmig.runtime.hot_pages) or the source's check of
+        the mappings' flags ("flags": cloudmig.runtime.smaps_ahead)."""
         self.expect(f"receive {what}", State.PREPARED, State.ARMED)
-        dest = {"upper": self.runtime.bundle(self.name).upper, "images": self.images, "hot": self.hot}[what]
+        dest = {"upper": self.runtime.bundle(self.name).upper, "images": self.images, "hot": self.hot,
+                "flags": self.dir / "flags"}[what]
         dest.mkdir(parents=True, exist_ok=True)
         # a lazy dump's images are small, and come inside the freeze
         small = what == "images" and self.mode.lazy
@@ -172,6 +175,8 @@ class Incoming(Side):
             with steps("pins"):
                 if pinned is not None:
                     pinned.result()
+            with steps("flags"):
+                smaps = self._flags_checked()
         except BaseException:
             if pinned is not None:
                 concurrent.futures.wait([pinned])    # before anything undoes them
@@ -185,7 +190,21 @@ class Incoming(Side):
         self._live = True
         if self.daemon is not None:
             self.watch()
-        return Restored(pid=pid, restore_ms=steps.total_ms, steps_ms=steps.ms, hot_installed=installed)
+        return Restored(pid=pid, restore_ms=steps.total_ms, steps_ms=steps.ms, hot_installed=installed,
+                        smaps=smaps)
+
+    def _flags_checked(self) -> dict:
+        """Post-copy: the source's check of the mappings' flags CRIU took from copies of
+        smaps (cloudmig.runtime.smaps_ahead), awaited before the container is unlocked: a
+        stale one fails the restore, and the migration rolls back."""
+        rx = self.receivers.pop("flags", None)
+        if rx is None:
+            return {}
+        rx.wait()
+        verdict = json.loads((self.dir / "flags" / smaps_ahead.VERDICT).read_text())
+        if not verdict.pop("ok"):
+            raise errors.CheckpointError(verdict["error"], hint=verdict.get("hint"))
+        return verdict
 
     def _read_ahead(self) -> None:
         """The pages the source sends ahead (``receive("hot")``) become a parent image set as

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
+import logging
 import shutil
 import socket
 import subprocess
+import threading
 
 from cloudmig import errors
 from cloudmig.agent.api import Dumped, DumpEnd, Mode, Sent
@@ -27,6 +30,8 @@ from cloudmig.agent.side import HostContext, Side, State
 from cloudmig.network import hold
 from cloudmig.runtime import criu, dump, hot_pages, mounts, restore, smaps_ahead, transfer
 from cloudmig.timing import Steps
+
+log = logging.getLogger(__name__)
 
 DUMP_ROLLBACK_WAIT_S = 60          # a dump told to stop serving pages ends within this
 HOLD_CLOSE_TIMEOUT_S = 10          # a released hold removes its rules (one iptables-restore) within this
@@ -144,7 +149,8 @@ class Outgoing(Side):
             self.released.wait_closed(HOLD_CLOSE_TIMEOUT_S)
 
     # ------------------------------------------------------------------ the freeze
-    def checkpoint(self, service_ip: str, address: str, upper: list, images: list) -> Dumped:
+    def checkpoint(self, service_ip: str, address: str, upper: list, images: list,
+                   flags: list | None = None) -> Dumped:
         """Lock, freeze and dump the container, and list its TCP connections (while CRIU
         works: they cannot change once the container is locked). Then, to the destination's
         ``address`` and its receivers (``upper``, ``images``: [port, token]), send the
@@ -173,14 +179,6 @@ class Outgoing(Side):
             judging = concurrent.futures.ThreadPoolExecutor(max_workers=1)
             verdict = judging.submit(self._timed, steps, "hot", hot_pages.write_verdicts, self.hot, self.images)
             judging.shutdown(wait=False)
-        # the mappings' flags, read again now that they cannot change, against the copies
-        # CRIU may take them from (cloudmig.runtime.smaps_ahead): beside CRIU's dump too
-        seen: concurrent.futures.Future | None = None
-        if self.dump is not None:
-            looking = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-            seen = looking.submit(self._timed, steps, "smaps_look", smaps_ahead.look,
-                                  dump.smaps_dir(self.work("src")))
-            looking.shutdown(wait=False)
         with steps("criu"):
             if self.dump is not None:
                 self.dump.go()
@@ -188,26 +186,49 @@ class Outgoing(Side):
             else:
                 dump.full_dump(self.runtime, self.name, self.images, self.work("src"))
         self.net.ensure_tunnels()          # ~1 ms; a tunnel that died is back before we send
+        if self.dump is not None and flags:
+            self._check_flags(address, *flags)
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
             fs = pool.submit(self._timed, steps, "fs_sync", self._final_sync, address, *upper,
                              self.connected.pop("upper", None))
             img = pool.submit(self._judged_images, steps, verdict, address, *images,
                               self.connected.pop("images", None))
             sent_upper, sent_images = fs.result(), img.result()
-        checked = None
-        if seen is not None:
-            # a flag CRIU took from a copy that no longer held fails the dump: nothing resumed
-            # yet, the migration rolls back
-            with steps("smaps_wait"):
-                looked = seen.result()
-            checked = smaps_ahead.check(looked, smaps_ahead.used_in_log(self._dump_log()))
         hot = {}
         if verdict is not None:
             hot = dataclasses.asdict(verdict.result()) | {"sent": sum(len(p.addrs) for p in self.hot.values()),
                                                           "sent_bytes": self.hot_bytes}
         return Dumped(dump_ms=steps.total_ms, steps_ms=steps.ms, connections=connections.result(),
-                      upper=sent_upper, images=sent_images, hot=hot,
-                      smaps=dataclasses.asdict(checked) if checked is not None else {})
+                      upper=sent_upper, images=sent_images, hot=hot)
+
+    def _check_flags(self, address: str, port: int, token: str) -> None:
+        """Frozen and dumped (CRIU's parasite, which a walk of smaps would hold up, is gone):
+        were the flags CRIU took from the copies of smaps still right? The verdict goes into
+        the destination's receiver, which its restore awaits before it unlocks the container:
+        the walk (~13 ms a GiB) overlaps the images' transfer and the restore instead of
+        lengthening the dump (cloudmig.runtime.smaps_ahead)."""
+        sock = self.connected.pop("flags", None)
+
+        def check() -> None:
+            out = self.work("flags")
+            try:
+                try:
+                    checked = smaps_ahead.check(smaps_ahead.look(dump.smaps_dir(self.work("src"))),
+                                                smaps_ahead.used_in_log(self._dump_log()))
+                    verdict = {"ok": True} | dataclasses.asdict(checked)
+                except errors.CloudmigError as exc:
+                    verdict = {"ok": False, "error": exc.message, "hint": exc.hint}
+                except Exception as exc:       # unknown: the flags cannot be vouched for
+                    verdict = {"ok": False, "error": f"The mappings' flags could not be checked: {exc}"}
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir(parents=True)
+                (out / smaps_ahead.VERDICT).write_text(json.dumps(verdict))
+                transfer.send_files(out, address, port, token, await_ack=False, sock=sock)
+            except Exception as exc:          # the destination's receiver breaks off: it fails there
+                log.warning("the check of %s's mappings' flags was not sent: %s", self.name, exc)
+                if sock is not None:
+                    sock.close()
+        threading.Thread(target=check, name=f"flags-{self.name}", daemon=True).start()
 
     def _dump_log(self) -> str:
         try:

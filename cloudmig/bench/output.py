@@ -187,9 +187,9 @@ def _outages(runs: list[dict]) -> list[str]:
 
 
 PROFILE_KEYS = ("calls",          # the controller's round trips inside the freeze
-                "dump", "dump.lock", "dump.criu", "dump.hot", "dump.smaps_look", "fs_sync", "images",
+                "dump", "dump.lock", "dump.criu", "dump.hot", "fs_sync", "images",
                 "restore", "restore.receive", "restore.hot", "restore.mount", "restore.runc_restore",
-                "restore.pins", "restore.live")
+                "restore.pins", "restore.flags", "restore.live")
 
 
 def _profile(groups: dict[tuple, list[dict]]) -> list[str]:

@@ -337,8 +337,10 @@ class Migration:
         """runc and CRIU start on both sides and wait at their gates, and the destination
         listens for the freeze's transfers, which the source connects to now (their
         handshakes, a WAN's round trip, are not in the freeze): none of it inside the freeze."""
+        # post-copy: "flags", the source's check of the mappings' flags CRIU took from a copy
+        # of smaps (cloudmig.runtime.smaps_ahead), which the restore awaits before the unlock
         self.receivers = {what: self.dst.incoming.receive(self.name, what, self.dst_addr)
-                          for what in ("upper", "images")}
+                          for what in ("upper", "images", "flags") if what != "flags" or self.mode.lazy}
         # post-copy: the pages it will likely touch first go ahead now (cloudmig.runtime.hot_pages)
         hot = self.dst.incoming.receive(self.name, "hot", self.dst_addr) if self.mode.lazy else None
         descriptors = self.src.outgoing.arm(self.name, self.src_addr, self.ps_port, self.dst_addr,
@@ -356,7 +358,8 @@ class Migration:
         changes and CRIU's images, at once, into the receivers the destination opened before
         the freeze (its restore waits for them and says whether everything came)."""
         dumped: Dumped = self.src.outgoing.checkpoint(self.name, self.container.service_ip, self.dst_addr,
-                                                      self.receivers["upper"], self.receivers["images"])
+                                                      self.receivers["upper"], self.receivers["images"],
+                                                      self.receivers.get("flags"))
         breakdown = self.report.freeze_breakdown_ms
         breakdown["dump"] = self.report.phases[-1].ms
         for k, v in dumped.steps_ms.items():
@@ -364,7 +367,6 @@ class Migration:
         self.report.fs_bytes += dumped.upper.bytes
         self.report.images_bytes = dumped.images.bytes
         self.report.hot_pages = dict(dumped.hot)
-        self.report.smaps = dict(dumped.smaps)
         # connections that came since the prepare: pinned by the destination's restore call,
         # beside runc and CRIU, before it unlocks the container (a reply the restored copy sent
         # before its pin would leave by the wrong way: seen as a client's connection reset)
@@ -380,6 +382,7 @@ class Migration:
         breakdown.update({f"restore.{k}": v for k, v in restored.steps_ms.items()})
         if self.report.hot_pages:
             self.report.hot_pages["installed"] = restored.hot_installed
+        self.report.smaps = dict(restored.smaps)
 
     def _timed(self, key: str, fn: Callable):
         t = time.monotonic()
@@ -559,13 +562,13 @@ PHASES: tuple[Phase, ...] = (
           Migration._hold, State.ARMED,
           undo=Migration._release_hold, undo_text="outgoing.release_hold: held packets reach the source"),
     Phase("dump", "lock, freeze, CRIU dump (page server up; the flags from the copy if the "
-          "mappings are the same) while the pages sent ahead are judged and the copied flags "
-          "checked; writable layer's changes and CRIU images with that verdict sent (one call)",
+          "mappings are the same) while the pages sent ahead are judged; writable layer's changes "
+          "and CRIU images with that verdict sent (one call); then the copied flags checked",
           "received; pins of new connections",
           Migration._dump, State.FROZEN, frozen=True,
           undo=Migration._resume_source, undo_text="outgoing.rollback: thawed or restored, unlocked"),
     Phase("restore", "serves pages", "pages sent ahead and known at the freeze marked in the parent; "
-          "mount, CRIU restore; then routed and unlocked",
+          "mount, CRIU restore; the source's check of the copied flags awaited; then routed and unlocked",
           Migration._restore,
           State.RESUMED, frozen=True),
     Phase("switch", "once the destination is live: service IP into the tunnel, held packets let go, "

@@ -11,13 +11,15 @@ reads /proc/PID/maps, and if it lists exactly the mappings of the copy, takes th
 the copy. Otherwise it reads smaps, as before.
 
 A mapping's flags can change without changing its maps line (madvise or mlock on the whole
-of it). So from the freeze on (the flags cannot change any more), beside CRIU's dump, the
-source reads smaps again; once CRIU has dumped, its log says whose flags it took from a copy,
-and ``check`` fails the dump (CheckpointError) if any of those changed: the migration rolls
-back, and the container runs on where it was.
+of it). So once CRIU has dumped (the container is frozen: its flags are those the dump saw,
+and CRIU's parasite, which a walk would hold up, is gone), the source reads smaps again, and
+CRIU's log says whose flags it took from a copy; ``check`` says whether any of those changed.
+The verdict goes to the destination, whose restore awaits it before it unlocks the container:
+a stale flag fails the restore, and the migration rolls back (the container runs on where it
+was). The walk overlaps the images' transfer and the restore, not the freeze's critical path.
 
     taken = smaps_ahead.take(pids, where)   # running; CRIU's dump started with env(where)
-    seen = smaps_ahead.look(where)          # frozen, beside CRIU's dump
+    seen = smaps_ahead.look(where)          # frozen, after CRIU's dump
     smaps_ahead.check(seen, smaps_ahead.used_in_log(dump_log))    # a stale flag: CheckpointError
 """
 
@@ -31,6 +33,7 @@ from pathlib import Path
 from cloudmig import errors
 
 ENV = "CLOUDMIG_SMAPS_AHEAD"
+VERDICT = "verdict.json"     # the check's outcome, as the source sends it to the destination
 _HEADER = re.compile(rb"[0-9a-f]+-[0-9a-f]+ ")
 
 
@@ -93,9 +96,9 @@ def _flags_by_mapping(kept: bytes) -> dict[bytes, bytes]:
 
 def look(where: Path) -> Seen:
     """Read each copied process's smaps again, with the container frozen (from the freeze on:
-    its flags cannot change any more), and compare the flags of the copy's mappings. This may
-    run while CRIU dumps: its parasite's mapping, there for a while, is not in the copy and
-    is not looked at."""
+    its flags cannot change any more), and compare the flags of the copy's mappings (a
+    mapping that is not in the copy, such as CRIU's parasite while it is there, is not looked
+    at)."""
     entries = sorted(where.iterdir()) if where.is_dir() else []
     seen = Seen(copies=len(entries))
     for entry in entries:
