@@ -13,8 +13,10 @@ defaults; tests relocate them):
 - ``/var/lib/cloudmig-agent/agent.token`` (root, 0600): the token the controller presents to the agent;
 - ``/root/.ssh/authorized_keys`` (0600): the controller's public key;
 - ``/usr/local/sbin/cloudmig-bootstrap-host``: the project's ``cloudmig/bootstrap-host`` without
-  its comment lines (its here-documents whole), carried gzip+base64 (~13 KiB that way, ~19 KiB
-  with them); the whole user-data is gzipped again (~12 KiB: AWS refuses more than 16 KiB);
+  its comment lines (its here-documents whole), carried gzip+base64 (~18 KiB that way, ~27 KiB
+  with them); the whole user-data is gzipped again (~15.4 KiB as of 2026-12-01, nearly all of
+  it the script and its CRIU patch: AWS refuses more than 16 KiB, and ``check_size`` says so.
+  A CRIU patch ~600 bytes larger, compressed, needs this packing changed first);
 - ``/usr/local/sbin/cloudmig-agent-start``: starts the agent daemon on its root-only socket
   (a systemd unit where systemd runs) — the same script SSH adoption runs;
 - ``/usr/local/sbin/cloudmig-firstboot``: runs the bootstrap with ``--keep-ssh`` (and with
