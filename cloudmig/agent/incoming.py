@@ -98,7 +98,7 @@ class Incoming(Side):
         the mappings' flags ("flags": cloudmig.runtime.smaps_ahead)."""
         self.expect(f"receive {what}", State.PREPARED, State.ARMED)
         dest = {"upper": self.runtime.bundle(self.name).upper, "images": self.images, "hot": self.hot,
-                "flags": self.dir / "flags"}[what]
+                "flags": self.flags}[what]
         dest.mkdir(parents=True, exist_ok=True)
         # a lazy dump's images are small, and come inside the freeze
         small = what == "images" and self.mode.lazy
@@ -109,6 +109,11 @@ class Incoming(Side):
     @property
     def hot(self) -> Path:
         return self.dir / "hot"
+
+    @property
+    def flags(self) -> Path:
+        """Where the source's check of the mappings' flags arrives."""
+        return self.dir / "flags"
 
     @property
     def hot_parent(self) -> Path:
@@ -201,7 +206,7 @@ class Incoming(Side):
         if rx is None:
             return {}
         rx.wait()
-        verdict = json.loads((self.dir / "flags" / smaps_ahead.VERDICT).read_text())
+        verdict = json.loads((self.flags / smaps_ahead.VERDICT).read_text())
         if not verdict.pop("ok"):
             raise errors.CheckpointError(verdict["error"], hint=verdict.get("hint"))
         return verdict
@@ -259,7 +264,7 @@ class Incoming(Side):
         with steps("live.route"):
             # routed here at the prepare, and no tunnel's keeper will route it elsewhere: a
             # netlink socket in the host's namespace and a route less inside the freeze
-            if not (self.routed and not self.net.routed_to_tunnel_since(service_ip)):
+            if not self.routed or self.net.routed_to_tunnel_since(service_ip):
                 self.net.route_service(service_ip, container=self.name)
         with steps("live.unlock"):
             self.net.unlock_container(self.name)

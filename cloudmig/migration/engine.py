@@ -339,8 +339,8 @@ class Migration:
         handshakes, a WAN's round trip, are not in the freeze): none of it inside the freeze."""
         # post-copy: "flags", the source's check of the mappings' flags CRIU took from a copy
         # of smaps (cloudmig.runtime.smaps_ahead), which the restore awaits before the unlock
-        self.receivers = {what: self.dst.incoming.receive(self.name, what, self.dst_addr)
-                          for what in ("upper", "images", "flags") if what != "flags" or self.mode.lazy}
+        kinds = ("upper", "images") + (("flags",) if self.mode.lazy else ())
+        self.receivers = {what: self.dst.incoming.receive(self.name, what, self.dst_addr) for what in kinds}
         # post-copy: the pages it will likely touch first go ahead now (cloudmig.runtime.hot_pages)
         hot = self.dst.incoming.receive(self.name, "hot", self.dst_addr) if self.mode.lazy else None
         descriptors = self.src.outgoing.arm(self.name, self.src_addr, self.ps_port, self.dst_addr,

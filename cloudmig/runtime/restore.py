@@ -126,7 +126,7 @@ class Restore:
                     mounts.unmount_private(self.criu_root)
 
     def _finish(self, lazy: LazyPagesDaemon | None, page_server: tuple[str, int] | None) -> int:
-        proc, work = self.proc, self.work
+        proc = self.proc
         connected = lazy is None
         with procs.exit_waiter(proc) as exited:
             while proc.poll() is None:
