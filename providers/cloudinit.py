@@ -14,9 +14,9 @@ defaults; tests relocate them):
 - ``/root/.ssh/authorized_keys`` (0600): the controller's public key;
 - ``/usr/local/sbin/cloudmig-bootstrap-host``: the project's ``cloudmig/bootstrap-host`` without
   its comment lines (its here-documents whole), carried gzip+base64 (~18 KiB that way, ~27 KiB
-  with them); the whole user-data is gzipped again (~15.4 KiB as of 2026-12-01, nearly all of
-  it the script and its CRIU patch: AWS refuses more than 16 KiB, and ``check_size`` says so.
-  A CRIU patch ~600 bytes larger, compressed, needs this packing changed first);
+  with them); the whole user-data is gzipped again (15,899 bytes as of 2026-12-01, nearly all
+  of it the script and its CRIU patch: AWS refuses more than 16 KiB, and ``check_size`` says
+  so. A CRIU patch ~480 bytes larger, compressed, needs this packing changed first);
 - ``/usr/local/sbin/cloudmig-agent-start``: starts the agent daemon on its root-only socket
   (a systemd unit where systemd runs) — the same script SSH adoption runs;
 - ``/usr/local/sbin/cloudmig-firstboot``: runs the bootstrap with ``--keep-ssh`` (and with
