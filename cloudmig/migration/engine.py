@@ -28,7 +28,7 @@ from cloudmig.agent.api import Agent, Dumped, Mode, Pin, Receiver
 from cloudmig.control import layers, tunnels
 from cloudmig.control.session import Session
 from cloudmig.inventory import tunnel_key
-from cloudmig.migration import events, preflight
+from cloudmig.migration import events, parallel, preflight
 from cloudmig.migration.faults import Fault, Faults
 from cloudmig.migration.journal import Journal
 from cloudmig.migration.report import Report
@@ -250,16 +250,19 @@ class Migration:
             raise errors.PreflightError(f"Host {self.dst_name} is {dst_rec.state}, not ready.")
         # an agent that died since it was last used is restarted (lab) before anything begins
         src, dst = self.session.revive(self.src_name), self.session.revive(self.dst_name)
-        preflight.check_host(self.src_name, src.doctor(), self.mode.value)
-        preflight.check_host(self.dst_name, dst.doctor(), self.mode.value)
-        lacks = dst.cpu_lacks(src.cpuinfo())
+        # what each host says of itself, asked of both at once: one round trip, not seven
+        src_checks, dst_checks, cpuinfo, src_ping, dst_ping, src_mem, dst_mem = parallel.at_once(
+            src.doctor, dst.doctor, src.cpuinfo, src.ping, dst.ping,
+            lambda: src.memory(self.name), dst.memory)
+        preflight.check_host(self.src_name, src_checks, self.mode.value)
+        preflight.check_host(self.dst_name, dst_checks, self.mode.value)
+        lacks = dst.cpu_lacks(cpuinfo)
         if lacks:
             raise errors.PreflightError(
                 f"Host {self.dst_name}'s CPU lacks features the container may use: {lacks}",
                 hint="Pick a destination with the same or a newer CPU.")
-        preflight.check_host_image(self.container.image, self.name, self.src_name, src.ping().root_id,
-                                   self.dst_name, dst.ping().root_id)
-        src_mem, dst_mem = src.memory(self.name), dst.memory()
+        preflight.check_host_image(self.container.image, self.name, self.src_name, src_ping.root_id,
+                                   self.dst_name, dst_ping.root_id)
         preflight.check_memory(self.dst_name, src_mem, dst_mem, self.mode.value)
         preflight.check_ports(self.session.data, self.container, self.dst_name)
         self.report.memory_bytes = src_mem.rss
@@ -269,30 +272,36 @@ class Migration:
         t = self.session.tunnel(self.src_name, self.dst_name)
         self.src_if, self.dst_if = t.ifname_on(self.src_name), t.ifname_on(self.dst_name)
         src, dst = self.src, self.dst
-        src.tunnel.warm(self.src_if, self.dst_addr)
-        dst.tunnel.warm(self.dst_if, self.src_addr)
+        parallel.at_once(lambda: src.tunnel.warm(self.src_if, self.dst_addr),
+                         lambda: dst.tunnel.warm(self.dst_if, self.src_addr))
         self._send_layers()
-        dst.incoming.prepare(self.name, self.mode, image=c.image, command=c.command, env=c.env,
-                             service_ip=c.service_ip, memory_limit_bytes=c.memory_limit_bytes,
-                             layers=c.layers)
-        # the page server's port, proven reachable from the destination before the freeze
+        parallel.at_once(
+            lambda: dst.incoming.prepare(self.name, self.mode, image=c.image, command=c.command, env=c.env,
+                                         service_ip=c.service_ip, memory_limit_bytes=c.memory_limit_bytes,
+                                         layers=c.layers),
+            self._probe_page_server_port)
+        rx = dst.incoming.receive(self.name, "upper", self.dst_addr)
+        self.report.fs_bytes += src.outgoing.presync(self.name, self.mode, rx, self.dst_addr).bytes
+        dst.incoming.receive_wait(self.name, "upper")
+        # reply paths on the destination: connections that come in through a tunnel are
+        # answered through it (restored ones are pinned). The connections of now are pinned
+        # before the freeze; the freeze pins only those that came since (the source lists
+        # them while CRIU dumps)
+        _, connections = parallel.at_once(lambda: dst.net.track_tunnel(self.dst_if),
+                                          lambda: src.net.connections(c.service_ip))
+        self.dst_if_by_host = {self.src_name: self.dst_if}
+        self._prepare_forwarders()
+        self._pin(dst, connections)
+
+    def _probe_page_server_port(self) -> None:
+        """The page server's port, proven reachable from the destination before the freeze."""
+        src, dst = self.src, self.dst
         self.ps_port = src.probe.free_port(self.src_addr)
         src.probe.listen(self.src_addr, self.ps_port)
         try:
             dst.probe.connect(self.src_addr, self.ps_port)
         finally:
             src.probe.close(self.src_addr, self.ps_port)
-        rx = dst.incoming.receive(self.name, "upper", self.dst_addr)
-        self.report.fs_bytes += src.outgoing.presync(self.name, self.mode, rx, self.dst_addr).bytes
-        dst.incoming.receive_wait(self.name, "upper")
-        # reply paths on the destination: connections that come in through a tunnel are
-        # answered through it (restored ones are pinned)
-        dst.net.track_tunnel(self.dst_if)
-        self.dst_if_by_host = {self.src_name: self.dst_if}
-        self._prepare_forwarders()
-        # the connections of now, pinned before the freeze; the freeze pins only those that
-        # came since (the source lists them while CRIU dumps)
-        self._pin(dst, src.net.connections(c.service_ip))
 
     def _send_layers(self) -> None:
         """The image layers the destination lacks, from the source through the tunnel."""
