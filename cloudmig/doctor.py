@@ -99,11 +99,37 @@ def check_tun() -> Check:
     return Check("tun", PASS, "/dev/net/tun opens")
 
 
+# CRIU's checks, by the binary and the kernel they ran on: five runs of criu (~45 ms) that
+# every migration's preflight asks each host's agent for. The answers change only with the
+# binary or the kernel, so a long-lived agent keeps them; only checks that all passed are
+# kept, so a host being fixed is looked at afresh every time.
+_criu_passed: dict[tuple, list[Check]] = {}
+
+
+def _binary_and_kernel(binary: str) -> tuple | None:
+    try:
+        st = os.stat(binary)
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    return binary, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, boot
+
+
 def check_criu() -> list[Check]:
     binary = paths.criu_binary()
     if not binary:
         return [Check("criu", FAIL, "criu not found",
                       f"CRIU >= {'.'.join(map(str, CRIU_MIN_VERSION))} is needed. {BOOTSTRAP_HINT}")]
+    key = _binary_and_kernel(binary)
+    if key in _criu_passed:
+        return [dataclasses.replace(c) for c in _criu_passed[key]]
+    checks = _run_criu_checks(binary)
+    if key is not None and all(c.status != FAIL for c in checks):
+        _criu_passed[key] = [dataclasses.replace(c) for c in checks]
+    return checks
+
+
+def _run_criu_checks(binary: str) -> list[Check]:
     try:
         out = _run([binary, "--version"])
     except OSError as exc:

@@ -91,3 +91,26 @@ def test_a_big_conntrack_hash_is_a_warning_not_a_failure():
     assert checks["conntrack-buckets"]["status"] == "warn"
     assert "nf_conntrack_buckets=16384" in checks["conntrack-buckets"]["hint"]
     assert CT_BUCKETS.read_text().strip() == before
+
+
+def test_a_long_lived_agent_asks_criu_once_while_its_checks_pass(tmp_path, monkeypatch):
+    """The agent answers every migration's preflight with these checks: CRIU runs again only
+    when its binary changes, and a failing CRIU is looked at afresh each time."""
+    from cloudmig import doctor
+
+    calls = tmp_path / "calls"
+    fake = tmp_path / "criu"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\necho 'Version: 4.2.1'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CLOUDMIG_CRIU", str(fake))
+
+    first = doctor.check_criu()
+    ran = len(calls.read_text().splitlines())
+    assert ran == 5 and all(c.status != doctor.FAIL for c in first)     # version, check, 3 features
+    assert [c.detail for c in doctor.check_criu()] == [c.detail for c in first]
+    assert len(calls.read_text().splitlines()) == ran                   # kept, not run again
+
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\necho 'Version: 4.1.1'\n")   # replaced
+    assert doctor.check_criu()[0].status == doctor.FAIL
+    assert doctor.check_criu()[0].status == doctor.FAIL
+    assert len(calls.read_text().splitlines()) == ran + 2               # a failure is not kept
