@@ -13,10 +13,9 @@ defaults; tests relocate them):
 - ``/var/lib/cloudmig-agent/agent.token`` (root, 0600): the token the controller presents to the agent;
 - ``/root/.ssh/authorized_keys`` (0600): the controller's public key;
 - ``/usr/local/sbin/cloudmig-bootstrap-host``: the project's ``cloudmig/bootstrap-host`` without
-  its comment lines (its here-documents whole), carried gzip+base64 (~18 KiB that way, ~27 KiB
-  with them); the whole user-data is gzipped again (15,899 bytes as of 2026-12-01, nearly all
-  of it the script and its CRIU patch: AWS refuses more than 16 KiB, and ``check_size`` says
-  so. A CRIU patch ~480 bytes larger, compressed, needs this packing changed first);
+  its comment lines (its here-documents whole), as text (~41 KiB; ~27 KiB more with the
+  comments); the whole user-data is gzipped (15,480 bytes as of 2026-12-01, nearly all of it
+  the script and its CRIU patch: AWS refuses more than 16 KiB, and ``check_size`` says so);
 - ``/usr/local/sbin/cloudmig-agent-start``: starts the agent daemon on its root-only socket
   (a systemd unit where systemd runs) — the same script SSH adoption runs;
 - ``/usr/local/sbin/cloudmig-firstboot``: runs the bootstrap with ``--keep-ssh`` (and with
@@ -100,9 +99,15 @@ class WriteFile:
     mode: int          # e.g. 0o600
 
     def to_cloud_config(self) -> dict:
-        packed = base64.b64encode(gzip.compress(self.content, mtime=0)).decode()
-        return {"path": self.path, "owner": "root:root", "permissions": f"{self.mode:04o}",
-                "encoding": "gz+b64", "content": packed}
+        """Text goes in as it is: the whole user-data is gzipped (``pack``), which packs it
+        once. Gzipped and base64-encoded here as well, the bootstrap script packed ~420 bytes
+        worse (its base64 text compresses to ~3/4, not to what gzip made of the script)."""
+        entry = {"path": self.path, "owner": "root:root", "permissions": f"{self.mode:04o}"}
+        try:
+            return {**entry, "content": self.content.decode("utf-8")}
+        except UnicodeDecodeError:
+            return {**entry, "encoding": "gz+b64",
+                    "content": base64.b64encode(gzip.compress(self.content, mtime=0)).decode()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,8 +184,7 @@ def without_comments(script: bytes) -> bytes:
 
 def pack(document: str) -> bytes:
     """The document gzipped: cloud-init recognizes gzip's magic and unpacks it first. The
-    files inside are gzip+base64 already, and base64 text still packs to ~3/4 (the whole
-    user-data went from ~16.6 KiB to ~12 KiB when the CRIU patch outgrew EC2's 16 KiB)."""
+    files inside are text (``WriteFile``), so this is the one compression they get."""
     return gzip.compress(document.encode(), mtime=0)
 
 
