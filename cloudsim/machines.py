@@ -169,12 +169,7 @@ class Machine:
         Path(f"{path}.pub").write_text(keys["ed25519_public"].strip() + "\n")
 
     def _write(self, entry: dict) -> None:
-        content = entry.get("content", "")
-        data = content.encode() if isinstance(content, str) else content
-        if entry.get("encoding") in ("gz+b64", "gzip+base64"):
-            data = gzip.decompress(base64.b64decode(data))
-        elif entry.get("encoding") in ("b64", "base64"):
-            data = base64.b64decode(data)
+        data = file_bytes(entry)
         path = self._in_vm(entry["path"])
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -272,3 +267,15 @@ class Machine:
         if (Path("/run/netns") / self.netns).exists():
             left.append(f"netns {self.netns}")
         return left
+
+
+def file_bytes(entry: dict) -> bytes:
+    """What cloud-init writes for one ``write_files`` entry: its content, decoded as its
+    ``encoding`` says (none: text as it is)."""
+    content = entry.get("content", "")
+    data = content.encode() if isinstance(content, str) else content
+    if entry.get("encoding") in ("gz+b64", "gzip+base64"):
+        return gzip.decompress(base64.b64decode(data))
+    if entry.get("encoding") in ("b64", "base64"):
+        return base64.b64decode(data)
+    return data

@@ -10,8 +10,6 @@ so the bootstrap finds everything installed.
 
 from __future__ import annotations
 
-import base64
-import gzip
 import os
 import secrets
 import stat
@@ -22,6 +20,7 @@ import pytest
 import yaml
 
 from cloudmig.agent.client import AgentClient, UnixTransport
+from cloudsim import machines
 from cloudmig.providers import cloudinit
 from cloudmig.providers.ssh.remote import AgentLayout
 from lab import VENV_BIN, Lab, new_lab_id
@@ -41,8 +40,7 @@ def run_cloud_config(text: str, netns: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(gzip.decompress(base64.b64decode(f["content"])) if f.get("encoding") == "gz+b64"
-                     else f["content"].encode())
+            fh.write(machines.file_bytes(f))
         os.chmod(path, int(f["permissions"], 8))
     for cmd in doc["runcmd"]:
         subprocess.run(["nsenter", f"--net=/run/netns/{netns}", *cmd], check=True,
